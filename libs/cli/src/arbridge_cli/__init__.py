@@ -1,0 +1,1 @@
+"""The `arbridge` operators command line."""

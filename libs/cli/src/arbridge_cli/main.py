@@ -1,0 +1,74 @@
+"""The ``arbridge`` command: operators' tools over the gRPC APIs, and dev tooling.
+
+Subcommands grow with the services; each prints a table for people, takes
+``--json`` for scripts where it returns data, and exits non-zero with a one-line
+reason on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def _health(args: argparse.Namespace) -> int:
+    async def check() -> int:
+        async with grpc.aio.insecure_channel(args.target) as channel:
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+                )
+            except grpc.aio.AioRpcError as err:
+                print(
+                    f"arbridge: {args.target}: {err.code().name}: {err.details()}", file=sys.stderr
+                )
+                return 1
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        if args.json:
+            print(json.dumps({"target": args.target, "service": args.service, "status": status}))
+        else:
+            print(f"{args.target} {args.service or '(server)'}: {status}")
+        return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+    return asyncio.run(check())
+
+
+def _dev_up(_args: argparse.Namespace) -> int:
+    from arbridge_devinfra.suite import run_suite
+
+    return run_suite(Path(os.environ.get("ARBRIDGE_ROOT", Path.cwd())))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="arbridge", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+
+    health = sub.add_parser("health", help="check a service's gRPC health")
+    health.add_argument(
+        "--target",
+        default=os.environ.get("ARBRIDGE_TARGET", "127.0.0.1:50051"),
+        help="host:port of the service (env ARBRIDGE_TARGET)",
+    )
+    health.add_argument("--service", default="", help="service name; empty for the whole server")
+    health.add_argument("--timeout", type=float, default=5.0)
+    health.add_argument("--json", action="store_true", help="print JSON")
+    health.set_defaults(func=_health)
+
+    dev = sub.add_parser("dev", help="development tooling")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    up = dev_sub.add_parser("up", help="run the whole suite with embedded infrastructure")
+    up.set_defaults(func=_dev_up)
+    return top
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    sys.exit(args.func(args))

@@ -1,0 +1,176 @@
+"""Run the whole suite on one machine: what ``make run`` does.
+
+Finds or starts PostgreSQL and NATS (see :mod:`arbridge_devinfra.infra`),
+makes the ``arbridge`` database, starts every service as its own process on
+fixed ports, prints one line per service saying where it listens, and stops
+everything cleanly on Ctrl-C or SIGTERM (services first, then whatever
+infrastructure it started). A service that dies stops the run, with its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from arbridge_devinfra.infra import Infra, ensure_infra, port_open, with_database
+
+# (name, gRPC port, side HTTP port): fixed so that other tools find them.
+SERVICES: tuple[tuple[str, int, int], ...] = (
+    ("connector", 50051, 9101),
+    ("sync", 50052, 9102),
+    ("payments", 50053, 9103),
+    ("rules", 50054, 9104),
+    ("gateway", 50055, 9105),
+)
+
+
+@dataclass
+class Running:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    ready_file: Path
+
+
+async def _ensure_database(server_url: str, name: str) -> str:
+    conn = await asyncpg.connect(server_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+def _service_env(
+    name: str,
+    grpc_port: int,
+    http_port: int,
+    database_url: str,
+    nats_url: str,
+    token: str,
+    ready_file: Path,
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "NATS_URL": nats_url,
+            "ARBRIDGE_SERVICE_TOKEN": token,
+            "ARBRIDGE_GRPC_PORT": str(grpc_port),
+            "ARBRIDGE_HTTP_PORT": str(http_port),
+            "ARBRIDGE_DB_SCHEMA": name,
+            "ARBRIDGE_READY_FILE": str(ready_file),
+        }
+    )
+    return env
+
+
+def _wait_ready(running: Running, timeout: float = 60.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running.ready_file.exists():
+            info: dict[str, object] = json.loads(running.ready_file.read_text())
+            return info
+        if running.process.poll() is not None:
+            tail = running.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{running.name} exited with {running.process.returncode}:\n{tail}")
+        time.sleep(0.05)
+    raise RuntimeError(
+        f"{running.name} was not ready within {timeout:.0f}s; see {running.log_path}"
+    )
+
+
+def _stop_all(running: list[Running], grace: float = 30.0) -> None:
+    for item in running:
+        if item.process.poll() is None:
+            item.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for item in running:
+        try:
+            item.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            item.process.kill()
+            item.process.wait()
+
+
+def run_suite(root: Path) -> int:
+    """Starts everything and blocks until interrupted; returns the exit code."""
+    state = root / ".infra"
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    busy = [p for _, g, h in SERVICES for p in (g, h) if port_open("127.0.0.1", p, 0.2)]
+    if busy:
+        print(f"ports already in use: {busy}; is another `make run` going?", file=sys.stderr)
+        return 1
+    infra: Infra = ensure_infra(state)
+    running: list[Running] = []
+    stop = {"requested": False}
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    token = os.environ.get("ARBRIDGE_SERVICE_TOKEN") or secrets.token_urlsafe(24)
+    try:
+        database_url = asyncio.run(_ensure_database(infra.database_url, "arbridge"))
+        print(f"infrastructure: {infra.describe()}")
+        for name, grpc_port, http_port in SERVICES:
+            ready = state / f"{name}.ready"
+            ready.unlink(missing_ok=True)
+            log_path = logs / f"{name}.log"
+            out = log_path.open("ab")
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"arbridge_{name}"],
+                env=_service_env(
+                    name, grpc_port, http_port, database_url, infra.nats_url, token, ready
+                ),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            out.close()
+            running.append(Running(name, process, log_path, ready))
+        for item in running:
+            info = _wait_ready(item)
+            print(
+                f"{item.name:<10} grpc 127.0.0.1:{info['grpc_port']:<6} "
+                f"http http://127.0.0.1:{info['http_port']} (livez, readyz, metrics)  "
+                f"log {item.log_path.relative_to(root)}",
+                flush=True,
+            )
+        print(
+            "service token: "
+            + ("(from ARBRIDGE_SERVICE_TOKEN)" if "ARBRIDGE_SERVICE_TOKEN" in os.environ else token)
+        )
+        print("all services up; Ctrl-C stops everything", flush=True)
+        while not stop["requested"]:
+            for item in running:
+                if item.process.poll() is not None:
+                    tail = item.log_path.read_text(errors="replace")[-3000:]
+                    print(
+                        f"{item.name} exited with {item.process.returncode}; stopping.\n{tail}",
+                        file=sys.stderr,
+                    )
+                    return 1
+            time.sleep(0.2)
+        print("stopping...", flush=True)
+        return 0
+    finally:
+        _stop_all(running)
+        codes = {item.name: item.process.returncode for item in running}
+        if running:
+            print(f"services stopped: {codes}", flush=True)
+        infra.close()

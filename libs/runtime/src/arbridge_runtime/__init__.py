@@ -1,0 +1,1 @@
+"""arbridge service runtime: the shared composition pieces every service uses."""

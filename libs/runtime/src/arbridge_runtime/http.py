@@ -1,0 +1,61 @@
+"""The HTTP side port of every service: /livez, /readyz and /metrics.
+
+Kept apart from the gRPC port so that Kubernetes probes and Prometheus
+scrapes never queue behind application traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from arbridge_runtime.metrics import ServiceMetrics
+
+
+class SidePort:
+    """Serves liveness, readiness and metrics on its own port."""
+
+    def __init__(
+        self, *, host: str, port: int, metrics: ServiceMetrics, ready: Callable[[], bool]
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._metrics = metrics
+        self._ready = ready
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics_handler)
+        return app
+
+    async def _livez(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        if self._ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready"}, status=503)
+
+    async def _metrics_handler(self, _request: web.Request) -> web.Response:
+        body = generate_latest(self._metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def start(self) -> int:
+        self._runner = web.AppRunner(self._app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._port
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

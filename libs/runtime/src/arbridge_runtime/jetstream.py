@@ -1,0 +1,517 @@
+"""NATS JetStream: connection, streams, the transactional outbox and consumers.
+
+* :class:`Namespace` prefixes every stream and subject, so several suites (or
+  test runs) can share one NATS server without seeing each other's events.
+* :class:`Outbox` writes events in the caller's transaction;
+  :class:`OutboxRelay` publishes them with ``Nats-Msg-Id`` set to the event id
+  and marks a row only after JetStream acknowledged it. A crash between the
+  acknowledgement and the mark republishes the row: JetStream drops the
+  duplicate inside its window and consumers' inboxes drop it after.
+* :class:`JetStreamConsumer` is a durable pull consumer with explicit acks.
+  The handler's effect and the inbox row commit in one transaction, so a
+  redelivery (a crash after the commit and before the ack) changes nothing.
+  Retryable failures are nak'ed with backoff; after the configured deliveries
+  (or at once, for a poison message) the message is recorded as a dead letter
+  and terminated, so it is never redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import asyncpg
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from arbridge_runtime.faults import NO_FAULTS, FaultInjector
+from arbridge_runtime.metrics import ServiceMetrics
+from arbridge_runtime.redaction import redact_text
+
+log = structlog.get_logger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+
+
+class _Message(Protocol):
+    def SerializeToString(self) -> bytes: ...  # noqa: N802 (protobuf's name)
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A prefix for streams and subjects; empty in a dedicated deployment."""
+
+    prefix: str = ""
+
+    def stream(self, name: str) -> str:
+        return f"{self.prefix.upper()}_{name}" if self.prefix else name
+
+    def subject(self, subject: str) -> str:
+        return f"{self.prefix}.{subject}" if self.prefix else subject
+
+    def unprefix(self, subject: str) -> str:
+        head = f"{self.prefix}."
+        return subject[len(head) :] if self.prefix and subject.startswith(head) else subject
+
+    def consumer(self, durable: str) -> str:
+        return f"{self.prefix}_{durable}" if self.prefix else durable
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A JetStream stream; subjects are given without the namespace."""
+
+    name: str
+    subjects: tuple[str, ...]
+    duplicate_window_seconds: float = 600.0
+    max_age_seconds: float = 7 * 24 * 3600.0
+    description: str = ""
+
+
+async def connect(url: str, name: str) -> NatsClient:
+    """Connects to NATS and keeps reconnecting for ever when the server goes away."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats_error", error=str(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats_disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats_reconnected")
+
+    return await nats.connect(
+        servers=[u.strip() for u in url.split(",") if u.strip()],
+        name=name,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=3,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+
+
+async def ensure_streams(
+    js: JetStreamContext, namespace: Namespace, specs: Sequence[StreamSpec]
+) -> None:
+    """Creates each stream, or brings an existing one to the declared config."""
+    for spec in specs:
+        config = StreamConfig(
+            name=namespace.stream(spec.name),
+            description=spec.description or None,
+            subjects=[namespace.subject(s) for s in spec.subjects],
+            storage=StorageType.FILE,
+            duplicate_window=spec.duplicate_window_seconds,
+            max_age=spec.max_age_seconds,
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+
+
+class Outbox:
+    """Writes events into the outbox table inside the caller's transaction."""
+
+    async def add(
+        self,
+        conn: asyncpg.Connection,
+        subject: str,
+        message: _Message | bytes,
+        *,
+        event_id: uuid.UUID | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> uuid.UUID:
+        """Records one event; it is published once the transaction commits.
+
+        ``event_id`` makes the event itself idempotent: the same id written
+        twice is stored once (the second insert does nothing).
+        """
+        payload = message if isinstance(message, bytes) else message.SerializeToString()
+        identifier = event_id or uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO outbox (id, subject, payload, headers) VALUES ($1, $2, $3, $4::jsonb)"
+            " ON CONFLICT (id) DO NOTHING",
+            identifier,
+            subject,
+            payload,
+            json.dumps(dict(headers or {})),
+        )
+        return identifier
+
+
+@dataclass
+class OutboxRelay:
+    """Publishes the outbox to JetStream; several relays may run at once."""
+
+    pool: asyncpg.Pool
+    js: JetStreamContext
+    namespace: Namespace
+    schema: str
+    metrics: ServiceMetrics
+    batch_size: int = 500
+    poll_interval: float = 1.0
+    publish_timeout: float = 5.0
+    retention_seconds: float = 7 * 24 * 3600.0
+    faults: FaultInjector = NO_FAULTS
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def channel(self) -> str:
+        return f"arbridge_outbox_{self.schema}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener: asyncpg.Connection = await self.pool.acquire()
+        await listener.add_listener(self.channel, self._notified)
+        backoff = 0.1
+        last_reap = 0.0
+        try:
+            while not stop.is_set():
+                try:
+                    published = await self.publish_batch()
+                    backoff = 0.1
+                except Exception as exc:
+                    self.metrics.outbox_publish_errors.inc()
+                    log.warning(
+                        "outbox_publish_failed",
+                        error=redact_text(str(exc)) or type(exc).__name__,
+                        retry_in=backoff,
+                    )
+                    await _sleep_or_stop(stop, backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                if time.monotonic() - last_reap > 300:
+                    last_reap = time.monotonic()
+                    await self._reap()
+                if published >= self.batch_size:
+                    continue
+                self._wake.clear()
+                await _wait_any(stop, self._wake, self.poll_interval)
+        finally:
+            await listener.remove_listener(self.channel, self._notified)
+            await self.pool.release(listener)
+
+    def _notified(self, *_args: Any) -> None:
+        self._wake.set()
+
+    async def publish_batch(self) -> int:
+        """Publishes up to one batch; returns how many rows were published."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT seq, id, subject, payload, headers FROM outbox"
+                " WHERE published_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self.batch_size,
+            )
+            if not rows:
+                self.metrics.outbox_depth.set(0)
+                return 0
+            results = await asyncio.gather(
+                *(self._publish(row) for row in rows), return_exceptions=True
+            )
+            self.faults.hit("outbox.after_publish")
+            acked = [
+                row["seq"]
+                for row, res in zip(rows, results, strict=True)
+                if not isinstance(res, BaseException)
+            ]
+            failed = [
+                row["seq"]
+                for row, res in zip(rows, results, strict=True)
+                if isinstance(res, BaseException)
+            ]
+            if acked:
+                await conn.execute(
+                    "UPDATE outbox SET published_at = now(), attempts = attempts + 1"
+                    " WHERE seq = ANY($1::bigint[])",
+                    acked,
+                )
+            if failed:
+                first = next(r for r in results if isinstance(r, BaseException))
+                await conn.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2"
+                    " WHERE seq = ANY($1::bigint[])",
+                    failed,
+                    type(first).__name__,
+                )
+        self.metrics.outbox_published.inc(len(acked))
+        if failed:
+            raise OutboxPublishError(f"{len(failed)} of {len(rows)} events not acknowledged")
+        return len(acked)
+
+    async def _publish(self, row: asyncpg.Record) -> None:
+        headers = {str(k): str(v) for k, v in json.loads(row["headers"]).items()}
+        headers[MSG_ID] = str(row["id"])
+        await self.js.publish(
+            self.namespace.subject(row["subject"]),
+            row["payload"],
+            timeout=self.publish_timeout,
+            headers=headers,
+        )
+
+    async def _reap(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
+                self.retention_seconds,
+            )
+            depth = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            self.metrics.outbox_depth.set(depth)
+
+
+class OutboxPublishError(Exception):
+    """Some events were not acknowledged by JetStream; they will be retried."""
+
+
+class RetryableError(Exception):
+    """A transient failure: the message is nak'ed and redelivered after a backoff."""
+
+
+class PoisonMessage(Exception):
+    """The message can never be handled: dead-letter it now, do not retry."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message as a handler sees it (subject without the namespace)."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+    message_id: str
+    num_delivered: int
+    stream_seq: int
+
+
+Handler = Callable[[asyncpg.Connection, Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer; names and subjects are given without the namespace."""
+
+    durable: str
+    stream: str
+    subjects: tuple[str, ...]
+    max_deliver: int = 5
+    backoff_seconds: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
+    ack_wait_seconds: float = 60.0
+    max_ack_pending: int = 1000
+    batch: int = 64
+
+
+class JetStreamConsumer:
+    """Runs one handler over a durable pull consumer, idempotently."""
+
+    def __init__(
+        self,
+        *,
+        spec: ConsumerSpec,
+        handler: Handler,
+        js: JetStreamContext,
+        pool: asyncpg.Pool,
+        namespace: Namespace,
+        metrics: ServiceMetrics,
+        faults: FaultInjector = NO_FAULTS,
+    ) -> None:
+        self.spec = spec
+        self.handler = handler
+        self.js = js
+        self.pool = pool
+        self.namespace = namespace
+        self.metrics = metrics
+        self.faults = faults
+
+    @property
+    def name(self) -> str:
+        return self.spec.durable
+
+    async def ensure(self) -> None:
+        subjects = [self.namespace.subject(s) for s in self.spec.subjects]
+        config = ConsumerConfig(
+            durable_name=self.namespace.consumer(self.spec.durable),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.spec.ack_wait_seconds,
+            # Redelivery is bounded by this consumer itself (it dead-letters
+            # and terms), so that a handler crashing the process still ends
+            # in a dead-letter record rather than a silent server-side stop.
+            max_deliver=-1,
+            max_ack_pending=self.spec.max_ack_pending,
+            filter_subject=subjects[0] if len(subjects) == 1 else None,
+            filter_subjects=subjects if len(subjects) > 1 else None,
+        )
+        await self.js.add_consumer(self.namespace.stream(self.spec.stream), config)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.ensure()
+        sub = await self.js.pull_subscribe_bind(
+            durable=self.namespace.consumer(self.spec.durable),
+            stream=self.namespace.stream(self.spec.stream),
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    messages = await sub.fetch(self.spec.batch, timeout=1.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except Exception as exc:
+                    # Disconnected, reconnecting, or JetStream briefly unavailable:
+                    # keep trying; messages wait in the stream meanwhile.
+                    log.warning(
+                        "consumer_fetch_failed", consumer=self.name, error=type(exc).__name__
+                    )
+                    await _sleep_or_stop(stop, 0.5)
+                    continue
+                for index, msg in enumerate(messages):
+                    if stop.is_set():
+                        # Hand the rest back at once so another replica takes them.
+                        for rest in messages[index:]:
+                            await _quietly(rest.nak())
+                        break
+                    await self.process(msg)
+        finally:
+            await _quietly(sub.unsubscribe())
+
+    async def process(self, msg: Msg) -> None:
+        delivery = _delivery(msg, self.namespace)
+        started = time.perf_counter()
+        consumer = self.name
+        bound = structlog.contextvars.bound_contextvars(
+            consumer=consumer, message_id=delivery.message_id, subject=delivery.subject
+        )
+        with bound:
+            if delivery.num_delivered > self.spec.max_deliver:
+                await self._dead_letter(
+                    delivery,
+                    "gave up after the maximum deliveries "
+                    "(the handler crashed or timed out each time)",
+                )
+                await msg.term()
+                self.metrics.messages_handled.labels(consumer, "dead_letter").inc()
+                return
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    first = await conn.fetchval(
+                        "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2)"
+                        " ON CONFLICT DO NOTHING RETURNING true",
+                        consumer,
+                        delivery.message_id,
+                    )
+                    if first:
+                        await self.handler(conn, delivery)
+                self.faults.hit("consumer.after_commit")
+                outcome = "handled" if first else "duplicate"
+                self.metrics.messages_handled.labels(consumer, outcome).inc()
+            except PoisonMessage as exc:
+                await self._dead_letter(delivery, f"poison message: {exc}")
+                await msg.term()
+                self.metrics.messages_handled.labels(consumer, "dead_letter").inc()
+                log.warning("message_dead_lettered", reason=redact_text(str(exc)))
+            except Exception as exc:
+                reason = redact_text(str(exc)) or type(exc).__name__
+                if delivery.num_delivered >= self.spec.max_deliver:
+                    await self._dead_letter(
+                        delivery,
+                        f"failed {delivery.num_delivered} deliveries; last error: {reason}",
+                    )
+                    await msg.term()
+                    self.metrics.messages_handled.labels(consumer, "dead_letter").inc()
+                    log.warning("message_dead_lettered", reason=reason)
+                else:
+                    delays = self.spec.backoff_seconds
+                    delay = delays[min(delivery.num_delivered - 1, len(delays) - 1)]
+                    await _quietly(msg.nak(delay=delay))
+                    self.metrics.messages_handled.labels(consumer, "retry").inc()
+                    log.info(
+                        "message_retry",
+                        error=reason,
+                        retry_in=delay,
+                        deliveries=delivery.num_delivered,
+                    )
+            else:
+                # The effect is committed: a lost ack only means a redelivery,
+                # which the inbox turns into a no-op.
+                try:
+                    await msg.ack_sync(timeout=5.0)
+                except Exception as exc:
+                    log.warning("message_ack_failed", error=type(exc).__name__)
+            finally:
+                self.metrics.message_duration.labels(consumer).observe(
+                    time.perf_counter() - started
+                )
+
+    async def _dead_letter(self, delivery: Delivery, error: str) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO dead_letters (consumer, message_id, subject, stream_seq, deliveries,"
+                " payload, headers, error) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)"
+                " ON CONFLICT (consumer, message_id)"
+                " DO UPDATE SET deliveries = EXCLUDED.deliveries,"
+                " error = EXCLUDED.error",
+                self.name,
+                delivery.message_id,
+                delivery.subject,
+                delivery.stream_seq,
+                delivery.num_delivered,
+                delivery.data,
+                json.dumps(dict(delivery.headers)),
+                redact_text(error),
+            )
+
+
+def _delivery(msg: Msg, namespace: Namespace) -> Delivery:
+    headers = dict(msg.headers or {})
+    meta = msg.metadata
+    stream_seq = int(meta.sequence.stream) if meta and meta.sequence else 0
+    stream_name = meta.stream if meta else ""
+    message_id = headers.get(MSG_ID) or f"{stream_name}:{stream_seq}"
+    return Delivery(
+        subject=namespace.unprefix(msg.subject),
+        data=msg.data,
+        headers=headers,
+        message_id=message_id,
+        num_delivered=int(meta.num_delivered) if meta else 1,
+        stream_seq=stream_seq,
+    )
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        log.debug("ignored_error", error=type(exc).__name__)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

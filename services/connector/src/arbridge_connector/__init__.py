@@ -1,0 +1,1 @@
+"""arbridge connector service."""

@@ -1,0 +1,1 @@
+"""arbridge gateway service."""

@@ -1,0 +1,45 @@
+"""Composition root of the payments service: builds its parts and hands them to the runtime."""
+
+from __future__ import annotations
+
+from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
+from arbridge_payments.servicer import PaymentsService
+from arbridge_payments.settings import Settings
+from arbridge_runtime import streams
+from arbridge_runtime.db import load_migrations
+from arbridge_runtime.service import ServiceContext, ServiceDefinition, run
+from arbridge_runtime.settings import RuntimeSettings
+
+
+async def build(settings: Settings, ctx: ServiceContext) -> None:
+    """Registers the service's gRPC API, consumers and workers on the runtime."""
+    ctx.grpc.add_service(
+        payments_pb2_grpc.add_PaymentsServiceServicer_to_server,
+        PaymentsService(),  # type: ignore[abstract]  # v1 methods not built yet answer UNIMPLEMENTED
+        payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_name,
+    )
+
+
+def definition(settings: Settings) -> ServiceDefinition:
+    async def build_with_settings(ctx: ServiceContext) -> None:
+        await build(settings, ctx)
+
+    return ServiceDefinition(
+        name="payments",
+        migrations=load_migrations("arbridge_payments", "payments"),
+        streams=(
+            streams.CARD_EVENTS,
+            streams.AR,
+            streams.PAYMENTS,
+        ),
+        build=build_with_settings,
+    )
+
+
+def load() -> tuple[ServiceDefinition, RuntimeSettings]:
+    settings = Settings.from_env()
+    return definition(settings), settings.runtime
+
+
+def main() -> None:
+    run(load)

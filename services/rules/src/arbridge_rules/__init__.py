@@ -1,0 +1,1 @@
+"""arbridge rules service."""

@@ -1,0 +1,214 @@
+"""Outbox and consumers against real PostgreSQL and a NATS the test can stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from arbridge_devinfra.infra import PrivateNats
+from arbridge_runtime.db import Migration, create_pool, migrate, runtime_migrations
+from arbridge_runtime.jetstream import (
+    ConsumerSpec,
+    Delivery,
+    JetStreamConsumer,
+    Namespace,
+    Outbox,
+    OutboxRelay,
+    RetryableError,
+    StreamSpec,
+    connect,
+    ensure_streams,
+)
+from arbridge_runtime.metrics import ServiceMetrics
+
+EFFECTS = Migration(
+    "test",
+    1,
+    "effects",
+    """
+    CREATE TABLE orders (id uuid PRIMARY KEY, event_id uuid NOT NULL);
+    CREATE TABLE effects (event_id text PRIMARY KEY, applied integer NOT NULL);
+""",
+)
+STREAM = StreamSpec("ORDERS", ("orders.>",))
+
+
+@dataclass
+class Harness:
+    pool: asyncpg.Pool
+    namespace: Namespace
+    metrics: ServiceMetrics
+
+
+@pytest.fixture
+async def harness(database_url: str, unique: str) -> AsyncIterator[Harness]:
+    await migrate(database_url, unique, [*runtime_migrations(), EFFECTS])
+    pool = await create_pool(database_url, unique, max_size=8)
+    try:
+        yield Harness(pool, Namespace(unique), ServiceMetrics("test"))
+    finally:
+        await pool.close()
+
+
+async def count_effects(pool: asyncpg.Pool) -> tuple[int, int]:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, coalesce(max(applied), 0) AS most FROM effects"
+        )
+        return int(row["n"]), int(row["most"])
+
+
+async def apply_effect(conn: asyncpg.Connection, delivery: Delivery) -> None:
+    # Counts applications: a duplicate effect would show as applied > 1.
+    await conn.execute(
+        "INSERT INTO effects (event_id, applied) VALUES ($1, 1)"
+        " ON CONFLICT (event_id) DO UPDATE SET applied = effects.applied + 1",
+        delivery.message_id,
+    )
+
+
+@pytest.mark.timeout(240)
+async def test_ten_thousand_events_survive_a_nats_restart_exactly_once(
+    harness: Harness, private_nats: PrivateNats
+) -> None:
+    total, per_tx = 10_000, 5
+    nc = await connect(private_nats.url, "outbox-test")
+    js = nc.jetstream(timeout=5)
+    await ensure_streams(js, harness.namespace, [STREAM])
+    relay = OutboxRelay(
+        pool=harness.pool,
+        js=js,
+        namespace=harness.namespace,
+        schema=harness.namespace.prefix,
+        metrics=harness.metrics,
+        batch_size=500,
+        publish_timeout=2.0,
+    )
+    consumer = JetStreamConsumer(
+        spec=ConsumerSpec(
+            "effects", "ORDERS", ("orders.>",), max_deliver=50, backoff_seconds=(0.2,)
+        ),
+        handler=apply_effect,
+        js=js,
+        pool=harness.pool,
+        namespace=harness.namespace,
+        metrics=harness.metrics,
+    )
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(relay.run(stop)), asyncio.create_task(consumer.run(stop))]
+    outbox = Outbox()
+    written: list[uuid.UUID] = []
+    nats_restarted = asyncio.Event()
+
+    async def writer() -> None:
+        for batch in range(total // per_tx):
+            async with harness.pool.acquire() as conn, conn.transaction():
+                for _ in range(per_tx):
+                    event_id = uuid.uuid4()
+                    await conn.execute(
+                        "INSERT INTO orders (id, event_id) VALUES ($1, $2)", uuid.uuid4(), event_id
+                    )
+                    await outbox.add(
+                        conn, "orders.created", f"order {event_id}".encode(), event_id=event_id
+                    )
+                    written.append(event_id)
+            if batch == (total // per_tx) // 3:
+                # NATS goes away a third of the way in; writes go on meanwhile.
+                await asyncio.to_thread(private_nats.stop)
+                await asyncio.sleep(2.0)
+            if batch == (total // per_tx) // 2:
+                await asyncio.to_thread(private_nats.start)
+                nats_restarted.set()
+
+    try:
+        await writer()
+        assert nats_restarted.is_set()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            done, _ = await count_effects(harness.pool)
+            if done >= total:
+                break
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(1.0)  # let any late duplicate arrive before judging
+    finally:
+        stop.set()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await nc.close()
+
+    async with harness.pool.acquire() as conn:
+        effect_ids = {r["event_id"] for r in await conn.fetch("SELECT event_id FROM effects")}
+        unpublished = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        orders = await conn.fetchval("SELECT count(*) FROM orders")
+    done, most = await count_effects(harness.pool)
+    lost = {str(e) for e in written} - effect_ids
+    assert orders == total
+    assert len(written) == total
+    assert not lost, f"{len(lost)} events lost"
+    assert effect_ids == {str(e) for e in written}
+    assert most == 1, "an effect was applied more than once"
+    assert unpublished == 0
+
+
+async def _consumer_info(js: object, harness: Harness, durable: str) -> object:
+    return await js.consumer_info(  # type: ignore[attr-defined]
+        harness.namespace.stream("ORDERS"), harness.namespace.consumer(durable)
+    )
+
+
+@pytest.mark.timeout(60)
+async def test_poison_message_ends_in_dead_letters_and_is_not_redelivered(
+    harness: Harness, nats_url: str
+) -> None:
+    nc = await connect(nats_url, "poison-test")
+    js = nc.jetstream(timeout=5)
+    await ensure_streams(js, harness.namespace, [STREAM])
+    attempts: list[int] = []
+
+    async def always_fails(_conn: asyncpg.Connection, delivery: Delivery) -> None:
+        attempts.append(delivery.num_delivered)
+        raise RetryableError("downstream keeps refusing")
+
+    consumer = JetStreamConsumer(
+        spec=ConsumerSpec("poison", "ORDERS", ("orders.>",), max_deliver=3, backoff_seconds=(0.1,)),
+        handler=always_fails,
+        js=js,
+        pool=harness.pool,
+        namespace=harness.namespace,
+        metrics=harness.metrics,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await js.publish(
+            harness.namespace.subject("orders.created"),
+            b"poison",
+            headers={"Nats-Msg-Id": "poison-1"},
+        )
+        deadline = time.monotonic() + 20
+        row = None
+        while time.monotonic() < deadline and row is None:
+            async with harness.pool.acquire() as conn:
+                row = await conn.fetchrow("SELECT * FROM dead_letters WHERE message_id='poison-1'")
+            await asyncio.sleep(0.1)
+        assert row is not None, "message never reached the dead letters"
+        await asyncio.sleep(1.5)  # longer than the backoff: a redelivery would show
+    finally:
+        stop.set()
+        await task
+    info = await _consumer_info(js, harness, "poison")
+    await nc.close()
+    assert attempts == [1, 2, 3]
+    assert row["deliveries"] == 3
+    assert row["consumer"] == "poison"
+    assert "downstream keeps refusing" in row["error"]
+    assert bytes(row["payload"]) == b"poison"
+    assert info.num_ack_pending == 0  # type: ignore[attr-defined]
+    assert info.num_pending == 0  # type: ignore[attr-defined]
+    async with harness.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM effects") == 0

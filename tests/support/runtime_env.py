@@ -1,0 +1,98 @@
+"""Environment for starting services (or test apps) as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def service_env(
+    *,
+    database_url: str,
+    nats_url: str,
+    namespace: str,
+    schema: str,
+    token: str,
+    ready_file: Path,
+    **extra: str,
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARBRIDGE_")}
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "NATS_URL": nats_url,
+            "ARBRIDGE_NAMESPACE": namespace,
+            "ARBRIDGE_DB_SCHEMA": schema,
+            "ARBRIDGE_SERVICE_TOKEN": token,
+            "ARBRIDGE_READY_FILE": str(ready_file),
+            "ARBRIDGE_GRPC_PORT": "0",
+            "ARBRIDGE_HTTP_PORT": "0",
+            "ARBRIDGE_LOG_LEVEL": "info",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class ServiceProcess:
+    process: subprocess.Popen[bytes]
+    ready_file: Path
+    log_file: Path
+    info: dict[str, Any]
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.info['grpc_port']}"
+
+    @property
+    def http_base(self) -> str:
+        return f"http://127.0.0.1:{self.info['http_port']}"
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def logs(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+def start_process(
+    argv: list[str], env: dict[str, str], ready_file: Path, log_file: Path, timeout: float = 60.0
+) -> ServiceProcess:
+    """Starts ``python <argv>`` and waits until it has written its ready file."""
+    ready_file.unlink(missing_ok=True)
+    out = log_file.open("ab")
+    process = subprocess.Popen(
+        [sys.executable, *argv], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+    )
+    out.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready_file.exists():
+            return ServiceProcess(process, ready_file, log_file, json.loads(ready_file.read_text()))
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{argv} exited with {process.returncode}:\n"
+                f"{log_file.read_text(errors='replace')[-4000:]}"
+            )
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(
+        f"{argv} was not ready within {timeout}s:\n{log_file.read_text(errors='replace')[-4000:]}"
+    )
