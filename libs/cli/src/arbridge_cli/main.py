@@ -18,6 +18,8 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from arbridge_intacct_sandbox.main import add_arguments as add_intacct_arguments
+
 
 def _health(args: argparse.Namespace) -> int:
     async def check() -> int:
@@ -47,6 +49,14 @@ def _dev_up(_args: argparse.Namespace) -> int:
     return run_suite(Path(os.environ.get("ARBRIDGE_ROOT", Path.cwd())))
 
 
+def _sandbox_intacct(args: argparse.Namespace) -> int:
+    from arbridge_intacct_sandbox.main import serve
+    from arbridge_runtime.logs import configure_logging
+
+    configure_logging("intacct-sandbox", "warning", stream=sys.stderr)
+    return asyncio.run(serve(args))
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="arbridge", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
@@ -61,6 +71,12 @@ def parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=5.0)
     health.add_argument("--json", action="store_true", help="print JSON")
     health.set_defaults(func=_health)
+
+    sandbox = sub.add_parser("sandbox", help="run a sandbox of an external system")
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    intacct = sandbox_sub.add_parser("intacct", help="a wire-compatible Sage Intacct XML gateway")
+    add_intacct_arguments(intacct)
+    intacct.set_defaults(func=_sandbox_intacct)
 
     dev = sub.add_parser("dev", help="development tooling")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)

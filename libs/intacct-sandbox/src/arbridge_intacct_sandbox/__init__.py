@@ -1,0 +1,1 @@
+"""A wire-compatible Sage Intacct XML gateway for development, demos, tests and load."""
