@@ -212,3 +212,62 @@ async def test_poison_message_ends_in_dead_letters_and_is_not_redelivered(
     assert info.num_pending == 0  # type: ignore[attr-defined]
     async with harness.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM effects") == 0
+
+
+@pytest.mark.timeout(60)
+async def test_one_failing_message_does_not_hold_back_its_batch(
+    harness: Harness, nats_url: str
+) -> None:
+    nc = await connect(nats_url, "batch-test")
+    js = nc.jetstream(timeout=5)
+    await ensure_streams(js, harness.namespace, [STREAM])
+    calls: dict[str, int] = {}
+
+    async def picky(conn: asyncpg.Connection, delivery: Delivery) -> None:
+        calls[delivery.message_id] = calls.get(delivery.message_id, 0) + 1
+        if delivery.data == b"bad":
+            raise RetryableError("this one is refused")
+        await apply_effect(conn, delivery)
+
+    consumer = JetStreamConsumer(
+        spec=ConsumerSpec(
+            "batch", "ORDERS", ("orders.>",), max_deliver=2, backoff_seconds=(0.1,), batch=16
+        ),
+        handler=picky,
+        js=js,
+        pool=harness.pool,
+        namespace=harness.namespace,
+        metrics=harness.metrics,
+    )
+    for index in range(6):
+        body = b"bad" if index == 2 else b"good"
+        await js.publish(
+            harness.namespace.subject("orders.created"), body, headers={"Nats-Msg-Id": f"m{index}"}
+        )
+    # A redelivered duplicate of a good message, inside the same batch.
+    await js.publish(
+        harness.namespace.subject("orders.created"), b"good", headers={"Nats-Msg-Id": "m0-again"}
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            async with harness.pool.acquire() as conn:
+                dead = await conn.fetchval(
+                    "SELECT count(*) FROM dead_letters WHERE consumer='batch'"
+                )
+            if dead:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await task
+        await nc.close()
+    done, most = await count_effects(harness.pool)
+    assert done == 6  # five good ones and m0-again (its own id)
+    assert most == 1
+    assert calls["m2"] == 2  # once per delivery, never re-run within a batch
+    # Messages after the failing one ran once; those before it ran again after
+    # the fast path rolled back, yet every effect above was applied once.
+    assert all(calls[f"m{i}"] == 1 for i in (3, 4, 5))

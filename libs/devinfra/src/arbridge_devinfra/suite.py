@@ -24,6 +24,8 @@ import asyncpg
 
 from arbridge_devinfra.infra import Infra, ensure_infra, port_open, with_database
 
+INTACCT_SANDBOX_PORT = 8410
+
 # (name, gRPC port, side HTTP port): fixed so that other tools find them.
 SERVICES: tuple[tuple[str, int, int], ...] = (
     ("connector", 50051, 9101),
@@ -110,7 +112,8 @@ def run_suite(root: Path) -> int:
     state = root / ".infra"
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    busy = [p for _, g, h in SERVICES for p in (g, h) if port_open("127.0.0.1", p, 0.2)]
+    ports = [p for _, g, h in SERVICES for p in (g, h)] + [INTACCT_SANDBOX_PORT]
+    busy = [p for p in ports if port_open("127.0.0.1", p, 0.2)]
     if busy:
         print(f"ports already in use: {busy}; is another `make run` going?", file=sys.stderr)
         return 1
@@ -127,6 +130,34 @@ def run_suite(root: Path) -> int:
     try:
         database_url = asyncio.run(_ensure_database(infra.database_url, "arbridge"))
         print(f"infrastructure: {infra.describe()}")
+        sandbox_ready = state / "intacct-sandbox.ready"
+        sandbox_ready.unlink(missing_ok=True)
+        sandbox_log = logs / "intacct-sandbox.log"
+        out = sandbox_log.open("ab")
+        sandbox = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "arbridge_intacct_sandbox",
+                "--port",
+                str(INTACCT_SANDBOX_PORT),
+                "--ready-file",
+                str(sandbox_ready),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        out.close()
+        sandbox_run = Running("intacct-sandbox", sandbox, sandbox_log, sandbox_ready)
+        running.append(sandbox_run)
+        sandbox_info = _wait_ready(sandbox_run)
+        print(
+            f"{'intacct':<10} sandbox {sandbox_info['endpoint']}  admin {sandbox_info['admin']}  "
+            f"(sender {sandbox_info['sender_id']}, company {sandbox_info['company_id']}, "
+            f"user {sandbox_info['user_id']} / {sandbox_info['user_password']})",
+            flush=True,
+        )
         for name, grpc_port, http_port in SERVICES:
             ready = state / f"{name}.ready"
             ready.unlink(missing_ok=True)
@@ -143,7 +174,7 @@ def run_suite(root: Path) -> int:
             )
             out.close()
             running.append(Running(name, process, log_path, ready))
-        for item in running:
+        for item in running[1:]:
             info = _wait_ready(item)
             print(
                 f"{item.name:<10} grpc 127.0.0.1:{info['grpc_port']:<6} "

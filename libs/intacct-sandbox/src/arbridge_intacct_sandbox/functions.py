@@ -29,9 +29,9 @@ from arbridge_intacct_sandbox.schema import (
     ARPYMT,
     ARPYMTDETAIL,
     CUSTOMER,
+    OBJECTS,
     PERMISSIONS,
     FieldDef,
-    OBJECTS,
     ObjectDef,
     resolve_object,
 )
@@ -193,7 +193,7 @@ def _text(el: etree._Element, tag: str, default: str = "") -> str:
                 break
     if child is None or child.text is None:
         return default
-    return child.text.strip()
+    return str(child.text).strip()
 
 
 def _int(value: str, what: str, minimum: int, maximum: int, default: int) -> int:
@@ -411,23 +411,12 @@ def query(call: Call, el: etree._Element) -> Result:
         raise Failure(Err("Query Failed", "", str(exc), "Correct the filter")) from None
     pagesize = _int(_text(el, "pagesize"), "pagesize", 1, QUERY_MAX, DEFAULT_PAGE)
     offset = _int(_text(el, "offset"), "offset", 0, 10**9, 0)
-    docpar = _docpar_filter(obj, _text(el, "docparid"))
-    rows = [
-        r
-        for r in call.company.rows(obj)
-        if _visible(call, r, show_private) and docpar(r) and predicate(r.values)
-    ]
-    rows.sort(key=lambda r: r.recordno)
     order = []
     orderby = el.find("orderby")
     if orderby is not None:
         for item in orderby.findall("order"):
             order.append((_text(item, "field"), item.find("descending") is None))
-    if order:
-        try:
-            rows = sort_values(rows, lambda r: r.values, fields, order)
-        except QueryError as exc:
-            raise Failure(Err("Query Failed", "", str(exc))) from None
+    rows = _selection(call, obj, el, show_private, order, lambda r: predicate(r.values), fields)
     if count_of is not None:
         body = (
             f'<data listtype="{obj.name}" totalcount="1" offset="0" count="1" numremaining="0">'
@@ -442,6 +431,47 @@ def query(call: Call, el: etree._Element) -> Result:
         f'count="{len(chunk)}" numremaining="{remaining}"'
     )
     return Result("query", "", body=f"{head}>{records}</data>" if records else f"{head}/>")
+
+
+def _selection(
+    call: Call,
+    obj: ObjectDef,
+    el: etree._Element,
+    show_private: bool,
+    order: list[tuple[str, bool]],
+    keep: Callable[[Row], bool],
+    fields: Mapping[str, FieldDef],
+) -> list[Row]:
+    """The rows a query selects, in order; cached until the object's table changes.
+
+    An offset walk asks the same query once per page: the cache turns each
+    page after the first into a slice instead of a scan and sort of the table.
+    """
+    table = call.company.tables[obj.name]
+    signature = "".join(
+        etree.tostring(part).decode()
+        for part in (el.find("filter"), el.find("orderby"), el.find("options"), el.find("docparid"))
+        if part is not None
+    )
+    key = (obj.name, signature, call.entity, show_private, table.version)
+    cache = call.company.query_cache
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    docpar = _docpar_filter(obj, _text(el, "docparid"))
+    rows = [
+        r for r in table.rows.values() if _visible(call, r, show_private) and docpar(r) and keep(r)
+    ]
+    rows.sort(key=lambda r: r.recordno)
+    if order and order != [("RECORDNO", True)]:
+        try:
+            rows = sort_values(rows, lambda r: r.values, fields, order)
+        except QueryError as exc:
+            raise Failure(Err("Query Failed", "", str(exc))) from None
+    if len(cache) >= 32:
+        cache.pop(next(iter(cache)))
+    cache[key] = rows
+    return rows
 
 
 def inspect(call: Call, el: etree._Element) -> Result:

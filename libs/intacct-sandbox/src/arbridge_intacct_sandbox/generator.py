@@ -139,7 +139,7 @@ def populate(company: Company, spec: GeneratorSpec, now: datetime | None = None)
             now=start,
         )
     _accounts(company, start)
-    entities = ("",) + spec.entities
+    entities = ("", *spec.entities)
     customers: list[tuple[str, str, str, int, str]] = []
     for number in range(1, spec.customers + 1):
         name = (
@@ -175,7 +175,9 @@ def populate(company: Company, spec: GeneratorSpec, now: datetime | None = None)
                 "DISPLAYCONTACT.FIRSTNAME": person.split()[0],
                 "DISPLAYCONTACT.LASTNAME": person.split()[1],
                 "DISPLAYCONTACT.EMAIL1": f"{person.split()[0].lower()}@{slug}{number}.example.com",
-                "DISPLAYCONTACT.PHONE1": f"+1 555 {rng.randrange(100, 999)} {rng.randrange(1000, 9999)}",
+                "DISPLAYCONTACT.PHONE1": (
+                    f"+1 555 {rng.randrange(100, 999)} {rng.randrange(1000, 9999)}"
+                ),
                 "DISPLAYCONTACT.MAILADDRESS.ADDRESS1": f"{rng.randrange(1, 9999)} Main Street",
                 "DISPLAYCONTACT.MAILADDRESS.CITY": city,
                 "DISPLAYCONTACT.MAILADDRESS.STATE": state,
@@ -201,7 +203,7 @@ def populate(company: Company, spec: GeneratorSpec, now: datetime | None = None)
         age_days = (now - moment).days
         roll = rng.random()
         paid = Decimal(0)
-        if age_days > 60 and roll < 0.75 or age_days > 20 and roll < 0.4:
+        if (age_days > 60 and roll < 0.75) or (age_days > 20 and roll < 0.4):
             paid = total
         elif roll < 0.55:
             paid = (total * Decimal(rng.choice((25, 40, 50))) / 100).quantize(Decimal("0.01"))

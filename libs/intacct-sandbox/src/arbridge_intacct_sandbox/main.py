@@ -93,6 +93,12 @@ def build(args: argparse.Namespace) -> tuple[Sandbox, web.Application]:
     return sandbox, build_app(sandbox, default_company)
 
 
+def _write_ready(path: str, info: dict[str, object]) -> None:
+    with open(path + ".tmp", "w") as handle:
+        json.dump(info, handle)
+    os.replace(path + ".tmp", path)
+
+
 async def serve(args: argparse.Namespace) -> int:
     _sandbox, app = build(args)
     runner = web.AppRunner(app, access_log=None)
@@ -121,9 +127,7 @@ async def serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     if args.ready_file:
-        with open(args.ready_file + ".tmp", "w") as handle:
-            json.dump(info, handle)
-        os.replace(args.ready_file + ".tmp", args.ready_file)
+        _write_ready(args.ready_file, info)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -300,7 +300,8 @@ class Sandbox:
                         Err(
                             "XL03000006",
                             "",
-                            f"Web Services sender {sender_id} is not authorized for company {company_id}",
+                            f"Web Services sender {sender_id} is not authorized for company "
+                            f"{company_id}",
                             "Add the sender ID under Company > Setup > Company > Security > "
                             "Web Services authorizations",
                         )
@@ -413,7 +414,7 @@ class Sandbox:
                     result = self._get_api_session(call, body, endpoint, functions_total)
                 else:
                     with call.company.lock:
-                        result = HANDLERS[name](call, body)  # type: ignore[arg-type]
+                        result = HANDLERS[name](call, body)
                 result.controlid = controlid
                 result.function = name
                 if unique:

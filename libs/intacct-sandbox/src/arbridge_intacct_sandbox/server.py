@@ -25,7 +25,8 @@ from arbridge_runtime.xml import XmlRejected, parse_xml
 
 SANDBOX = web.AppKey("sandbox", Sandbox)
 DISPATCHER = web.AppKey("dispatcher", SmartEventDispatcher)
-DEFAULT_FACTORY = web.AppKey("default_factory", Callable[[], None])
+ResetHook = Callable[[], None]
+DEFAULT_FACTORY: web.AppKey[ResetHook] = web.AppKey("default_factory")
 GATEWAY_PATH = "/ia/xml/xmlgw.phtml"
 
 

@@ -281,6 +281,15 @@ class OutboxPublishError(Exception):
     """Some events were not acknowledged by JetStream; they will be retried."""
 
 
+class _HandlerFailed(Exception):
+    """A handler failed inside a batch: which message, and how to settle it."""
+
+    def __init__(self, position: int, outcome: tuple[str, str]) -> None:
+        super().__init__(outcome[1])
+        self.position = position
+        self.outcome = outcome
+
+
 class RetryableError(Exception):
     """A transient failure: the message is nak'ed and redelivered after a backoff."""
 
@@ -381,83 +390,151 @@ class JetStreamConsumer:
                     )
                     await _sleep_or_stop(stop, 0.5)
                     continue
-                for index, msg in enumerate(messages):
-                    if stop.is_set():
-                        # Hand the rest back at once so another replica takes them.
-                        for rest in messages[index:]:
-                            await _quietly(rest.nak())
-                        break
-                    await self.process(msg)
+                await self.process(messages)
         finally:
             await _quietly(sub.unsubscribe())
 
-    async def process(self, msg: Msg) -> None:
-        delivery = _delivery(msg, self.namespace)
+    async def process(self, messages: list[Msg]) -> None:
+        """Handles a fetched batch: one transaction, one savepoint per message.
+
+        Each message's inbox row and effect commit together (its savepoint is
+        rolled back alone when its handler fails), the batch commits once,
+        and only then are messages acked, nak'ed or dead-lettered. A crash
+        before the commit redelivers the whole batch; a crash after it
+        redelivers messages whose effects the inbox already holds.
+        """
         started = time.perf_counter()
         consumer = self.name
-        bound = structlog.contextvars.bound_contextvars(
-            consumer=consumer, message_id=delivery.message_id, subject=delivery.subject
-        )
-        with bound:
+        deliveries = [_delivery(m, self.namespace) for m in messages]
+        outcomes: list[tuple[str, str]] = [("", "")] * len(messages)
+        for index, delivery in enumerate(deliveries):
             if delivery.num_delivered > self.spec.max_deliver:
-                await self._dead_letter(
-                    delivery,
+                outcomes[index] = (
+                    "dead",
                     "gave up after the maximum deliveries "
                     "(the handler crashed or timed out each time)",
                 )
-                await msg.term()
-                self.metrics.messages_handled.labels(consumer, "dead_letter").inc()
-                return
+        pending = [i for i, o in enumerate(outcomes) if not o[0]]
+        try:
+            async with self.pool.acquire() as conn:
+                try:
+                    # Fast path: the whole batch in one transaction, one inbox insert.
+                    async with conn.transaction():
+                        fast = await self._handle_batch(conn, [deliveries[i] for i in pending])
+                    for index, settled in zip(pending, fast, strict=True):
+                        outcomes[index] = settled
+                except _HandlerFailed as failed:
+                    # One handler failed: that message is settled by its error (its
+                    # handler is not run again now); the rest are redone one by one,
+                    # each in its own savepoint, so one failure holds back no other.
+                    culprit = pending[failed.position]
+                    outcomes[culprit] = failed.outcome
+                    async with conn.transaction():
+                        for index in pending:
+                            if index != culprit:
+                                outcomes[index] = await self._handle_one(conn, deliveries[index])
+        except Exception as exc:
+            # The batch did not commit (database trouble): nothing happened; retry it all.
+            failure = redact_text(str(exc)) or type(exc).__name__
+            log.warning("consumer_batch_failed", consumer=consumer, error=failure)
+            outcomes = [("retry", failure) if o[0] != "dead" else o for o in outcomes]
+        self.faults.hit("consumer.after_commit")
+        for msg, delivery, (outcome, reason) in zip(messages, deliveries, outcomes, strict=True):
+            await self._settle(msg, delivery, outcome, reason)
+        elapsed = time.perf_counter() - started
+        if messages:
+            self.metrics.message_duration.labels(consumer).observe(elapsed / len(messages))
+
+    async def _handle_batch(
+        self, conn: asyncpg.Connection, deliveries: list[Delivery]
+    ) -> list[tuple[str, str]]:
+        if not deliveries:
+            return []
+        rows = await conn.fetch(
+            "INSERT INTO inbox (consumer, message_id) SELECT $1, unnest($2::text[])"
+            " ON CONFLICT DO NOTHING RETURNING message_id",
+            self.name,
+            [d.message_id for d in deliveries],
+        )
+        new = {r["message_id"] for r in rows}
+        outcomes: list[tuple[str, str]] = []
+        for position, delivery in enumerate(deliveries):
+            if delivery.message_id in new:
+                new.discard(delivery.message_id)  # a duplicate inside the batch runs once
+                with structlog.contextvars.bound_contextvars(
+                    consumer=self.name, message_id=delivery.message_id, subject=delivery.subject
+                ):
+                    try:
+                        await self.handler(conn, delivery)
+                    except PoisonMessage as exc:
+                        raise _HandlerFailed(position, ("poison", redact_text(str(exc)))) from exc
+                    except Exception as exc:
+                        reason = redact_text(str(exc)) or type(exc).__name__
+                        raise _HandlerFailed(position, ("retry", reason)) from exc
+                outcomes.append(("handled", ""))
+            else:
+                outcomes.append(("duplicate", ""))
+        return outcomes
+
+    async def _handle_one(self, conn: asyncpg.Connection, delivery: Delivery) -> tuple[str, str]:
+        with structlog.contextvars.bound_contextvars(
+            consumer=self.name, message_id=delivery.message_id, subject=delivery.subject
+        ):
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
+                async with conn.transaction():
                     first = await conn.fetchval(
                         "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2)"
                         " ON CONFLICT DO NOTHING RETURNING true",
-                        consumer,
+                        self.name,
                         delivery.message_id,
                     )
                     if first:
                         await self.handler(conn, delivery)
-                self.faults.hit("consumer.after_commit")
-                outcome = "handled" if first else "duplicate"
-                self.metrics.messages_handled.labels(consumer, outcome).inc()
             except PoisonMessage as exc:
-                await self._dead_letter(delivery, f"poison message: {exc}")
-                await msg.term()
-                self.metrics.messages_handled.labels(consumer, "dead_letter").inc()
-                log.warning("message_dead_lettered", reason=redact_text(str(exc)))
+                return "poison", redact_text(str(exc))
             except Exception as exc:
-                reason = redact_text(str(exc)) or type(exc).__name__
-                if delivery.num_delivered >= self.spec.max_deliver:
-                    await self._dead_letter(
-                        delivery,
-                        f"failed {delivery.num_delivered} deliveries; last error: {reason}",
-                    )
-                    await msg.term()
-                    self.metrics.messages_handled.labels(consumer, "dead_letter").inc()
-                    log.warning("message_dead_lettered", reason=reason)
-                else:
-                    delays = self.spec.backoff_seconds
-                    delay = delays[min(delivery.num_delivered - 1, len(delays) - 1)]
-                    await _quietly(msg.nak(delay=delay))
-                    self.metrics.messages_handled.labels(consumer, "retry").inc()
-                    log.info(
-                        "message_retry",
-                        error=reason,
-                        retry_in=delay,
-                        deliveries=delivery.num_delivered,
-                    )
-            else:
-                # The effect is committed: a lost ack only means a redelivery,
-                # which the inbox turns into a no-op.
-                try:
-                    await msg.ack_sync(timeout=5.0)
-                except Exception as exc:
-                    log.warning("message_ack_failed", error=type(exc).__name__)
-            finally:
-                self.metrics.message_duration.labels(consumer).observe(
-                    time.perf_counter() - started
-                )
+                return "retry", redact_text(str(exc)) or type(exc).__name__
+            return ("handled" if first else "duplicate"), ""
+
+    async def _settle(self, msg: Msg, delivery: Delivery, outcome: str, reason: str) -> None:
+        consumer = self.name
+        if outcome in ("handled", "duplicate"):
+            self.metrics.messages_handled.labels(consumer, outcome).inc()
+            # The effect is committed: a lost ack only means a redelivery,
+            # which the inbox turns into a no-op.
+            await _quietly(msg.ack())
+            return
+        if outcome == "retry" and delivery.num_delivered < self.spec.max_deliver:
+            delays = self.spec.backoff_seconds
+            delay = delays[min(delivery.num_delivered - 1, len(delays) - 1)]
+            await _quietly(msg.nak(delay=delay))
+            self.metrics.messages_handled.labels(consumer, "retry").inc()
+            log.info(
+                "message_retry",
+                consumer=consumer,
+                message_id=delivery.message_id,
+                error=reason,
+                retry_in=delay,
+                deliveries=delivery.num_delivered,
+            )
+            return
+        if outcome == "poison":
+            error = f"poison message: {reason}"
+        elif outcome == "retry":
+            error = f"failed {delivery.num_delivered} deliveries; last error: {reason}"
+        else:
+            error = reason
+        try:
+            await self._dead_letter(delivery, error)
+        except Exception as exc:
+            log.warning("dead_letter_failed", consumer=consumer, error=type(exc).__name__)
+            await _quietly(msg.nak(delay=self.spec.backoff_seconds[-1]))
+            return
+        await _quietly(msg.term())
+        self.metrics.messages_handled.labels(consumer, "dead_letter").inc()
+        log.warning(
+            "message_dead_lettered", consumer=consumer, message_id=delivery.message_id, reason=error
+        )
 
     async def _dead_letter(self, delivery: Delivery, error: str) -> None:
         async with self.pool.acquire() as conn:

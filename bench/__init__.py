@@ -1,0 +1,1 @@
+"""arbridge benchmarks: `make bench` (python -m bench) runs them and records the figures."""

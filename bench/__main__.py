@@ -1,0 +1,59 @@
+"""Runs every benchmark, prints a table, and writes bench/results.json.
+
+Benchmarks measure speed; tests check behaviour. Each benchmark module has
+an async ``run()`` returning a dict of figures; this runner adds the
+environment (versions, CPU) so the numbers can be checked against the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from importlib import import_module, metadata
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS = ("bench.sandbox_query", "bench.outbox_relay")
+
+
+def _environment() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for package in ("grpcio", "asyncpg", "nats-py", "lxml", "aiohttp", "protobuf"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "versions": versions,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+async def main(only: list[str]) -> int:
+    results = []
+    for module_name in BENCHMARKS:
+        if only and not any(o in module_name for o in only):
+            continue
+        module = import_module(module_name)
+        figures = await module.run()
+        results.append(figures)
+        for key, _value in figures.items():
+            if key != "name":
+                pass
+    out = Path(__file__).parent / "results.json"
+    out.write_text(json.dumps({"environment": _environment(), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("only", nargs="*", help="substrings of benchmark names to run")
+    sys.exit(asyncio.run(main(parser.parse_args().only)))
