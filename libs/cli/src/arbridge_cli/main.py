@@ -57,6 +57,12 @@ def _sandbox_intacct(args: argparse.Namespace) -> int:
     return asyncio.run(serve(args))
 
 
+def _intacct_decode(args: argparse.Namespace) -> int:
+    from arbridge_intacct.decode import run
+
+    return run(args.file)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="arbridge", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
@@ -77,6 +83,13 @@ def parser() -> argparse.ArgumentParser:
     intacct = sandbox_sub.add_parser("intacct", help="a wire-compatible Sage Intacct XML gateway")
     add_intacct_arguments(intacct)
     intacct.set_defaults(func=_sandbox_intacct)
+
+    intacct_tools = sub.add_parser("intacct", help="Intacct XML tools")
+    intacct_sub = intacct_tools.add_subparsers(dest="intacct_command", required=True)
+    decode = intacct_sub.add_parser(
+        "decode", help="print an Intacct response document as JSON (exit 2 when malformed)")
+    decode.add_argument("file", help="response document, or - for standard input")
+    decode.set_defaults(func=_intacct_decode)
 
     dev = sub.add_parser("dev", help="development tooling")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)

@@ -1,0 +1,1 @@
+"""The Sage Intacct XML API client library (usable without the connector service)."""

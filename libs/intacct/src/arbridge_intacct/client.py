@@ -1,0 +1,391 @@
+"""The Intacct client: sessions, retries, limits and metering around the XML gateway.
+
+* Sessions: ``getAPISession`` (alone in its request) per company and entity;
+  every later call goes to the endpoint it returned. The session is renewed
+  before its projected timeout, and an "Invalid session" answer gets one
+  transparent re-login and retry.
+* Retries with jittered exponential backoff: HTTP 429 / ``GW-0010``, 5xx,
+  network failures and malformed answers. HTTP 524 means Intacct may have done
+  the work: reads are simply repeated, writes are repeated only as they were
+  (same function controlids, ``uniqueid=true``), so Intacct refuses whatever
+  already ran.
+* Limits: every request holds a slot of a :class:`Limiter` (the connector's
+  is shared by every replica through PostgreSQL); every function sent is
+  counted by a :class:`Meter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import structlog
+
+from arbridge_intacct import request as rq
+from arbridge_intacct.errors import (
+    DUPLICATE_CONTROLID,
+    IntacctError,
+    IntacctUnavailable,
+    InvalidRequest,
+    MalformedResponse,
+    OutcomeUnknown,
+    SessionExpired,
+    Throttled,
+    classify,
+)
+from arbridge_intacct.response import (
+    Data,
+    Record,
+    Response,
+    ResponseStructureError,
+    Result,
+    StreamingResponseReader,
+)
+from arbridge_runtime.xml import XmlRejected
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_ENDPOINT = "https://api.intacct.com/ia/xml/xmlgw.phtml"
+QUERY_PAGE = 2000
+LOCAL_FORMAT = "%m/%d/%Y %H:%M:%S"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    company_id: str
+    user_id: str
+    user_password: str
+    sender_id: str
+    sender_password: str
+    entity_id: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"Credentials(company_id={self.company_id!r}, user_id={self.user_id!r}, "
+            f"sender_id={self.sender_id!r}, entity_id={self.entity_id!r}, passwords=***)"
+        )
+
+
+class Limiter(Protocol):
+    def slot(self, company_id: str) -> AbstractAsyncContextManager[None]: ...
+
+
+class Meter(Protocol):
+    async def record(self, functions: Sequence[str]) -> None: ...
+
+
+class NoLimit:
+    @asynccontextmanager
+    async def slot(self, company_id: str) -> AsyncIterator[None]:
+        yield
+
+
+class NoMeter:
+    async def record(self, functions: Sequence[str]) -> None:
+        return None
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 10
+    base_delay: float = 0.2
+    max_delay: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        # Full jitter: spreads retries of many callers after a throttle.
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))  # noqa: S311
+
+
+@dataclass
+class Session:
+    session_id: str
+    endpoint: str
+    location_id: str
+    expires_at: datetime
+    offset: timedelta
+
+    def __repr__(self) -> str:
+        return f"Session(endpoint={self.endpoint!r}, location_id={self.location_id!r}, id=***)"
+
+
+@dataclass
+class WriteOutcome:
+    """What became of one write function."""
+
+    controlid: str
+    result: Result | None
+    already_applied: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.already_applied or (self.result is not None and self.result.ok)
+
+
+@dataclass
+class IntacctClient:
+    """One company (and entity) of Intacct, as one web-services user."""
+
+    http: aiohttp.ClientSession
+    credentials: Credentials
+    endpoint: str = DEFAULT_ENDPOINT
+    time_zone: str = ""
+    limiter: Limiter = field(default_factory=NoLimit)
+    meter: Meter = field(default_factory=NoMeter)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    refresh_margin: timedelta = timedelta(minutes=5)
+    request_timeout: float = 300.0
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    _session: Session | None = None
+    _session_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    # Time ----------------------------------------------------------------------------
+
+    @property
+    def tz(self) -> tzinfo:
+        """The company's time zone: configured, else the offset Intacct reports."""
+        if self.time_zone:
+            return ZoneInfo(self.time_zone)
+        offset = self._session.offset if self._session else timedelta(0)
+        return timezone(offset)
+
+    def to_local(self, moment: datetime) -> str:
+        """A UTC moment as Intacct compares WHENMODIFIED: company-local MM/DD/YYYY HH:MM:SS."""
+        return moment.astimezone(self.tz).strftime(LOCAL_FORMAT)
+
+    def from_local(self, text: str) -> datetime | None:
+        """Intacct's company-local timestamp (or date) as a UTC moment."""
+        if not text:
+            return None
+        fmt = LOCAL_FORMAT if len(text) > 10 else "%m/%d/%Y"
+        try:
+            naive = datetime.strptime(text, fmt)
+        except ValueError:
+            return None
+        return naive.replace(tzinfo=self.tz).astimezone(UTC)
+
+    # Sessions --------------------------------------------------------------------------
+
+    async def session(self) -> Session:
+        async with self._session_lock:
+            now = datetime.now(UTC)
+            if self._session and self._session.expires_at - self.refresh_margin > now:
+                return self._session
+            self._session = await self._new_session()
+            return self._session
+
+    def _drop_session(self, session: Session) -> None:
+        if self._session is session:
+            self._session = None
+
+    async def _new_session(self) -> Session:
+        login = rq.Login(
+            self.credentials.user_id,
+            self.credentials.company_id,
+            self.credentials.user_password,
+            self.credentials.entity_id,
+        )
+        function = rq.Function(
+            "getAPISession", rq.get_api_session(self.credentials.entity_id or None)
+        )
+        body = rq.envelope(
+            sender_id=self.credentials.sender_id,
+            sender_password=self.credentials.sender_password,
+            functions=[function],
+            login=login,
+            controlid="sessionProvider",
+        )
+        response = await self._send(self.endpoint, body, [function.name], write=False)
+        result = response.results[0]
+        if not result.ok or not result.data or not result.data.records:
+            raise classify(result.errors, level="result")
+        api = result.data.records[0]
+        auth = response.authentication
+        stamp = (
+            datetime.fromisoformat(auth.sessiontimestamp)
+            if auth and auth.sessiontimestamp
+            else datetime.now(UTC)
+        )
+        timeout = (
+            datetime.fromisoformat(auth.sessiontimeout)
+            if auth and auth.sessiontimeout
+            else datetime.now(UTC) + timedelta(hours=1)
+        )
+        offset = stamp.utcoffset() or timedelta(0)
+        return Session(
+            session_id=str(api.get("sessionid", "")),
+            endpoint=str(api.get("endpoint") or self.endpoint),
+            location_id=str(api.get("locationid", "")),
+            expires_at=timeout.astimezone(UTC),
+            offset=offset,
+        )
+
+    # Calls -----------------------------------------------------------------------------
+
+    async def execute(
+        self, functions: Sequence[rq.Function], *, transaction: bool = False
+    ) -> Response:
+        """Runs functions in one request with session auth; retries as the module says."""
+        write = any(f.write for f in functions)
+        relogged = False
+        while True:
+            session = await self.session()
+            body = rq.envelope(
+                sender_id=self.credentials.sender_id,
+                sender_password=self.credentials.sender_password,
+                functions=functions,
+                session_id=session.session_id,
+                unique=write,
+                transaction=transaction,
+            )
+            try:
+                return await self._send(
+                    session.endpoint, body, [f.name for f in functions], write=write
+                )
+            except SessionExpired:
+                self._drop_session(session)
+                if relogged:
+                    raise
+                relogged = True
+
+    async def _send(
+        self, endpoint: str, body: bytes, names: Sequence[str], *, write: bool
+    ) -> Response:
+        """POSTs with retries; returns a response whose control and auth succeeded."""
+        last: IntacctError | None = None
+        for attempt in range(self.retry.attempts):
+            if attempt:
+                await self.sleep(self.retry.delay(attempt))
+            try:
+                response = await self._post_once(endpoint, body, names)
+            except (Throttled, IntacctUnavailable, MalformedResponse) as exc:
+                last = exc
+                if isinstance(exc, OutcomeUnknown) and write:
+                    log.info("intacct_outcome_unknown_retrying_same_controlids")
+                continue
+            return response
+        assert last is not None
+        raise last
+
+    async def _post_once(self, endpoint: str, body: bytes, names: Sequence[str]) -> Response:
+        reader = StreamingResponseReader()
+        async with self.limiter.slot(self.credentials.company_id):
+            try:
+                async with self.http.post(
+                    endpoint,
+                    data=body,
+                    headers={"Content-Type": "application/xml", "Accept-Encoding": "gzip, deflate"},
+                    timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+                ) as reply:
+                    if reply.status == 429:
+                        raise Throttled("Intacct answered 429 (GW-0010): rate limited")
+                    if reply.status == 524:
+                        raise OutcomeUnknown("Intacct answered 524: the outcome is unknown")
+                    if reply.status >= 500:
+                        raise IntacctUnavailable(f"Intacct answered HTTP {reply.status}")
+                    records: list[Record] = []
+                    async for chunk in reply.content.iter_chunked(65536):
+                        records.extend(reader.feed(chunk))
+                    response = reader.close()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise IntacctUnavailable(f"could not reach Intacct: {type(exc).__name__}") from None
+            except (XmlRejected, ResponseStructureError) as exc:
+                raise MalformedResponse(f"Intacct sent an invalid response: {exc}") from None
+        _attach(response, records, reader.record_results)
+        await self.meter.record(names)
+        if response.control_status != "success":
+            raise classify(response.control_errors, level="control")
+        for operation in response.operations:
+            if operation.authentication.status != "success":
+                raise classify(operation.errors, level="auth")
+        return response
+
+    # Reading ---------------------------------------------------------------------------
+
+    async def stream_query(
+        self,
+        object_name: str,
+        fields: Sequence[str],
+        *,
+        conditions: Sequence[rq.Condition] = (),
+        show_private: bool = False,
+        docparid: str = "",
+        page_size: int = QUERY_PAGE,
+        key_field: str = "RECORDNO",
+    ) -> AsyncIterator[tuple[Data, list[Record]]]:
+        """Pages of records ordered by RECORDNO, walked by key, not by offset.
+
+        Each page asks for records with ``RECORDNO > last``: a record changed
+        during the walk is neither repeated nor skipped for moving between
+        pages, and a retried page never repeats what was already handed out.
+        The first page's ``totalcount`` is the total; a walk costs the
+        minimum number of calls, ceil(total / page_size).
+        """
+        fields = list(dict.fromkeys([key_field, *fields]))
+        last: int | None = None
+        while True:
+            keyed = list(conditions)
+            if last is not None:
+                keyed.append(rq.Condition("greaterthan", key_field, (str(last),)))
+            body = rq.query(
+                object_name,
+                fields,
+                conditions=keyed,
+                order_by=[(key_field, True)],
+                page_size=page_size,
+                show_private=show_private,
+                docparid=docparid,
+            )
+            response = await self.execute([rq.Function("q", body)])
+            result = response.results[0]
+            if not result.ok:
+                raise classify(result.errors, level="result")
+            data = result.data or Data()
+            records = data.records
+            if records:
+                last = int(str(records[-1].get(key_field, last or 0)))
+            yield data, records
+            if not records or (data.numremaining or 0) == 0:
+                return
+
+    # Writing ---------------------------------------------------------------------------
+
+    async def write(
+        self, functions: Sequence[rq.Function], *, per_request: int = 5
+    ) -> list[WriteOutcome]:
+        """Runs write functions, several per request, each under its own stable controlid.
+
+        A function Intacct refuses as a repeat (``uniqueid=true``) already ran:
+        it is reported ``already_applied``.
+        """
+        outcomes: list[WriteOutcome] = []
+        for start in range(0, len(functions), per_request):
+            chunk = functions[start : start + per_request]
+            response = await self.execute(chunk)
+            by_controlid = {r.controlid: r for r in response.results}
+            for function in chunk:
+                result = by_controlid.get(function.controlid)
+                if result is None:
+                    raise InvalidRequest(
+                        f"Intacct gave no result for function {function.controlid}"
+                    )
+                duplicate = not result.ok and any(
+                    e.errorno == DUPLICATE_CONTROLID for e in result.errors
+                )
+                outcomes.append(WriteOutcome(function.controlid, result, already_applied=duplicate))
+        return outcomes
+
+
+def _attach(response: Response, records: list[Record], owners: list[int]) -> None:
+    """Gives the streamed records back to the results that held them."""
+    results = response.results
+    for record, owner in zip(records, owners, strict=True):
+        data = results[owner].data if 0 <= owner < len(results) else None
+        if data is not None:
+            data.records.append(record)
