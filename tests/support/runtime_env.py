@@ -37,6 +37,8 @@ def service_env(
             "ARBRIDGE_GRPC_PORT": "0",
             "ARBRIDGE_HTTP_PORT": "0",
             "ARBRIDGE_LOG_LEVEL": "info",
+            # Each service ignores the variables of the others.
+            "ARBRIDGE_CONNECTOR_KEYS": "test:" + "A" * 43,
         }
     )
     env.update(extra)

@@ -437,30 +437,50 @@ async def test_whenmodified_is_kept_in_the_company_time_zone() -> None:
 async def test_server_errors_senders_and_reset() -> None:
     async with live_sandbox() as live:
         await live.admin("PUT", "/sandbox/companies/acme-test/faults", json={"error_5xx_rate": 1.0})
-        status, _, _ = await live.post(envelope("<function controlid='a'><getAPISession/></function>"))
+        status, _, _ = await live.post(
+            envelope("<function controlid='a'><getAPISession/></function>")
+        )
         assert status == 503
         await live.admin("PUT", "/sandbox/companies/acme-test/faults", json={"error_5xx_rate": 0})
-        status, _ = await live.admin("POST", "/sandbox/senders",
-                                     json={"sender_id": "Other", "password": "other-pw"})
+        status, _ = await live.admin(
+            "POST", "/sandbox/senders", json={"sender_id": "Other", "password": "other-pw"}
+        )
         assert status == 201
-        root = await live.call("<function controlid='a'><getAPISession/></function>",
-                               sender="Other", sender_password="other-pw")
+        root = await live.call(
+            "<function controlid='a'><getAPISession/></function>",
+            sender="Other",
+            sender_password="other-pw",
+        )
         assert root.findtext("operation/authentication/status") == "failure"
         assert "not authorized for company" in _desc(root)
-        await live.admin("POST", "/sandbox/companies/acme-test/senders", json={"sender_id": "Other"})
-        root = await live.call("<function controlid='a'><getAPISession/></function>",
-                               sender="Other", sender_password="other-pw")
+        await live.admin(
+            "POST", "/sandbox/companies/acme-test/senders", json={"sender_id": "Other"}
+        )
+        root = await live.call(
+            "<function controlid='a'><getAPISession/></function>",
+            sender="Other",
+            sender_password="other-pw",
+        )
         assert root.findtext("operation/authentication/status") == "success"
-        status, body = await live.admin("POST", "/sandbox/companies", json={
-            "company_id": "second", "customers": 3, "invoices": 5, "user_password": "pw2",
-            "sender_id": SENDER})
+        status, body = await live.admin(
+            "POST",
+            "/sandbox/companies",
+            json={
+                "company_id": "second",
+                "customers": 3,
+                "invoices": 5,
+                "user_password": "pw2",
+                "sender_id": SENDER,
+            },
+        )
         assert status == 201
         assert body["counts"]["CUSTOMER"] == 3  # type: ignore[index]
         status, body = await live.admin("POST", "/sandbox/companies", json={"company_id": ""})
         assert status == 400
         assert "company_id is required" in str(body["error"])
-        status, body = await live.admin("PUT", "/sandbox/companies/acme-test/faults",
-                                        json={"latency_ms": "slow"})
+        status, body = await live.admin(
+            "PUT", "/sandbox/companies/acme-test/faults", json={"latency_ms": "slow"}
+        )
         assert status == 400
         _, stats = await live.admin("GET", "/sandbox/stats")
         assert stats["companies"]["acme-test"]["server_errors"] == 1  # type: ignore[index]
@@ -474,11 +494,19 @@ def test_the_generator_is_deterministic() -> None:
     now = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
 
     def snapshot(seed: int) -> list[tuple[str, dict[str, str]]]:
-        company = make_company(company_id="d", user_id="u", user_password="p", sender_id="s",
-                               spec=GeneratorSpec(seed=seed, customers=20, invoices=80), now=now)
-        return [(name, dict(row.values))
-                for name in ("CUSTOMER", "ARINVOICE", "ARPYMT", "ARINVOICEITEM")
-                for row in sorted(company.tables[name].rows.values(), key=lambda r: r.recordno)]
+        company = make_company(
+            company_id="d",
+            user_id="u",
+            user_password="p",
+            sender_id="s",
+            spec=GeneratorSpec(seed=seed, customers=20, invoices=80),
+            now=now,
+        )
+        return [
+            (name, dict(row.values))
+            for name in ("CUSTOMER", "ARINVOICE", "ARPYMT", "ARINVOICEITEM")
+            for row in sorted(company.tables[name].rows.values(), key=lambda r: r.recordno)
+        ]
 
     first, again, other = snapshot(5), snapshot(5), snapshot(6)
     assert first == again

@@ -87,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
     intacct_tools = sub.add_parser("intacct", help="Intacct XML tools")
     intacct_sub = intacct_tools.add_subparsers(dest="intacct_command", required=True)
     decode = intacct_sub.add_parser(
-        "decode", help="print an Intacct response document as JSON (exit 2 when malformed)")
+        "decode", help="print an Intacct response document as JSON (exit 2 when malformed)"
+    )
     decode.add_argument("file", help="response document, or - for standard input")
     decode.set_defaults(func=_intacct_decode)
 

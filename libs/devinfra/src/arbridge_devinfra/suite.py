@@ -10,6 +10,7 @@ infrastructure it started). A service that dies stops the run, with its log.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import secrets
@@ -77,6 +78,18 @@ def _service_env(
         }
     )
     return env
+
+
+def dev_connector_keys(state: Path) -> str:
+    """The connector's credential keys for local runs, made once and kept under .infra/."""
+    if os.environ.get("ARBRIDGE_CONNECTOR_KEYS"):
+        return os.environ["ARBRIDGE_CONNECTOR_KEYS"]
+    path = state / "connector.keys"
+    if not path.exists():
+        key = "dev1:" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        path.write_text(key)
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def _wait_ready(running: Running, timeout: float = 60.0) -> dict[str, object]:
@@ -158,6 +171,10 @@ def run_suite(root: Path) -> int:
             f"user {sandbox_info['user_id']} / {sandbox_info['user_password']})",
             flush=True,
         )
+        extra = {
+            "ARBRIDGE_CONNECTOR_KEYS": dev_connector_keys(state),
+            "ARBRIDGE_INTACCT_ENDPOINT": str(sandbox_info["endpoint"]),
+        }
         for name, grpc_port, http_port in SERVICES:
             ready = state / f"{name}.ready"
             ready.unlink(missing_ok=True)
@@ -165,9 +182,12 @@ def run_suite(root: Path) -> int:
             out = log_path.open("ab")
             process = subprocess.Popen(
                 [sys.executable, "-m", f"arbridge_{name}"],
-                env=_service_env(
-                    name, grpc_port, http_port, database_url, infra.nats_url, token, ready
-                ),
+                env={
+                    **_service_env(
+                        name, grpc_port, http_port, database_url, infra.nats_url, token, ready
+                    ),
+                    **extra,
+                },
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -1195,6 +1195,42 @@ def create_supdoc(call: Call, el: etree._Element) -> Result:
     return Result("create_supdoc", "", body=element("key", supdoc_id))
 
 
+def get_user_permissions(call: Call, el: etree._Element) -> Result:
+    """The user's permissions by application (module) and policy (object), as Intacct lists them."""
+    user_id = _text(el, "userId")
+    user = call.company.users.get(user_id)
+    if user is None:
+        raise Failure(
+            Err(
+                "BL03000025",
+                "",
+                f"Login ID {user_id} does not exist.",
+                "Provide a valid USER.LOGINID value.",
+            )
+        )
+    modules: dict[str, list[str]] = {}
+    for key, permission in PERMISSIONS.items():
+        if permission.platform and not call.company.platform_services:
+            continue  # the application is not installed: Intacct does not list it
+        granted = [r for r in permission.rights if r in user.grants.get(key, frozenset())]
+        if granted:
+            modules.setdefault(permission.module, []).append(
+                "<policy>"
+                + element("policyName", permission.obj)
+                + element("rights", "|".join(granted))
+                + "</policy>"
+            )
+    body = "".join(
+        "<appSubscription>"
+        + element("applicationName", module)
+        + "<policies>"
+        + "".join(policies)
+        + "</policies></appSubscription>"
+        for module, policies in modules.items()
+    )
+    return Result("getUserPermissions", "", body=f"<data><permissions>{body}</permissions></data>")
+
+
 HANDLERS: dict[str, Callable[[Call, etree._Element], Result]] = {
     "readByQuery": read_by_query,
     "readMore": read_more,
@@ -1213,6 +1249,7 @@ HANDLERS: dict[str, Callable[[Call, etree._Element], Result]] = {
     "delete_customer": delete_customer,
     "delete_araccountlabel": delete_araccountlabel,
     "create_supdoc": create_supdoc,
+    "getUserPermissions": get_user_permissions,
 }
 
 WRITES = frozenset(

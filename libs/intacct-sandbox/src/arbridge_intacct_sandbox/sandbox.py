@@ -26,7 +26,7 @@ from arbridge_intacct_sandbox.functions import (
     Result,
     ResultSet,
 )
-from arbridge_intacct_sandbox.store import Company, Session, SessionStore, User
+from arbridge_intacct_sandbox.store import Company, Faults, Session, SessionStore, User
 from arbridge_intacct_sandbox.xmlout import Err, element, errors_xml
 from arbridge_runtime.xml import XmlRejected, parse_xml
 
@@ -212,12 +212,7 @@ class Sandbox:
         finally:
             if company:
                 self._inflight[company.company_id] -= 1
-        if (
-            faults
-            and stats
-            and faults.error_524_rate
-            and self._random.random() < faults.error_524_rate
-        ):
+        if faults and stats and _gateway_timeout(faults, self._random):
             # The work was done; the CDN cut the connection: the caller cannot know.
             stats.gateway_timeouts += 1
             return Reply(524, b"<html><body>A timeout occurred (524)</body></html>", "text/html")
@@ -473,6 +468,13 @@ class Sandbox:
 
     def _control_failure(self, control: etree._Element | None, error: Err) -> Reply:
         return Reply(200, _document(_control_xml(control, "failure") + errors_xml([error])))
+
+
+def _gateway_timeout(faults: Faults, rng: random.Random) -> bool:
+    if faults.error_524_next > 0:
+        faults.error_524_next -= 1
+        return True
+    return bool(faults.error_524_rate) and rng.random() < faults.error_524_rate
 
 
 def _child(el: etree._Element | None, tag: str) -> str:

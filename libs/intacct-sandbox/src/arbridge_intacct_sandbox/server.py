@@ -329,6 +329,7 @@ async def put_faults(request: web.Request) -> web.Response:
             ("latency_ms", int),
             ("concurrency_limit", int),
             ("session_expiry_calls", int),
+            ("error_524_next", int),
             ("error_5xx_rate", float),
             ("error_524_rate", float),
             ("throttle_rate", float),

@@ -85,6 +85,8 @@ class Faults:
     concurrency_limit: int = 0
     error_5xx_rate: float = 0.0
     error_524_rate: float = 0.0
+    # The next N requests are executed and then answered 524 (deterministic).
+    error_524_next: int = 0
     throttle_rate: float = 0.0
     session_expiry_calls: int = 0
     # (object, key) pairs whose writes fail validation until cleared.
@@ -99,6 +101,7 @@ class Faults:
             "concurrency_limit": self.concurrency_limit,
             "error_5xx_rate": self.error_5xx_rate,
             "error_524_rate": self.error_524_rate,
+            "error_524_next": self.error_524_next,
             "throttle_rate": self.throttle_rate,
             "session_expiry_calls": self.session_expiry_calls,
             "failing_records": sorted(f"{o}:{k}" for o, k in self.failing_records),

@@ -1,8 +1,12 @@
-"""Composition root of the connector service: builds its parts and hands them to the runtime."""
+"""Composition root of the connector: pool, HTTP client, cipher, core and gRPC API."""
 
 from __future__ import annotations
 
+import aiohttp
+
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
+from arbridge_connector.core import Connector
+from arbridge_connector.crypto import CredentialCipher
 from arbridge_connector.servicer import ConnectorService
 from arbridge_connector.settings import Settings
 from arbridge_runtime import streams
@@ -12,10 +16,24 @@ from arbridge_runtime.settings import RuntimeSettings
 
 
 async def build(settings: Settings, ctx: ServiceContext) -> None:
-    """Registers the service's gRPC API, consumers and workers on the runtime."""
+    """Registers the connector's gRPC API on the runtime."""
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(total=330),
+    )
+    ctx.exit_stack.push_async_callback(http.close)
+    core = Connector(
+        pool=ctx.pool,
+        http=http,
+        cipher=CredentialCipher(list(settings.keys)),
+        outbox=ctx.outbox,
+        default_endpoint=settings.intacct_endpoint,
+        concurrency=settings.concurrency,
+        rate_per_second=settings.rate_per_second,
+    )
     ctx.grpc.add_service(
         connector_pb2_grpc.add_ConnectorServiceServicer_to_server,
-        ConnectorService(),  # type: ignore[abstract]  # v1 methods not built yet answer UNIMPLEMENTED
+        ConnectorService(core),
         connector_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name,
     )
 

@@ -1,0 +1,313 @@
+"""The connector against the Intacct sandbox: accounts, permissions, reads, writes, limits."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import grpc.aio
+import pytest
+
+from arbridge.common.v1 import ar_pb2, common_pb2
+from arbridge.connector.v1 import connector_pb2
+from tests.integration.connector.harness import connector_harness
+from tests.support.intacct import COMPANY, USER_PW, SENDER_PW, live_sandbox
+
+
+async def test_connect_validates_with_a_real_session_and_stores_no_clear_secret(
+    database_url: str, unique: str
+) -> None:
+    async with live_sandbox() as live, connector_harness(database_url, unique, live) as h:
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await h.stub.ConnectAccount(h.connect_request(user_password="wrong-password"))
+        assert bad.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "Sign-in information is incorrect" in (bad.value.details() or "")
+        assert "wrong-password" not in (bad.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await h.stub.ConnectAccount(h.connect_request(account_id="bad id!", company_id=""))
+        assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "account_id must be" in (invalid.value.details() or "")
+        assert "company_id is required" in (invalid.value.details() or "")
+        reply = await h.stub.ConnectAccount(h.connect_request())
+        assert reply.account.state == connector_pb2.CONNECTION_STATE_CONNECTED
+        assert reply.account.platform_services is True
+        assert not reply.account.multi_entity
+        dump = b""
+        async with h.pool.acquire() as conn:
+            for table in ("accounts", "account_credentials", "outbox", "api_usage"):
+                for row in await conn.fetch(f"SELECT * FROM {table}"):
+                    dump += repr(list(row.values())).encode()
+        assert b"acct-1" in dump
+        assert USER_PW.encode() not in dump and SENDER_PW.encode() not in dump
+        got = await h.stub.GetAccount(connector_pb2.GetAccountRequest(account_id="acct-1"))
+        assert got.account.company_id == COMPANY
+        await h.stub.DisconnectAccount(connector_pb2.DisconnectAccountRequest(account_id="acct-1"))
+        async with h.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM account_credentials") == 0
+            subjects = [
+                r["subject"] for r in await conn.fetch("SELECT subject FROM outbox ORDER BY seq")
+            ]
+        assert subjects == ["connector.account.connected", "connector.account.disconnected"]
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await h.stub.ListEntities(connector_pb2.ListEntitiesRequest(account_id="acct-1"))
+        assert gone.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "reconnect" in (gone.value.details() or "")
+
+
+async def test_permissions_are_reported_one_by_one_with_the_fix(
+    database_url: str, unique: str
+) -> None:
+    async with live_sandbox() as live, connector_harness(database_url, unique, live) as h:
+        await h.stub.ConnectAccount(h.connect_request())
+        await live.admin(
+            "PUT",
+            f"/sandbox/companies/{COMPANY}/users/xmlgw-armatic",
+            json={
+                "permissions": {
+                    "ar.invoices": ["List", "View", "Add", "Edit"],
+                    "gl.stataccounts": [],
+                }
+            },
+        )
+        reply = await h.stub.CheckPermissions(
+            connector_pb2.CheckPermissionsRequest(account_id="acct-1")
+        )
+        by_object = {c.object: c for c in reply.checks}
+        assert len(reply.checks) == 13
+        assert not reply.all_granted
+        assert by_object["Invoices"].status == connector_pb2.PERMISSION_STATUS_MISSING
+        assert "grant Post on Invoices" in by_object["Invoices"].fix
+        assert "Web Services Users > xmlgw-armatic" in by_object["Invoices"].fix
+        assert by_object["Statistical Accounts"].status == connector_pb2.PERMISSION_STATUS_MISSING
+        assert by_object["Customers"].status == connector_pb2.PERMISSION_STATUS_GRANTED
+        assert by_object["BlueSnapARQueue"].status == connector_pb2.PERMISSION_STATUS_GRANTED
+        assert reply.api_calls == 2
+    async with (
+        live_sandbox(platform_services=False) as live,
+        connector_harness(database_url, unique + "b", live) as h,
+    ):
+        await h.stub.ConnectAccount(h.connect_request())
+        reply = await h.stub.CheckPermissions(
+            connector_pb2.CheckPermissionsRequest(account_id="acct-1")
+        )
+        queue = next(c for c in reply.checks if c.object == "BlueSnapARQueue")
+        assert queue.status == connector_pb2.PERMISSION_STATUS_NOT_APPLICABLE
+        assert "Platform Services" in queue.fix
+        assert reply.all_granted
+        assert not reply.platform_services
+
+
+async def test_a_full_read_costs_one_session_and_the_minimum_pages(
+    database_url: str, unique: str
+) -> None:
+    async with (
+        live_sandbox(customers=300, invoices=4321) as live,
+        connector_harness(database_url, unique, live) as h,
+    ):
+        await h.stub.ConnectAccount(h.connect_request())
+        h.core._clients.clear()  # a fresh replica: no session yet
+        await live.admin("POST", "/sandbox/stats/reset")
+        total = None
+        keys: list[str] = []
+        async for message in h.stub.StreamRecords(
+            connector_pb2.StreamRecordsRequest(
+                account_id="acct-1", object_type=common_pb2.OBJECT_TYPE_AR_INVOICE
+            )
+        ):
+            if message.HasField("total"):
+                total = message.total
+            else:
+                keys.append(message.record.record_no)
+                assert message.record.HasField("when_modified")
+        assert total == 4321 == len(keys) == len(set(keys))
+        functions = (await h.stats())["functions"]
+        assert functions == {"getAPISession": 1, "query": math.ceil(4321 / 2000)}
+        usage = await h.stub.GetApiUsage(connector_pb2.GetApiUsageRequest(account_id="acct-1"))
+        by_function = {r.function: r.calls for r in usage.rows}
+        assert by_function["query"] >= 3
+        assert usage.total_calls == sum(by_function.values())
+
+
+async def test_incremental_reads_use_the_company_time_zone(database_url: str, unique: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    async with (
+        live_sandbox(customers=50, invoices=2000) as live,
+        connector_harness(database_url, unique, live) as h,
+    ):
+        await h.stub.ConnectAccount(h.connect_request(time_zone="America/Los_Angeles"))
+        company = live.sandbox.companies[COMPANY]
+        since = datetime.now(UTC) - timedelta(days=183)
+        expected = {
+            str(r.recordno)
+            for r in company.tables["ARINVOICE"].rows.values()
+            if r.modified_utc.replace(microsecond=0) >= since.replace(microsecond=0)
+        }
+        request = connector_pb2.StreamRecordsRequest(
+            account_id="acct-1", object_type=common_pb2.OBJECT_TYPE_AR_INVOICE
+        )
+        request.modified_since.FromDatetime(since.replace(tzinfo=None))
+        got = [
+            m.record.record_no async for m in h.stub.StreamRecords(request) if m.HasField("record")
+        ]
+        assert 0 < len(expected) < 2000
+        assert set(got) == expected
+
+
+async def test_writes_batch_and_report_each_record(database_url: str, unique: str) -> None:
+    async with live_sandbox() as live, connector_harness(database_url, unique, live) as h:
+        await h.stub.ConnectAccount(h.connect_request())
+        await live.admin(
+            "PUT",
+            f"/sandbox/companies/{COMPANY}/faults",
+            json={"failing_records": ["CUSTOMER:W-0003"]},
+        )
+        writes = [
+            connector_pb2.RecordWrite(
+                operation=connector_pb2.WRITE_OPERATION_CREATE,
+                idempotency_key=f"k-{i}",
+                fields={
+                    "CUSTOMERID": f"W-{i:04d}",
+                    "NAME": f"Written {i}",
+                    "DISPLAYCONTACT.EMAIL1": f"w{i}@example.com",
+                },
+            )
+            for i in range(5)
+        ]
+        reply = await h.stub.WriteRecords(
+            connector_pb2.WriteRecordsRequest(
+                account_id="acct-1", object_type=common_pb2.OBJECT_TYPE_CUSTOMER, writes=writes
+            )
+        )
+        oks = [r.ok for r in reply.results]
+        assert oks == [True, True, True, False, True]
+        failed = reply.results[3]
+        assert "W-0003" in failed.errors[0].description2
+        assert all(r.record_no for r in reply.results if r.ok)
+        company = live.sandbox.companies[COMPANY]
+        created = company.find(company.tables["CUSTOMER"].obj, "W-0004")
+        assert created is not None
+        assert created.values["DISPLAYCONTACT.EMAIL1"] == "w4@example.com"
+        again = await h.stub.WriteRecords(
+            connector_pb2.WriteRecordsRequest(
+                account_id="acct-1", object_type=common_pb2.OBJECT_TYPE_CUSTOMER, writes=writes[:1]
+            )
+        )
+        assert again.results[0].ok and again.results[0].already_applied
+        with pytest.raises(grpc.aio.AioRpcError) as no_key:
+            await h.stub.WriteRecords(
+                connector_pb2.WriteRecordsRequest(
+                    account_id="acct-1",
+                    object_type=common_pb2.OBJECT_TYPE_CUSTOMER,
+                    writes=[
+                        connector_pb2.RecordWrite(
+                            operation=connector_pb2.WRITE_OPERATION_CREATE, fields={"NAME": "x"}
+                        )
+                    ],
+                )
+            )
+        assert no_key.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_payment_posting_is_idempotent(database_url: str, unique: str) -> None:
+    async with live_sandbox() as live, connector_harness(database_url, unique, live) as h:
+        await h.stub.ConnectAccount(h.connect_request())
+        company = live.sandbox.companies[COMPANY]
+        invoice = next(
+            r
+            for r in company.tables["ARINVOICE"].rows.values()
+            if r.values["CURRENCY"] == "USD"
+            and float(r.values["TRX_TOTALDUE"]) > 10
+            and not r.entity
+        )
+        due_minor = 1000
+        request = connector_pb2.PostArPaymentRequest(
+            account_id="acct-1",
+            idempotency_key="charge-42",
+            customer_id=invoice.values["CUSTOMERID"],
+            amount=common_pb2.Money(amount_minor=due_minor, currency="USD"),
+            bank_account_id="BOA-USD",
+            received_date="2026-11-20",
+            payment_method="Credit Card",
+            applications=[
+                ar_pb2.PaymentApplication(
+                    invoice_record_no=str(invoice.recordno),
+                    amount=common_pb2.Money(amount_minor=due_minor, currency="USD"),
+                )
+            ],
+        )
+        first = await h.stub.PostArPayment(request)
+        second = await h.stub.PostArPayment(request)
+        assert first.payment_record_no and not first.already_posted
+        assert second.already_posted
+        assert second.payment_record_no == first.payment_record_no
+        payments = [
+            r
+            for r in company.tables["ARPYMT"].rows.values()
+            if r.values.get("DOCNUMBER", "").startswith("ARB-")
+        ]
+        assert len(payments) == 1
+        after = company.tables["ARINVOICE"].rows[invoice.recordno]
+        assert float(after.values["TRX_TOTALPAID"]) == float(invoice.values["TRX_TOTALPAID"]) + 10
+        bad = connector_pb2.PostArPaymentRequest()
+        bad.CopyFrom(request)
+        bad.amount.amount_minor = 999
+        with pytest.raises(grpc.aio.AioRpcError) as mismatch:
+            await h.stub.PostArPayment(bad)
+        assert mismatch.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "add up to" in (mismatch.value.details() or "")
+
+
+async def test_custom_fields_are_written_back(database_url: str, unique: str) -> None:
+    async with live_sandbox() as live, connector_harness(database_url, unique, live) as h:
+        await h.stub.ConnectAccount(h.connect_request())
+        company = live.sandbox.companies[COMPANY]
+        invoice = min(company.tables["ARINVOICE"].rows)
+        customer = min(company.tables["CUSTOMER"].rows)
+        reply = await h.stub.UpdateCustomFields(
+            connector_pb2.UpdateCustomFieldsRequest(
+                account_id="acct-1",
+                idempotency_key="links-1",
+                updates=[
+                    connector_pb2.CustomFieldUpdate(
+                        object_type=common_pb2.OBJECT_TYPE_AR_INVOICE,
+                        record_no=str(invoice),
+                        values={"PAYMENT_LINK": "https://pay.example/i/1"},
+                    ),
+                    connector_pb2.CustomFieldUpdate(
+                        object_type=common_pb2.OBJECT_TYPE_CUSTOMER,
+                        record_no=str(customer),
+                        values={"PAY_BALANCE_LINK": "https://pay.example/b/1"},
+                    ),
+                ],
+            )
+        )
+        assert all(r.ok for r in reply.results)
+        assert (
+            company.tables["ARINVOICE"].rows[invoice].values["PAYMENT_LINK"]
+            == "https://pay.example/i/1"
+        )
+        assert (
+            company.tables["CUSTOMER"].rows[customer].values["PAY_BALANCE_LINK"]
+            == "https://pay.example/b/1"
+        )
+
+
+async def test_key_rotation_reencrypts_every_account(database_url: str, unique: str) -> None:
+    from arbridge_connector.crypto import CredentialCipher, new_key_spec, parse_keys
+
+    async with live_sandbox() as live, connector_harness(database_url, unique, live) as h:
+        await h.stub.ConnectAccount(h.connect_request("a1"))
+        await h.stub.ConnectAccount(h.connect_request("a2"))
+        old_primary = h.core.cipher.primary
+        old_keys = list(h.core.cipher._keys.items())
+        h.core.cipher = CredentialCipher(parse_keys(new_key_spec("k9")) + old_keys)
+        reply = await h.stub.RotateEncryptionKey(connector_pb2.RotateEncryptionKeyRequest())
+        assert reply.rotated == 2 and reply.key_id == "k9"
+        async with h.pool.acquire() as conn:
+            kids = {r["key_id"] for r in await conn.fetch("SELECT key_id FROM account_credentials")}
+        assert kids == {"k9"} != {old_primary}
+        h.core.cipher = CredentialCipher([("k9", h.core.cipher._keys["k9"])])  # old key retired
+        h.core._clients.clear()
+        entities = await h.stub.ListEntities(connector_pb2.ListEntitiesRequest(account_id="a1"))
+        assert entities.entities == []
