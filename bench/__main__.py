@@ -18,7 +18,12 @@ from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("bench.sandbox_query", "bench.outbox_relay")
+BENCHMARKS = (
+    "bench.sandbox_query",
+    "bench.decode",
+    "bench.stream_memory",
+    "bench.outbox_relay",
+)
 
 
 def _environment() -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -26,7 +27,7 @@ from tests.support.intacct import COMPANY, SENDER, SENDER_PW, USER, USER_PW, Liv
 @dataclass
 class ConnectorHarness:
     core: Connector
-    stub: connector_pb2_grpc.ConnectorServiceStub
+    stub: connector_pb2_grpc.ConnectorServiceAsyncStub
     pool: asyncpg.Pool
     live: LiveSandbox
 
@@ -45,7 +46,7 @@ class ConnectorHarness:
         }
         return connector_pb2.ConnectAccountRequest(**fields)
 
-    async def stats(self) -> dict[str, object]:
+    async def stats(self) -> dict[str, Any]:
         _, body = await self.live.admin("GET", f"/sandbox/stats?company={COMPANY}")
         companies = body["companies"]
         assert isinstance(companies, dict)

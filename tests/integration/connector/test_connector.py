@@ -11,7 +11,7 @@ import pytest
 from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.connector.v1 import connector_pb2
 from tests.integration.connector.harness import connector_harness
-from tests.support.intacct import COMPANY, USER_PW, SENDER_PW, live_sandbox
+from tests.support.intacct import COMPANY, SENDER_PW, USER_PW, live_sandbox
 
 
 async def test_connect_validates_with_a_real_session_and_stores_no_clear_secret(
@@ -38,7 +38,8 @@ async def test_connect_validates_with_a_real_session_and_stores_no_clear_secret(
                 for row in await conn.fetch(f"SELECT * FROM {table}"):
                     dump += repr(list(row.values())).encode()
         assert b"acct-1" in dump
-        assert USER_PW.encode() not in dump and SENDER_PW.encode() not in dump
+        assert USER_PW.encode() not in dump
+        assert SENDER_PW.encode() not in dump
         got = await h.stub.GetAccount(connector_pb2.GetAccountRequest(account_id="acct-1"))
         assert got.account.company_id == COMPANY
         await h.stub.DisconnectAccount(connector_pb2.DisconnectAccountRequest(account_id="acct-1"))
@@ -193,7 +194,8 @@ async def test_writes_batch_and_report_each_record(database_url: str, unique: st
                 account_id="acct-1", object_type=common_pb2.OBJECT_TYPE_CUSTOMER, writes=writes[:1]
             )
         )
-        assert again.results[0].ok and again.results[0].already_applied
+        assert again.results[0].ok
+        assert again.results[0].already_applied
         with pytest.raises(grpc.aio.AioRpcError) as no_key:
             await h.stub.WriteRecords(
                 connector_pb2.WriteRecordsRequest(
@@ -238,7 +240,8 @@ async def test_payment_posting_is_idempotent(database_url: str, unique: str) -> 
         )
         first = await h.stub.PostArPayment(request)
         second = await h.stub.PostArPayment(request)
-        assert first.payment_record_no and not first.already_posted
+        assert first.payment_record_no
+        assert not first.already_posted
         assert second.already_posted
         assert second.payment_record_no == first.payment_record_no
         payments = [
@@ -303,7 +306,8 @@ async def test_key_rotation_reencrypts_every_account(database_url: str, unique: 
         old_keys = list(h.core.cipher._keys.items())
         h.core.cipher = CredentialCipher(parse_keys(new_key_spec("k9")) + old_keys)
         reply = await h.stub.RotateEncryptionKey(connector_pb2.RotateEncryptionKeyRequest())
-        assert reply.rotated == 2 and reply.key_id == "k9"
+        assert reply.rotated == 2
+        assert reply.key_id == "k9"
         async with h.pool.acquire() as conn:
             kids = {r["key_id"] for r in await conn.fetch("SELECT key_id FROM account_credentials")}
         assert kids == {"k9"} != {old_primary}

@@ -8,6 +8,8 @@ events fire only for what was committed.
 
 from __future__ import annotations
 
+import bisect
+import copy
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -405,10 +407,6 @@ def query(call: Call, el: etree._Element) -> Result:
     options = el.find("options")
     case_insensitive = options is not None and _text(options, "caseinsensitive") == "true"
     show_private = options is not None and _text(options, "showprivate") == "true"
-    try:
-        predicate = compile_filter(el.find("filter"), fields, case_insensitive)
-    except QueryError as exc:
-        raise Failure(Err("Query Failed", "", str(exc), "Correct the filter")) from None
     pagesize = _int(_text(el, "pagesize"), "pagesize", 1, QUERY_MAX, DEFAULT_PAGE)
     offset = _int(_text(el, "offset"), "offset", 0, 10**9, 0)
     order = []
@@ -416,7 +414,21 @@ def query(call: Call, el: etree._Element) -> Result:
     if orderby is not None:
         for item in orderby.findall("order"):
             order.append((_text(item, "field"), item.find("descending") is None))
-    rows = _selection(call, obj, el, show_private, order, lambda r: predicate(r.values), fields)
+    key_field = "id" if obj.custom_object else "RECORDNO"
+    filter_el, after = el.find("filter"), None
+    if not order or order == [(key_field, True)]:
+        filter_el, after = _split_keyset(filter_el, key_field)
+    try:
+        predicate = compile_filter(filter_el, fields, case_insensitive)
+    except QueryError as exc:
+        raise Failure(Err("Query Failed", "", str(exc), "Correct the filter")) from None
+    rows, keys = _selection(
+        call, obj, el, filter_el, show_private, order, lambda r: predicate(r.values), fields
+    )
+    if after is not None:
+        # A keyset walk (RECORDNO > n): the selection without that condition is
+        # cached once; each page is a binary search and a slice.
+        rows = rows[bisect.bisect_right(keys, after) :]
     if count_of is not None:
         body = (
             f'<data listtype="{obj.name}" totalcount="1" offset="0" count="1" numremaining="0">'
@@ -433,15 +445,54 @@ def query(call: Call, el: etree._Element) -> Result:
     return Result("query", "", body=f"{head}>{records}</data>" if records else f"{head}/>")
 
 
+def _split_keyset(
+    filter_el: etree._Element | None, key_field: str
+) -> tuple[etree._Element | None, int | None]:
+    """The filter without a top-level ``key > n`` condition, and n (None when absent)."""
+    if filter_el is None or len(filter_el) != 1:
+        return filter_el, None
+
+    def bound(node: etree._Element) -> int | None:
+        value = (node.findtext("value") or "").strip()
+        if (
+            node.tag == "greaterthan"
+            and (node.findtext("field") or "").strip() == key_field
+            and len(node.findall("value")) == 1
+            and value.isdigit()
+        ):
+            return int(value)
+        return None
+
+    top = filter_el[0]
+    if (found := bound(top)) is not None:
+        return None, found
+    if top.tag != "and":
+        return filter_el, None
+    bounds = [(child, bound(child)) for child in top]
+    keyed = [(child, value) for child, value in bounds if value is not None]
+    if len(keyed) != 1:
+        return filter_el, None
+    rest = [copy.deepcopy(child) for child in top if child is not keyed[0][0]]
+    stripped = etree.Element("filter")
+    if len(rest) == 1:
+        stripped.append(rest[0])
+    else:
+        joined = etree.SubElement(stripped, "and")
+        for child in rest:
+            joined.append(child)
+    return stripped, keyed[0][1]
+
+
 def _selection(
     call: Call,
     obj: ObjectDef,
     el: etree._Element,
+    filter_el: etree._Element | None,
     show_private: bool,
     order: list[tuple[str, bool]],
     keep: Callable[[Row], bool],
     fields: Mapping[str, FieldDef],
-) -> list[Row]:
+) -> tuple[list[Row], list[int]]:
     """The rows a query selects, in order; cached until the object's table changes.
 
     An offset walk asks the same query once per page: the cache turns each
@@ -450,7 +501,7 @@ def _selection(
     table = call.company.tables[obj.name]
     signature = "".join(
         etree.tostring(part).decode()
-        for part in (el.find("filter"), el.find("orderby"), el.find("options"), el.find("docparid"))
+        for part in (filter_el, el.find("orderby"), el.find("options"), el.find("docparid"))
         if part is not None
     )
     key = (obj.name, signature, call.entity, show_private, table.version)
@@ -470,8 +521,8 @@ def _selection(
             raise Failure(Err("Query Failed", "", str(exc))) from None
     if len(cache) >= 32:
         cache.pop(next(iter(cache)))
-    cache[key] = rows
-    return rows
+    cache[key] = (rows, [r.recordno for r in rows])
+    return cache[key]
 
 
 def inspect(call: Call, el: etree._Element) -> Result:

@@ -142,7 +142,9 @@ class Company:
     smart_events: dict[str, SmartEvent] = field(default_factory=dict)
     executed_controlids: set[str] = field(default_factory=set)
     # Selections of recent queries, keyed with the table version they were made at.
-    query_cache: dict[tuple[object, ...], list[Row]] = field(default_factory=dict, repr=False)
+    query_cache: dict[tuple[object, ...], tuple[list[Row], list[int]]] = field(
+        default_factory=dict, repr=False
+    )
     next_recordno: int = 1
     seq: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)

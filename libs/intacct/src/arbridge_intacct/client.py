@@ -229,9 +229,17 @@ class IntacctClient:
     # Calls -----------------------------------------------------------------------------
 
     async def execute(
-        self, functions: Sequence[rq.Function], *, transaction: bool = False
+        self,
+        functions: Sequence[rq.Function],
+        *,
+        transaction: bool = False,
+        record_tag: str | None = None,
     ) -> Response:
-        """Runs functions in one request with session auth; retries as the module says."""
+        """Runs functions in one request with session auth; retries as the module says.
+
+        ``record_tag`` names the element of the records expected back (the
+        queried object), which lets the parser skip everything else.
+        """
         write = any(f.write for f in functions)
         relogged = False
         while True:
@@ -246,7 +254,11 @@ class IntacctClient:
             )
             try:
                 return await self._send(
-                    session.endpoint, body, [f.name for f in functions], write=write
+                    session.endpoint,
+                    body,
+                    [f.name for f in functions],
+                    write=write,
+                    record_tag=record_tag,
                 )
             except SessionExpired:
                 self._drop_session(session)
@@ -255,7 +267,13 @@ class IntacctClient:
                 relogged = True
 
     async def _send(
-        self, endpoint: str, body: bytes, names: Sequence[str], *, write: bool
+        self,
+        endpoint: str,
+        body: bytes,
+        names: Sequence[str],
+        *,
+        write: bool,
+        record_tag: str | None = None,
     ) -> Response:
         """POSTs with retries; returns a response whose control and auth succeeded."""
         last: IntacctError | None = None
@@ -263,7 +281,7 @@ class IntacctClient:
             if attempt:
                 await self.sleep(self.retry.delay(attempt))
             try:
-                response = await self._post_once(endpoint, body, names)
+                response = await self._post_once(endpoint, body, names, record_tag)
             except (Throttled, IntacctUnavailable, MalformedResponse) as exc:
                 last = exc
                 if isinstance(exc, OutcomeUnknown) and write:
@@ -273,8 +291,10 @@ class IntacctClient:
         assert last is not None
         raise last
 
-    async def _post_once(self, endpoint: str, body: bytes, names: Sequence[str]) -> Response:
-        reader = StreamingResponseReader()
+    async def _post_once(
+        self, endpoint: str, body: bytes, names: Sequence[str], record_tag: str | None = None
+    ) -> Response:
+        reader = StreamingResponseReader(record_tag=record_tag)
         async with self.limiter.slot(self.credentials.company_id):
             try:
                 async with self.http.post(
@@ -342,7 +362,7 @@ class IntacctClient:
                 show_private=show_private,
                 docparid=docparid,
             )
-            response = await self.execute([rq.Function("q", body)])
+            response = await self.execute([rq.Function("q", body)], record_tag=object_name)
             result = response.results[0]
             if not result.ok:
                 raise classify(result.errors, level="result")
