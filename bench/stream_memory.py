@@ -26,14 +26,25 @@ from arbridge_intacct.client import Credentials, IntacctClient
 
 async def run(invoices: int = 200_000) -> dict[str, Any]:
     ready = Path(tempfile.mkdtemp()) / "ready.json"
-    sandbox = subprocess.Popen(
-        [sys.executable, "-m", "arbridge_intacct_sandbox", "--port", "0", "--customers", "5000",
-         "--invoices", str(invoices), "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sandbox = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "arbridge_intacct_sandbox",
+        "--port",
+        "0",
+        "--customers",
+        "5000",
+        "--invoices",
+        str(invoices),
+        "--ready-file",
+        str(ready),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
         while not ready.exists():
-            if time.monotonic() > deadline or sandbox.poll() is not None:
+            if time.monotonic() > deadline or sandbox.returncode is not None:
                 raise RuntimeError("the sandbox did not start")
             await asyncio.sleep(0.2)
         info = json.loads(ready.read_text())
@@ -42,18 +53,36 @@ async def run(invoices: int = 200_000) -> dict[str, Any]:
         count = 0
         started = time.perf_counter()
         async with aiohttp.ClientSession() as http:
-            client = IntacctClient(http, Credentials(
-                info["company_id"], info["user_id"], info["user_password"], info["sender_id"],
-                info["sender_password"]), endpoint=info["endpoint"])
+            client = IntacctClient(
+                http,
+                Credentials(
+                    info["company_id"],
+                    info["user_id"],
+                    info["user_password"],
+                    info["sender_id"],
+                    info["sender_password"],
+                ),
+                endpoint=info["endpoint"],
+            )
             async for _data, records in client.stream_query(
-                    "ARINVOICE", ["RECORDNO", "RECORDID", "CUSTOMERID", "STATE", "TRX_TOTALDUE",
-                                  "CURRENCY", "WHENDUE", "WHENMODIFIED"]):
+                "ARINVOICE",
+                [
+                    "RECORDNO",
+                    "RECORDID",
+                    "CUSTOMERID",
+                    "STATE",
+                    "TRX_TOTALDUE",
+                    "CURRENCY",
+                    "WHENDUE",
+                    "WHENMODIFIED",
+                ],
+            ):
                 count += len(records)
                 samples.append(me.memory_info().rss / 2**20)
         seconds = time.perf_counter() - started
     finally:
         sandbox.terminate()
-        sandbox.wait(30)
+        await sandbox.wait()
     tenth = max(1, len(samples) // 10)
     return {
         "name": "stream_memory",
