@@ -13,7 +13,6 @@ from arbridge.connector.v1 import connector_pb2
 from arbridge.payments.v1 import payments_pb2
 from arbridge.rules.v1 import rules_pb2
 from arbridge.sync.v1 import sync_pb2
-from arbridge_connector.servicer import ConnectorService
 from arbridge_payments.servicer import PaymentsService
 from arbridge_rules.servicer import RulesService
 from arbridge_runtime.grpc_server import GrpcServer
@@ -27,11 +26,12 @@ from arbridge.rules.v1 import rules_pb2_grpc  # isort: skip
 from arbridge.sync.v1 import sync_pb2_grpc  # isort: skip
 
 SERVICES = [
+    # The generated base servicer: every method exists, none needs a backend.
     (
         connector_pb2,
         "ConnectorService",
         connector_pb2_grpc.add_ConnectorServiceServicer_to_server,
-        ConnectorService,
+        connector_pb2_grpc.ConnectorServiceServicer,
     ),
     (sync_pb2, "SyncService", sync_pb2_grpc.add_SyncServiceServicer_to_server, SyncService),
     (

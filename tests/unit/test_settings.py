@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from arbridge_connector.settings import Settings
+from arbridge_rules.settings import Settings
 from arbridge_runtime.settings import EnvReader, RuntimeSettings, SettingsError
 
 GOOD = {"ARBRIDGE_SERVICE_TOKEN": "a" * 32}
@@ -12,8 +12,8 @@ GOOD = {"ARBRIDGE_SERVICE_TOKEN": "a" * 32}
 
 def test_defaults_with_only_the_token() -> None:
     settings = Settings.from_env(GOOD).runtime
-    assert settings.service == "connector"
-    assert settings.database_schema == "connector"
+    assert settings.service == "rules"
+    assert settings.database_schema == "rules"
     assert settings.grpc_port == 0
     assert settings.service_token == "a" * 32
     assert settings.reflection is True
