@@ -39,6 +39,8 @@ def service_env(
             "ARBRIDGE_LOG_LEVEL": "info",
             # Each service ignores the variables of the others.
             "ARBRIDGE_CONNECTOR_KEYS": "test:" + "A" * 43,
+            "ARBRIDGE_WEBHOOK_SECRET": "test-webhook-master-secret-0123456789",
+            "ARBRIDGE_GATEWAY_PORT": "0",
         }
     )
     env.update(extra)

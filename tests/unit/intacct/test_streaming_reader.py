@@ -42,8 +42,8 @@ def _response(function: str) -> bytes:
             "customer",
         ),
         (
-            "<function controlid='a'><query><object>ARINVOICE</object><select><field>RECORDNO</field>"
-            "<field>CUSTOMERID</field><field>BILLTO.CONTACTNAME</field></select></query></function>",
+            "<function controlid='a'><query><object>ARINVOICE</object><select>"
+            "<field>RECORDNO</field><field>CUSTOMERID</field><field>BILLTO.CONTACTNAME</field></select></query></function>",
             "ARINVOICE",
         ),
     ],

@@ -26,6 +26,7 @@ import asyncpg
 from arbridge_devinfra.infra import Infra, ensure_infra, port_open, with_database
 
 INTACCT_SANDBOX_PORT = 8410
+GATEWAY_PUBLIC_PORT = 8080
 
 # (name, gRPC port, side HTTP port): fixed so that other tools find them.
 SERVICES: tuple[tuple[str, int, int], ...] = (
@@ -80,6 +81,15 @@ def _service_env(
     return env
 
 
+def dev_secret(state: Path, name: str) -> str:
+    """A random secret for local runs, made once and kept under .infra/."""
+    path = state / name
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def dev_connector_keys(state: Path) -> str:
     """The connector's credential keys for local runs, made once and kept under .infra/."""
     if os.environ.get("ARBRIDGE_CONNECTOR_KEYS"):
@@ -125,7 +135,8 @@ def run_suite(root: Path) -> int:
     state = root / ".infra"
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    ports = [p for _, g, h in SERVICES for p in (g, h)] + [INTACCT_SANDBOX_PORT]
+    ports = [p for _, g, h in SERVICES for p in (g, h)] + [INTACCT_SANDBOX_PORT,
+                                                            GATEWAY_PUBLIC_PORT]
     busy = [p for p in ports if port_open("127.0.0.1", p, 0.2)]
     if busy:
         print(f"ports already in use: {busy}; is another `make run` going?", file=sys.stderr)
@@ -174,6 +185,9 @@ def run_suite(root: Path) -> int:
         extra = {
             "ARBRIDGE_CONNECTOR_KEYS": dev_connector_keys(state),
             "ARBRIDGE_INTACCT_ENDPOINT": str(sandbox_info["endpoint"]),
+            "ARBRIDGE_CONNECTOR_TARGET": "127.0.0.1:50051",
+            "ARBRIDGE_WEBHOOK_SECRET": dev_secret(state, "webhook.secret"),
+            "ARBRIDGE_GATEWAY_PORT": str(GATEWAY_PUBLIC_PORT),
         }
         for name, grpc_port, http_port in SERVICES:
             ready = state / f"{name}.ready"
@@ -202,6 +216,9 @@ def run_suite(root: Path) -> int:
                 f"log {item.log_path.relative_to(root)}",
                 flush=True,
             )
+            listen = info.get("listen")
+            for line in listen if isinstance(listen, list) else []:
+                print(f"{'':<10} {line}", flush=True)
         print(
             "service token: "
             + ("(from ARBRIDGE_SERVICE_TOKEN)" if "ARBRIDGE_SERVICE_TOKEN" in os.environ else token)

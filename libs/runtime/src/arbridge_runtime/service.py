@@ -76,6 +76,8 @@ class ServiceContext:
     consumers: list[JetStreamConsumer] = field(default_factory=list)
     startup_checks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     listen_lines: list[str] = field(default_factory=list)
+    # Extra facts for the ready file (e.g. a public HTTP port).
+    ready_info: dict[str, Any] = field(default_factory=dict)
 
     def add_consumer(self, spec: ConsumerSpec, handler: Handler) -> JetStreamConsumer:
         consumer = JetStreamConsumer(
@@ -218,6 +220,7 @@ async def serve(
                     "http_port": http_port,
                     "pid": os.getpid(),
                     "listen": ctx.listen_lines,
+                    **ctx.ready_info,
                 },
             )
 

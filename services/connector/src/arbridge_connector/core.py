@@ -34,7 +34,8 @@ from arbridge_runtime.jetstream import Outbox
 
 log = structlog.get_logger(__name__)
 
-_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# No dots: the account id is a token of NATS subjects (intacct.events.<account_id>).
+_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class Connector:
     async def connect(self, req: ConnectRequest) -> repo.AccountRow:
         problems = []
         if not _ACCOUNT_ID.match(req.account_id):
-            problems.append("account_id must be 1-128 letters, digits, '.', '_', ':' or '-'")
+            problems.append("account_id must be 1-128 letters, digits, '_', ':' or '-'")
         for name in ("company_id", "user_id", "user_password", "sender_id", "sender_password"):
             if not getattr(req, name):
                 problems.append(f"{name} is required")

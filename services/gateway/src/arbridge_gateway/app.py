@@ -1,7 +1,10 @@
-"""Composition root of the gateway service: builds its parts and hands them to the runtime."""
+"""Composition root of the gateway: the public webhook edge on the runtime."""
 
 from __future__ import annotations
 
+from aiohttp import web
+
+from arbridge_gateway.edge import Edge
 from arbridge_gateway.settings import Settings
 from arbridge_runtime import streams
 from arbridge_runtime.db import load_migrations
@@ -10,10 +13,25 @@ from arbridge_runtime.settings import RuntimeSettings
 
 
 async def build(settings: Settings, ctx: ServiceContext) -> None:
-    """Registers the service's gRPC API, consumers and workers on the runtime."""
-    del (
-        ctx
-    )  # the gateway's HTTP edge is built by its own issue; health and metrics come from the runtime
+    """Starts the public webhook port; it stops with the service."""
+    edge = Edge(
+        js=ctx.js,
+        namespace=ctx.namespace,
+        secrets=settings.webhook_secrets,
+        max_body_bytes=settings.max_body_bytes,
+        publish_timeout=settings.publish_timeout,
+        metrics=ctx.metrics,
+        ready=lambda: ctx.nats.is_connected,
+    )
+    runner = web.AppRunner(edge.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.public_host, settings.public_port)
+    await site.start()
+    ctx.exit_stack.push_async_callback(runner.cleanup)
+    sockets = getattr(site._server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else settings.public_port
+    ctx.ready_info["public_port"] = port
+    ctx.listen_lines.append(f"webhooks http://{settings.public_host}:{port}/v1/intacct/...")
 
 
 def definition(settings: Settings) -> ServiceDefinition:
@@ -23,10 +41,7 @@ def definition(settings: Settings) -> ServiceDefinition:
     return ServiceDefinition(
         name="gateway",
         migrations=load_migrations("arbridge_gateway", "gateway"),
-        streams=(
-            streams.INTACCT_EVENTS,
-            streams.CARD_EVENTS,
-        ),
+        streams=(streams.INTACCT_EVENTS, streams.CARD_EVENTS),
         build=build_with_settings,
     )
 

@@ -1,22 +1,54 @@
-"""Composition root of the sync service: builds its parts and hands them to the runtime."""
+"""Composition root of the sync service: connector channel, job runner, consumers, gRPC API."""
 
 from __future__ import annotations
 
+from arbridge.connector.v1 import connector_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime import streams
 from arbridge_runtime.db import load_migrations
+from arbridge_runtime.grpc_client import service_channel
+from arbridge_runtime.jetstream import ConsumerSpec
 from arbridge_runtime.service import ServiceContext, ServiceDefinition, run
 from arbridge_runtime.settings import RuntimeSettings
+from arbridge_sync.core import SyncCore
+from arbridge_sync.jobs import DailyScheduler, JobRunner
 from arbridge_sync.servicer import SyncService
 from arbridge_sync.settings import Settings
 
 
 async def build(settings: Settings, ctx: ServiceContext) -> None:
-    """Registers the service's gRPC API, consumers and workers on the runtime."""
+    """Registers the sync API, the Intacct-event and account consumers, and the job workers."""
+    channel = service_channel(
+        settings.connector_target, settings.runtime.service_token, deadline=120
+    )
+    ctx.exit_stack.push_async_callback(channel.close, None)
+    connector = connector_pb2_grpc.ConnectorServiceStub(channel)
+    runner = JobRunner(pool=ctx.pool, outbox=ctx.outbox, connector=connector)
+    core = SyncCore(
+        pool=ctx.pool,
+        outbox=ctx.outbox,
+        connector=connector,
+        jobs=runner,
+        webhook_secrets=settings.webhook_secrets,
+    )
     ctx.grpc.add_service(
         sync_pb2_grpc.add_SyncServiceServicer_to_server,
-        SyncService(),  # type: ignore[abstract]  # v1 methods not built yet answer UNIMPLEMENTED
+        SyncService(core),
         sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name,
+    )
+    ctx.add_consumer(
+        ConsumerSpec("sync-accounts", "CONNECTOR", ("connector.account.>",), batch=16),
+        core.on_account_connection,
+    )
+    ctx.add_consumer(
+        ConsumerSpec(
+            "sync-intacct-events", "INTACCT_EVENTS", ("intacct.events.>",), max_deliver=8, batch=64
+        ),
+        core.on_intacct_event,
+    )
+    ctx.add_worker("sync-jobs", runner.run)
+    ctx.add_worker(
+        "daily-scheduler", DailyScheduler(ctx.pool, runner, settings.daily_check_seconds).run
     )
 
 

@@ -1,0 +1,286 @@
+"""Sync's domain: accounts, applying Intacct events, re-syncs, preferences, set-up documents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+import grpc
+import grpc.aio
+import structlog
+
+from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
+from arbridge.events.v1 import events_pb2
+from arbridge.sync.v1 import sync_pb2
+from arbridge_runtime import webhooks
+from arbridge_runtime.errors import InvalidArgument, NotFound
+from arbridge_runtime.jetstream import Delivery, Outbox, PoisonMessage, RetryableError
+from arbridge_sync import store
+from arbridge_sync.intacct_events import BadEvent, IntacctEvent, parse
+from arbridge_sync.jobs import JobRunner, next_daily
+from arbridge_sync.mapping import Unmappable
+from arbridge_sync.objects import BY_NAME, SYNCED, Synced, read_fields
+from arbridge_sync.unsynced import record_failure, resolve
+
+log = structlog.get_logger(__name__)
+
+TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+@dataclass
+class SyncCore:
+    pool: asyncpg.Pool
+    outbox: Outbox
+    connector: connector_pb2_grpc.ConnectorServiceAsyncStub
+    jobs: JobRunner
+    webhook_secrets: tuple[str, ...]
+
+    # Accounts ------------------------------------------------------------------------
+
+    async def on_account_connection(self, conn: asyncpg.Connection, delivery: Delivery) -> None:
+        event = events_pb2.AccountConnectionChanged.FromString(delivery.data)
+        if not event.connected:
+            await conn.execute(
+                "UPDATE accounts SET connected = false WHERE account_id = $1", event.account_id
+            )
+            return
+        time_zone = event.time_zone or "UTC"
+        await conn.execute(
+            """INSERT INTO accounts (account_id, connected, company_id, time_zone)
+               VALUES ($1, true, $2, $3)
+               ON CONFLICT (account_id) DO UPDATE SET connected = true, company_id = $2,
+                 time_zone = $3""",
+            event.account_id,
+            event.company_id,
+            time_zone,
+        )
+        await conn.execute(
+            "INSERT INTO preferences (account_id, time_zone) VALUES ($1, $2)"
+            " ON CONFLICT (account_id) DO NOTHING",
+            event.account_id,
+            time_zone,
+        )
+        prefs = await conn.fetchrow(
+            "SELECT daily_sync_time, time_zone FROM preferences WHERE account_id = $1",
+            event.account_id,
+        )
+        await conn.execute(
+            "UPDATE accounts SET next_daily_sync_at = $2 WHERE account_id = $1"
+            " AND next_daily_sync_at IS NULL",
+            event.account_id,
+            next_daily(datetime.now(UTC), prefs["daily_sync_time"], prefs["time_zone"]),
+        )
+        synced = await conn.fetchval(
+            "SELECT initial_synced_at FROM accounts WHERE account_id = $1", event.account_id
+        )
+        if synced is None:
+            await self.jobs.create(conn, event.account_id, "initial")
+
+    async def require_account(self, conn: asyncpg.Connection, account_id: str) -> asyncpg.Record:
+        row = await conn.fetchrow("SELECT * FROM accounts WHERE account_id = $1", account_id)
+        if row is None:
+            raise NotFound(f"no account {account_id!r} in sync; connect it through the connector")
+        return row
+
+    # Intacct events ------------------------------------------------------------------
+
+    async def on_intacct_event(self, conn: asyncpg.Connection, delivery: Delivery) -> None:
+        received = events_pb2.IntacctEventReceived.FromString(delivery.data)
+        account_id = received.account_id
+        if not await conn.fetchval(
+            "SELECT connected FROM accounts WHERE account_id = $1", account_id
+        ):
+            raise PoisonMessage(f"event for account {account_id!r}, which is not connected")
+        try:
+            event = parse(received.body, received.content_type)
+        except BadEvent as exc:
+            raise PoisonMessage(str(exc)) from None
+        synced = BY_NAME.get(event.object)
+        if synced is None:
+            log.info("intacct_event_ignored", object=event.object, account_id=account_id)
+            return
+        await self.apply_event(conn, account_id, synced, event)
+
+    async def apply_event(
+        self, conn: asyncpg.Connection, account_id: str, synced: Synced, event: IntacctEvent
+    ) -> None:
+        if event.action == "delete":
+            await store.delete(conn, self.outbox, synced.table, account_id, [event.record_no])
+            return
+        fields = event.fields
+        if not event.carries_data:
+            fetched = await self._fetch(conn, account_id, synced, event.record_no)
+            if fetched is None:
+                return
+            fields = fetched
+        await self._apply_fields(conn, account_id, synced, fields)
+
+    async def _apply_fields(
+        self, conn: asyncpg.Connection, account_id: str, synced: Synced, fields: dict[str, str]
+    ) -> bool:
+        tax_field = (
+            await conn.fetchval(
+                "SELECT level2_tax_field FROM preferences WHERE account_id = $1", account_id
+            )
+            or ""
+        )
+        try:
+            row = synced.map(account_id, fields, tax_field)
+        except Unmappable as exc:
+            await record_failure(
+                conn, account_id, synced.name, fields.get("RECORDNO", ""), "from_intacct", str(exc)
+            )
+            return False
+        await store.apply(conn, self.outbox, synced.table, [row])
+        return True
+
+    async def _fetch(
+        self, conn: asyncpg.Connection, account_id: str, synced: Synced, record_no: str
+    ) -> dict[str, str] | None:
+        """Reads one record through the connector; a refusal lands in the unsynced registry."""
+        try:
+            tax_field = (
+                await conn.fetchval(
+                    "SELECT level2_tax_field FROM preferences WHERE account_id = $1", account_id
+                )
+                or ""
+            )
+            reply = await self.connector.GetRecords(
+                connector_pb2.GetRecordsRequest(
+                    account_id=account_id,
+                    object_type=synced.object_type,
+                    record_nos=[record_no],
+                    fields=read_fields(synced, tax_field),
+                ),
+                timeout=60,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in TRANSIENT:
+                raise RetryableError(f"connector {exc.code().name}: {exc.details()}") from None
+            await record_failure(
+                conn,
+                account_id,
+                synced.name,
+                record_no,
+                "from_intacct",
+                exc.details() or exc.code().name,
+            )
+            return None
+        if not reply.records:
+            # Gone from Intacct (or out of this connection's reach): treat as deleted.
+            await store.delete(conn, self.outbox, synced.table, account_id, [record_no])
+            return None
+        return dict(reply.records[0].fields)
+
+    # Unsynced registry ----------------------------------------------------------------
+
+    async def resync(self, account_id: str, unsynced_id: str) -> tuple[asyncpg.Record, bool]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            entry = await self._entry(conn, account_id, unsynced_id)
+            synced = BY_NAME.get(entry["object_type"])
+            if synced is None or entry["direction"] != "from_intacct":
+                raise InvalidArgument("only records coming from Intacct can be re-synced here")
+            fields = await self._fetch(conn, account_id, synced, entry["record_no"])
+            ok = fields is not None and await self._apply_fields(conn, account_id, synced, fields)
+            if ok:
+                await resolve(
+                    conn, account_id, synced.name, entry["record_no"], "from_intacct", "resynced"
+                )
+            return await self._entry(conn, account_id, unsynced_id), ok
+
+    async def mark_synced(
+        self, account_id: str, unsynced_id: str, actor: str, reason: str
+    ) -> asyncpg.Record:
+        if not actor.strip() or not reason.strip():
+            raise InvalidArgument("actor and reason are required: say who marks it and why")
+        async with self.pool.acquire() as conn, conn.transaction():
+            entry = await self._entry(conn, account_id, unsynced_id)
+            await resolve(
+                conn,
+                account_id,
+                entry["object_type"],
+                entry["record_no"],
+                entry["direction"],
+                "marked_synced",
+                actor.strip(),
+                reason.strip(),
+            )
+            return await self._entry(conn, account_id, unsynced_id)
+
+    async def _entry(
+        self, conn: asyncpg.Connection, account_id: str, unsynced_id: str
+    ) -> asyncpg.Record:
+        try:
+            row = await conn.fetchrow(
+                "SELECT * FROM unsynced WHERE account_id = $1 AND unsynced_id = $2::uuid",
+                account_id,
+                unsynced_id,
+            )
+        except asyncpg.DataError:
+            row = None
+        if row is None:
+            raise NotFound(f"no unsynced record {unsynced_id!r} for account {account_id!r}")
+        return row
+
+    # Smart events set-up ---------------------------------------------------------------
+
+    async def smart_event_setup(
+        self, account_id: str, base_url: str
+    ) -> sync_pb2.GetSmartEventSetupResponse:
+        async with self.pool.acquire() as conn:
+            await self.require_account(conn, account_id)
+            tax_field = (
+                await conn.fetchval(
+                    "SELECT level2_tax_field FROM preferences WHERE account_id = $1", account_id
+                )
+                or ""
+            )
+        if not base_url.startswith(("https://", "http://")):
+            raise InvalidArgument("gateway_base_url must be the gateway's public http(s) URL")
+        if not self.webhook_secrets:
+            raise InvalidArgument("ARBRIDGE_WEBHOOK_SECRET is not configured")
+        token = webhooks.url_token(self.webhook_secrets[0], account_id)
+        url = f"{base_url.rstrip('/')}/v1/intacct/{account_id}/{token}"
+        specs = []
+        lines = [
+            f"# Smart events for account {account_id}",
+            "",
+            "In Intacct: Platform Services > Smart Events > Add. Create one smart event per "
+            "row below: action type **HTTP post**, the object and event shown, the URL "
+            "(keep it secret: it carries the account's token), content type "
+            "`application/xml`, and the body template exactly as given.",
+            "",
+        ]
+        for synced in SYNCED:
+            for action in ("add", "set", "delete"):
+                fields = ["RECORDNO"] if action == "delete" else read_fields(synced, tax_field)
+                record = "".join(f"<{f}>{{!{synced.name}.{f}!}}</{f}>" for f in fields)
+                template = (
+                    f"<intacct-event><object>{synced.name}</object><action>{action}"
+                    f"</action><record>{record}</record></intacct-event>"
+                )
+                spec = sync_pb2.SmartEventSpec(
+                    name=f"arbridge-{synced.name.lower()}-{action}",
+                    object=synced.name,
+                    actions=[action],
+                    url=url,
+                    content_type="application/xml",
+                    body_template=template,
+                )
+                specs.append(spec)
+                lines += [
+                    f"## {spec.name}",
+                    f"- object: {synced.name}",
+                    f"- event: {action}",
+                    f"- URL: {url}",
+                    "- body:",
+                    "",
+                    f"    {template}",
+                    "",
+                ]
+        return sync_pb2.GetSmartEventSetupResponse(events=specs, document="\n".join(lines))

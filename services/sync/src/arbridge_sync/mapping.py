@@ -1,0 +1,196 @@
+"""Intacct records (flat field maps, as the connector or a smart event gives them) to AR store rows.
+
+A record that cannot be mapped raises :class:`Unmappable` with the reason an
+operator reads in the unsynced registry. Money becomes integer minor units;
+Intacct's ``MM/DD/YYYY`` dates become dates; ``WHENMODIFIED`` stays company
+local wall time, which is what orders versions of a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+ZERO_DECIMAL = {"JPY", "KRW", "VND", "CLP", "ISK", "UGX", "XAF", "XOF"}
+INVOICE_STATES = {
+    "Draft": "draft",
+    "Posted": "open",
+    "Partially Paid": "partially_paid",
+    "Paid": "paid",
+    "Reversed": "void",
+    "Void": "void",
+}
+
+
+class Unmappable(ValueError):
+    """The record's data cannot be mirrored (the reason says which field and why)."""
+
+
+def minor_units(value: str, currency: str, field: str) -> int:
+    if value in ("", None):
+        return 0
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise Unmappable(f"{field} {value!r} is not an amount") from None
+    exponent = 0 if currency in ZERO_DECIMAL else 2
+    scaled = amount.scaleb(exponent)
+    if scaled != scaled.to_integral_value():
+        raise Unmappable(f"{field} {value} has more decimals than {currency} allows")
+    return int(scaled)
+
+
+def intacct_date(value: str, field: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value[:10], "%m/%d/%Y").date()
+    except ValueError:
+        raise Unmappable(f"{field} {value!r} is not a date (MM/DD/YYYY)") from None
+
+
+def intacct_timestamp(value: str) -> datetime | None:
+    if not value:
+        return None
+    for fmt in ("%m/%d/%Y %H:%M:%S", "%m/%d/%Y"):
+        try:
+            return datetime.strptime(value, fmt)
+        except ValueError:
+            continue
+    raise Unmappable(f"WHENMODIFIED {value!r} is not an Intacct timestamp")
+
+
+def _hash(row: Mapping[str, Any]) -> str:
+    material = {k: v for k, v in row.items() if k not in ("intacct_modified",)}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _currency(f: Mapping[str, str], default: str = "USD") -> str:
+    currency = (f.get("CURRENCY") or default).strip().upper()
+    if len(currency) != 3 or not currency.isalpha():
+        raise Unmappable(f"CURRENCY {currency!r} is not an ISO 4217 code")
+    return currency
+
+
+def _need(f: Mapping[str, str], name: str) -> str:
+    value = f.get(name, "")
+    if not value:
+        raise Unmappable(f"{name} is missing")
+    return value
+
+
+def customer_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
+    contact = {
+        k.split(".", 1)[1]: v
+        for k, v in f.items()
+        if k.startswith(("DISPLAYCONTACT.", "BILLTO.")) and v
+    }
+    row = {
+        "account_id": account_id,
+        "record_no": _need(f, "RECORDNO"),
+        "customer_id": _need(f, "CUSTOMERID"),
+        "name": f.get("NAME", ""),
+        "active": f.get("STATUS", "active") != "inactive",
+        "currency": _currency(f),
+        "term_name": f.get("TERMNAME", ""),
+        "entity_id": f.get("MEGAENTITYID", ""),
+        "groups": [g for g in [f.get("GROUPID", "")] if g],
+        "contact": contact,
+        "custom_fields": {
+            k: v
+            for k, v in f.items()
+            if k in ("PAY_BALANCE_LINK", "PAYMENT_METHOD_LINK", "NEXT_AUTO_CHARGE") and v
+        },
+        "intacct_modified": intacct_timestamp(f.get("WHENMODIFIED", "")),
+    }
+    row["data_hash"] = _hash(row)
+    return row
+
+
+def invoice_row(account_id: str, f: Mapping[str, str], tax_field: str) -> dict[str, Any]:
+    currency = _currency(f)
+    total = minor_units(f.get("TRX_TOTALENTERED", ""), currency, "TRX_TOTALENTERED")
+    paid = minor_units(f.get("TRX_TOTALPAID", ""), currency, "TRX_TOTALPAID")
+    due = minor_units(f.get("TRX_TOTALDUE", ""), currency, "TRX_TOTALDUE")
+    if total < 0 or paid < 0 or due < 0:
+        raise Unmappable("negative invoice amounts (credit memos) are not mirrored as invoices")
+    tax = None
+    if tax_field:
+        raw = f.get(tax_field, "")
+        tax = minor_units(raw, currency, tax_field) if raw else None
+    state = INVOICE_STATES.get(f.get("STATE", ""), "open" if due else "paid")
+    row = {
+        "account_id": account_id,
+        "record_no": _need(f, "RECORDNO"),
+        "source": "sales_invoice" if f.get("MODULEKEY") == "8.SO" else "ar_invoice",
+        "invoice_number": f.get("RECORDID", ""),
+        "customer_id": _need(f, "CUSTOMERID"),
+        "entity_id": f.get("MEGAENTITYID", ""),
+        "state": state,
+        "currency": currency,
+        "total_minor": total,
+        "paid_minor": paid,
+        "due_minor": due,
+        "tax_minor": tax,
+        "term_name": f.get("TERMNAME", ""),
+        "invoice_date": intacct_date(f.get("WHENCREATED", ""), "WHENCREATED"),
+        "due_date": intacct_date(f.get("WHENDUE", ""), "WHENDUE"),
+        "po_number": f.get("DOCNUMBER", ""),
+        "custom_fields": {
+            k: v for k, v in f.items() if k in ("PAYMENT_LINK", "NEXT_AUTO_CHARGE") and v
+        },
+        "intacct_modified": intacct_timestamp(f.get("WHENMODIFIED", "")),
+    }
+    row["data_hash"] = _hash(row)
+    return row
+
+
+def payment_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
+    currency = _currency(f)
+    row = {
+        "account_id": account_id,
+        "record_no": _need(f, "RECORDNO"),
+        "customer_id": _need(f, "CUSTOMERID"),
+        "amount_minor": minor_units(f.get("TRX_TOTALENTERED", ""), currency, "TRX_TOTALENTERED"),
+        "currency": currency,
+        "payment_method": f.get("PAYMENTMETHOD", ""),
+        "received_date": intacct_date(f.get("RECEIPTDATE", ""), "RECEIPTDATE"),
+        "reference": f.get("DOCNUMBER", ""),
+        "bank_account_id": f.get("FINANCIALENTITY", ""),
+        "intacct_modified": intacct_timestamp(f.get("WHENMODIFIED", "")),
+    }
+    row["data_hash"] = _hash(row)
+    return row
+
+
+def bank_row(account_id: str, kind: str, f: Mapping[str, str]) -> dict[str, Any]:
+    row = {
+        "account_id": account_id,
+        "kind": kind,
+        "record_no": _need(f, "RECORDNO"),
+        "bank_account_id": f.get("BANKACCOUNTID", ""),
+        "name": f.get("BANKNAME", ""),
+        "currency": _currency(f),
+        "entity_id": f.get("MEGAENTITYID", ""),
+        "gl_account_no": f.get("GLACCOUNTNO", ""),
+        "intacct_modified": intacct_timestamp(f.get("WHENMODIFIED", "")),
+    }
+    row["data_hash"] = _hash(row)
+    return row
+
+
+def label_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
+    row = {
+        "account_id": account_id,
+        "record_no": _need(f, "RECORDNO"),
+        "label": f.get("ACCOUNTLABEL", ""),
+        "description": f.get("DESCRIPTION", ""),
+        "gl_account_no": f.get("GLACCOUNTNO", ""),
+        "intacct_modified": intacct_timestamp(f.get("WHENMODIFIED", "")),
+    }
+    row["data_hash"] = _hash(row)
+    return row

@@ -1,0 +1,295 @@
+"""SQL of the AR store: versioned upserts, tombstones and the events that announce changes.
+
+Every write checks versions in SQL (``WHERE stored.intacct_modified <=
+new.intacct_modified``), so an older version never overwrites a newer one
+whichever path (event consumer, sync job, re-sync) gets there first, and a
+deleted record stays deleted. Each real change writes its domain event into
+the outbox in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import asyncpg
+from google.protobuf.message import Message
+
+from arbridge.events.v1 import events_pb2
+from arbridge_runtime.jetstream import Outbox
+from arbridge_sync import convert
+
+Change: TypeAlias = events_pb2.ChangeType.ValueType
+EventFactory = Callable[[Mapping[str, Any], Change], Message | None]
+
+
+def _customer_event(row: Mapping[str, Any], change: Change) -> Message:
+    event = events_pb2.CustomerChanged(change=change, customer=convert.customer(row))
+    event.occurred_at.GetCurrentTime()
+    return event
+
+
+def _invoice_event(row: Mapping[str, Any], change: Change) -> Message:
+    event = events_pb2.InvoiceChanged(change=change, invoice=convert.invoice(row))
+    event.occurred_at.GetCurrentTime()
+    return event
+
+
+def _payment_event(row: Mapping[str, Any], change: Change) -> Message:
+    event = events_pb2.PaymentChanged(change=change, payment=convert.payment(row))
+    event.occurred_at.GetCurrentTime()
+    return event
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    key: tuple[str, ...]
+    columns: tuple[str, ...]
+    subject: str = ""
+    event: EventFactory | None = None
+    json_columns: tuple[str, ...] = ()
+
+
+CUSTOMERS = Table(
+    "customers",
+    ("account_id", "record_no"),
+    (
+        "account_id",
+        "record_no",
+        "customer_id",
+        "name",
+        "active",
+        "currency",
+        "term_name",
+        "entity_id",
+        "groups",
+        "contact",
+        "custom_fields",
+        "intacct_modified",
+        "data_hash",
+    ),
+    "ar.customer",
+    _customer_event,
+    ("contact", "custom_fields"),
+)
+INVOICES = Table(
+    "invoices",
+    ("account_id", "record_no"),
+    (
+        "account_id",
+        "record_no",
+        "source",
+        "invoice_number",
+        "customer_id",
+        "entity_id",
+        "state",
+        "currency",
+        "total_minor",
+        "paid_minor",
+        "due_minor",
+        "tax_minor",
+        "term_name",
+        "invoice_date",
+        "due_date",
+        "po_number",
+        "custom_fields",
+        "intacct_modified",
+        "data_hash",
+    ),
+    "ar.invoice",
+    _invoice_event,
+    ("custom_fields",),
+)
+PAYMENTS = Table(
+    "payments",
+    ("account_id", "record_no"),
+    (
+        "account_id",
+        "record_no",
+        "customer_id",
+        "amount_minor",
+        "currency",
+        "payment_method",
+        "received_date",
+        "reference",
+        "bank_account_id",
+        "intacct_modified",
+        "data_hash",
+    ),
+    "ar.payment",
+    _payment_event,
+)
+BANK_ACCOUNTS = Table(
+    "bank_accounts",
+    ("account_id", "kind", "record_no"),
+    (
+        "account_id",
+        "kind",
+        "record_no",
+        "bank_account_id",
+        "name",
+        "currency",
+        "entity_id",
+        "gl_account_no",
+        "intacct_modified",
+        "data_hash",
+    ),
+)
+LABELS = Table(
+    "account_labels",
+    ("account_id", "record_no"),
+    (
+        "account_id",
+        "record_no",
+        "label",
+        "description",
+        "gl_account_no",
+        "intacct_modified",
+        "data_hash",
+    ),
+)
+
+CREATED, UPDATED, DELETED = (
+    events_pb2.CHANGE_TYPE_CREATED,
+    events_pb2.CHANGE_TYPE_UPDATED,
+    events_pb2.CHANGE_TYPE_DELETED,
+)
+_VERB: dict[Change, str] = {CREATED: "created", UPDATED: "updated", DELETED: "deleted"}
+
+
+@dataclass
+class Counts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    deleted: int = 0
+    seen: set[str] = field(default_factory=set)
+
+    def add(self, other: Counts) -> None:
+        self.created += other.created
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.stale += other.stale
+        self.deleted += other.deleted
+
+
+def _value(table: Table, column: str, row: Mapping[str, Any]) -> Any:
+    value = row[column]
+    return json.dumps(value) if column in table.json_columns else value
+
+
+async def apply(
+    conn: asyncpg.Connection, outbox: Outbox, table: Table, rows: Sequence[Mapping[str, Any]]
+) -> Counts:
+    """Upserts rows (newer versions only) and announces each real change."""
+    counts = Counts()
+    if not rows:
+        return counts
+    account_id = rows[0]["account_id"]
+    key_cols = [c for c in table.key if c != "account_id"]
+    existing: dict[tuple[Any, ...], asyncpg.Record] = {}
+    records = await conn.fetch(
+        f"SELECT {', '.join(table.key)}, data_hash, intacct_modified, deleted FROM {table.name}"
+        f" WHERE account_id = $1 AND ({', '.join(key_cols)}) IN "
+        f"(SELECT * FROM unnest({', '.join(f'${i + 2}::text[]' for i in range(len(key_cols)))}))",
+        account_id,
+        *[[str(r[c]) for r in rows] for c in key_cols],
+    )
+    for record in records:
+        existing[tuple(str(record[c]) for c in key_cols)] = record
+    gone = {
+        r["record_no"]
+        for r in await conn.fetch(
+            "SELECT record_no FROM deleted_records WHERE account_id = $1 AND table_name = $2"
+            " AND record_no = ANY($3::text[])",
+            account_id,
+            table.name,
+            [str(r["record_no"]) for r in rows],
+        )
+    }
+    placeholders = ", ".join(
+        f"${i + 1}" + ("::jsonb" if c in table.json_columns else "")
+        for i, c in enumerate(table.columns)
+    )
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in table.columns if c not in table.key)
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(table.columns)}) VALUES ({placeholders})"
+        f" ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates},"
+        f" version = {table.name}.version + 1, deleted = false, updated_at = now()"
+        f" WHERE NOT {table.name}.deleted AND {table.name}.data_hash <> EXCLUDED.data_hash"
+        f" AND ({table.name}.intacct_modified IS NULL OR EXCLUDED.intacct_modified IS NULL"
+        f" OR {table.name}.intacct_modified <= EXCLUDED.intacct_modified)"
+        f" RETURNING version"
+    )
+    for row in rows:
+        key = tuple(str(row[c]) for c in key_cols)
+        counts.seen.add("/".join(key))
+        old = existing.get(key)
+        if str(row["record_no"]) in gone:
+            counts.stale += 1
+            continue
+        if old is not None:
+            if old["deleted"]:
+                counts.stale += 1
+                continue
+            if old["data_hash"] == row["data_hash"]:
+                counts.unchanged += 1
+                continue
+            if (
+                old["intacct_modified"]
+                and row["intacct_modified"]
+                and row["intacct_modified"] < old["intacct_modified"]
+            ):
+                counts.stale += 1
+                continue
+        version = await conn.fetchval(sql, *[_value(table, c, row) for c in table.columns])
+        if version is None:  # lost a race to a newer version
+            counts.stale += 1
+            continue
+        change = CREATED if old is None else UPDATED
+        counts.created += change == CREATED
+        counts.updated += change == UPDATED
+        await _announce(conn, outbox, table, {**row, "version": version}, change)
+    return counts
+
+
+async def _announce(
+    conn: asyncpg.Connection, outbox: Outbox, table: Table, row: Mapping[str, Any], change: Change
+) -> None:
+    if table.event is None:
+        return
+    event = table.event(row, change)
+    if event is not None:
+        await outbox.add(conn, f"{table.subject}.{_VERB[change]}", event)
+
+
+async def delete(
+    conn: asyncpg.Connection,
+    outbox: Outbox,
+    table: Table,
+    account_id: str,
+    record_nos: Sequence[str],
+) -> int:
+    """Tombstones records (Intacct never reuses a RECORDNO) and announces each."""
+    if not record_nos:
+        return 0
+    await conn.execute(
+        "INSERT INTO deleted_records (account_id, table_name, record_no)"
+        " SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING",
+        account_id,
+        table.name,
+        list(record_nos),
+    )
+    rows = await conn.fetch(
+        f"UPDATE {table.name} SET deleted = true, version = version + 1, updated_at = now()"
+        f" WHERE account_id = $1 AND record_no = ANY($2::text[]) AND NOT deleted RETURNING *",
+        account_id,
+        list(record_nos),
+    )
+    for row in rows:
+        await _announce(conn, outbox, table, dict(row), DELETED)
+    return len(rows)

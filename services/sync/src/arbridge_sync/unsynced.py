@@ -1,0 +1,62 @@
+"""The unsynced registry: records that failed to sync, with why. Never retried automatically."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+
+async def record_failure(
+    conn: asyncpg.Connection,
+    account_id: str,
+    object_name: str,
+    record_no: str,
+    direction: str,
+    reason: str,
+    errors: Sequence[dict[str, str]] = (),
+) -> uuid.UUID:
+    """Opens (or refreshes) the registry entry of a record that failed to sync."""
+    identifier = await conn.fetchval(
+        """INSERT INTO unsynced (unsynced_id, account_id, object_type, record_no, direction, reason,
+                                 errors)
+           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+           ON CONFLICT (account_id, object_type, record_no, direction) WHERE state = 'open'
+           DO UPDATE SET reason = EXCLUDED.reason, errors = EXCLUDED.errors,
+                         attempts = unsynced.attempts + 1, failed_at = now()
+           RETURNING unsynced_id""",
+        uuid.uuid4(),
+        account_id,
+        object_name,
+        record_no,
+        direction,
+        reason,
+        json.dumps(list(errors)),
+    )
+    return identifier  # type: ignore[no-any-return]
+
+
+async def resolve(
+    conn: asyncpg.Connection,
+    account_id: str,
+    object_name: str,
+    record_no: str,
+    direction: str,
+    state: str,
+    actor: str = "",
+    note: str = "",
+) -> None:
+    await conn.execute(
+        "UPDATE unsynced SET state = $5, resolved_by = $6, resolution_note = $7,"
+        " resolved_at = now() WHERE account_id = $1 AND object_type = $2 AND record_no = $3"
+        " AND direction = $4 AND state = 'open'",
+        account_id,
+        object_name,
+        record_no,
+        direction,
+        state,
+        actor,
+        note,
+    )
