@@ -1,0 +1,113 @@
+"""The suite as processes for end-to-end tests: the Intacct sandbox, connector, sync, gateway."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import TOKEN
+from tests.support.runtime_env import ROOT, ServiceProcess, service_env, start_process
+
+WEBHOOK_SECRET = "test-webhook-master-secret-0123456789"
+
+
+@dataclass
+class Suite:
+    sandbox: dict[str, Any]
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def target(self, name: str) -> str:
+        return self.processes[name].grpc_target
+
+    @property
+    def gateway_base(self) -> str:
+        return f"http://127.0.0.1:{self.processes['gateway'].info['public_port']}"
+
+    @property
+    def sandbox_admin(self) -> str:
+        return str(self.sandbox["admin"]).rstrip("/")
+
+
+@contextmanager
+def running_suite(
+    tmp_path: Path,
+    database_url: str,
+    nats_url: str,
+    namespace: str,
+    *,
+    customers: int,
+    invoices: int,
+    services: tuple[str, ...] = ("connector", "sync", "gateway"),
+    seed: int = 3,
+) -> Iterator[Suite]:
+    ready = tmp_path / "sandbox.ready"
+    log = (tmp_path / "sandbox.log").open("ab")
+    sandbox = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "arbridge_intacct_sandbox",
+            "--port",
+            "0",
+            "--seed",
+            str(seed),
+            "--customers",
+            str(customers),
+            "--invoices",
+            str(invoices),
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    log.close()
+    suite = Suite(sandbox={})
+    try:
+        deadline = time.monotonic() + 300
+        while not ready.exists():
+            if sandbox.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "the Intacct sandbox did not start:\n"
+                    + (tmp_path / "sandbox.log").read_text()[-3000:]
+                )
+            time.sleep(0.1)
+        suite.sandbox = json.loads(ready.read_text())
+        for name in services:
+            extra = {
+                "ARBRIDGE_INTACCT_ENDPOINT": suite.sandbox["endpoint"],
+                "ARBRIDGE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "ARBRIDGE_SYNC_DAILY_CHECK_SECONDS": "1",
+            }
+            if "connector" in suite.processes:
+                extra["ARBRIDGE_CONNECTOR_TARGET"] = suite.target("connector")
+            ready_file = tmp_path / f"{name}.ready"
+            env = service_env(
+                database_url=database_url,
+                nats_url=nats_url,
+                namespace=namespace,
+                schema=f"{namespace}_{name}",
+                token=TOKEN,
+                ready_file=ready_file,
+                **extra,
+            )
+            suite.processes[name] = start_process(
+                ["-m", f"arbridge_{name}"], env, ready_file, tmp_path / f"{name}.log"
+            )
+        yield suite
+    finally:
+        for process in suite.processes.values():
+            process.terminate()
+        sandbox.terminate()
+        try:
+            sandbox.wait(30)
+        except subprocess.TimeoutExpired:
+            sandbox.kill()
