@@ -135,8 +135,10 @@ def run_suite(root: Path) -> int:
     state = root / ".infra"
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    ports = [p for _, g, h in SERVICES for p in (g, h)] + [INTACCT_SANDBOX_PORT,
-                                                            GATEWAY_PUBLIC_PORT]
+    ports = [p for _, g, h in SERVICES for p in (g, h)] + [
+        INTACCT_SANDBOX_PORT,
+        GATEWAY_PUBLIC_PORT,
+    ]
     busy = [p for p in ports if port_open("127.0.0.1", p, 0.2)]
     if busy:
         print(f"ports already in use: {busy}; is another `make run` going?", file=sys.stderr)

@@ -355,8 +355,9 @@ def _read_keys(call: Call, el: etree._Element, by_name: bool) -> Result:
         elif key.isdigit():
             row = call.company.tables[obj.name].rows.get(int(key))
         if row is not None and _visible(call, row, False) and docpar(row):
-            _check_failing(call, obj, [str(row.recordno), row.values.get(obj.id_field or "", "")],
-                           "read")
+            _check_failing(
+                call, obj, [str(row.recordno), row.values.get(obj.id_field or "", "")], "read"
+            )
             rows.append(row)
     records = "".join(nested_record(obj.name, r.values, names) for r in rows)
     head = f'<data listtype="{obj.name}" count="{len(rows)}"'

@@ -10,6 +10,7 @@ from arbridge_runtime.grpc_client import service_channel
 from arbridge_runtime.jetstream import ConsumerSpec
 from arbridge_runtime.service import ServiceContext, ServiceDefinition, run
 from arbridge_runtime.settings import RuntimeSettings
+from arbridge_sync import writeback
 from arbridge_sync.core import SyncCore
 from arbridge_sync.jobs import DailyScheduler, JobRunner
 from arbridge_sync.servicer import SyncService
@@ -46,6 +47,15 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         ),
         core.on_intacct_event,
     )
+    ctx.add_consumer(
+        ConsumerSpec("sync-link-writeback", "PAYMENTS", ("payments.link.>",)),
+        writeback.on_link_changed,
+    )
+    ctx.add_consumer(
+        ConsumerSpec("sync-schedule-writeback", "RULES", ("rules.schedule.>",)),
+        writeback.on_next_auto_charge,
+    )
+    ctx.add_worker("writeback", writeback.WriteBack(ctx.pool, connector).run)
     ctx.add_worker("sync-jobs", runner.run)
     ctx.add_worker(
         "daily-scheduler", DailyScheduler(ctx.pool, runner, settings.daily_check_seconds).run

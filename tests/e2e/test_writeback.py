@@ -1,0 +1,138 @@
+"""Link and next-auto-charge write-back to Intacct custom fields, coalesced, only when preferred."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+from google.protobuf import field_mask_pb2
+
+from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
+from arbridge.events.v1 import events_pb2
+from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_runtime.grpc_client import service_channel
+from arbridge_runtime.jetstream import MSG_ID, Namespace, connect
+from tests.conftest import TOKEN
+from tests.support.suite import running_suite
+
+
+async def test_links_and_next_charge_are_written_back_coalesced(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    with running_suite(
+        tmp_path, database_url, nats_url, unique, customers=40, invoices=150
+    ) as suite:
+        company = suite.sandbox["company_id"]
+        admin = suite.sandbox_admin
+        connector = connector_pb2_grpc.ConnectorServiceStub(
+            service_channel(suite.target("connector"), TOKEN)
+        )
+        sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
+        await connector.ConnectAccount(
+            connector_pb2.ConnectAccountRequest(
+                account_id="acme",
+                company_id=company,
+                user_id=suite.sandbox["user_id"],
+                user_password=suite.sandbox["user_password"],
+                sender_id=suite.sandbox["sender_id"],
+                sender_password=suite.sandbox["sender_password"],
+                time_zone="America/Los_Angeles",
+            )
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            syncs = (await sync.ListSyncs(sync_pb2.ListSyncsRequest(account_id="acme"))).syncs
+            if syncs and syncs[0].state == sync_pb2.SYNC_STATE_SUCCEEDED:
+                break
+            await asyncio.sleep(0.2)
+        invoices = (
+            await sync.ListInvoices(sync_pb2.ListInvoicesRequest(account_id="acme"))
+        ).invoices
+        invoice = invoices[0]
+        nc = await connect(nats_url, "writeback-test")
+        js = nc.jetstream()
+        ns = Namespace(unique)
+
+        async def link(url: str, number: int, kind: str = "payment") -> None:
+            event = events_pb2.LinkChanged(
+                account_id="acme",
+                link_id=f"l{number}",
+                kind=kind,
+                customer_id=invoice.customer_id,
+                invoice_record_no=invoice.record_no,
+                url=url,
+            )
+            await js.publish(
+                ns.subject("payments.link.changed"),
+                event.SerializeToString(),
+                headers={MSG_ID: f"{unique}-link-{number}"},
+            )
+
+        async with aiohttp.ClientSession() as http:
+
+            async def custom(obj: str, key: str) -> dict[str, str]:
+                async with http.get(f"{admin}/companies/{company}/records/{obj}") as reply:
+                    rows = (await reply.json())["records"]
+                return next(r["values"] for r in rows if str(r["recordno"]) == key)
+
+            await link("https://pay.example/ignored", 0)  # preference off: nothing is written
+            await asyncio.sleep(2)
+            assert "PAYMENT_LINK" not in await custom("ARINVOICE", invoice.record_no)
+            await sync.UpdatePreferences(
+                sync_pb2.UpdatePreferencesRequest(
+                    preferences=sync_pb2.Preferences(account_id="acme", write_back_links=True),
+                    update_mask=field_mask_pb2.FieldMask(paths=["write_back_links"]),
+                )
+            )
+            async with http.post(f"{admin}/stats/reset"):
+                pass
+            for number in range(1, 31):
+                await link(f"https://pay.example/i/{number}", number)
+            await link("https://pay.example/balance/7", 99, kind="pay_balance")
+            charge = events_pb2.NextAutoChargeChanged(
+                account_id="acme",
+                invoice_record_no=invoice.record_no,
+                customer_id=invoice.customer_id,
+            )
+            charge.next_charge_at.FromJsonString("2026-12-01T18:00:00Z")
+            charge.customer_next_charge_at.FromJsonString("2026-12-01T18:00:00Z")
+            await js.publish(
+                ns.subject("rules.schedule.changed"),
+                charge.SerializeToString(),
+                headers={MSG_ID: f"{unique}-charge"},
+            )
+            deadline = time.monotonic() + 30
+            values: dict[str, str] = {}
+            while time.monotonic() < deadline:
+                values = await custom("ARINVOICE", invoice.record_no)
+                if (
+                    values.get("PAYMENT_LINK") == "https://pay.example/i/30"
+                    and values.get("NEXT_AUTO_CHARGE") == "12/01/2026"
+                ):
+                    break
+                await asyncio.sleep(0.2)
+            assert values.get("PAYMENT_LINK") == "https://pay.example/i/30"
+            assert values.get("NEXT_AUTO_CHARGE") == "12/01/2026"  # 10:00 in Los Angeles
+            customer = await custom(
+                "CUSTOMER",
+                next(
+                    str(r)
+                    for r in [await _customer_record(http, admin, company, invoice.customer_id)]
+                ),
+            )
+            assert customer.get("PAY_BALANCE_LINK") == "https://pay.example/balance/7"
+            async with http.get(f"{admin}/stats?company={company}") as reply:
+                functions = (await reply.json())["companies"][company]["functions"]
+            # 30 link changes, a balance link and a schedule: coalesced into a few calls.
+            assert functions.get("update_invoice", 0) + functions.get("update", 0) <= 8
+        await nc.close()
+
+
+async def _customer_record(
+    http: aiohttp.ClientSession, admin: str, company: str, customer_id: str
+) -> int:
+    async with http.get(f"{admin}/companies/{company}/records/CUSTOMER") as reply:
+        rows = (await reply.json())["records"]
+    return int(next(r["recordno"] for r in rows if r["values"]["CUSTOMERID"] == customer_id))
