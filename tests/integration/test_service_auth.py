@@ -13,11 +13,8 @@ from arbridge.connector.v1 import connector_pb2
 from arbridge.payments.v1 import payments_pb2
 from arbridge.rules.v1 import rules_pb2
 from arbridge.sync.v1 import sync_pb2
-from arbridge_payments.servicer import PaymentsService
-from arbridge_rules.servicer import RulesService
 from arbridge_runtime.grpc_server import GrpcServer
 from arbridge_runtime.metrics import ServiceMetrics
-from arbridge_sync.servicer import SyncService
 from tests.conftest import TOKEN
 
 from arbridge.connector.v1 import connector_pb2_grpc  # isort: skip
@@ -33,14 +30,24 @@ SERVICES = [
         connector_pb2_grpc.add_ConnectorServiceServicer_to_server,
         connector_pb2_grpc.ConnectorServiceServicer,
     ),
-    (sync_pb2, "SyncService", sync_pb2_grpc.add_SyncServiceServicer_to_server, SyncService),
+    (
+        sync_pb2,
+        "SyncService",
+        sync_pb2_grpc.add_SyncServiceServicer_to_server,
+        sync_pb2_grpc.SyncServiceServicer,
+    ),
     (
         payments_pb2,
         "PaymentsService",
         payments_pb2_grpc.add_PaymentsServiceServicer_to_server,
-        PaymentsService,
+        payments_pb2_grpc.PaymentsServiceServicer,
     ),
-    (rules_pb2, "RulesService", rules_pb2_grpc.add_RulesServiceServicer_to_server, RulesService),
+    (
+        rules_pb2,
+        "RulesService",
+        rules_pb2_grpc.add_RulesServiceServicer_to_server,
+        rules_pb2_grpc.RulesServiceServicer,
+    ),
 ]
 
 
