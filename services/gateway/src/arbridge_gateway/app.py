@@ -8,21 +8,21 @@ from arbridge_gateway.edge import Edge
 from arbridge_gateway.settings import Settings
 from arbridge_runtime import streams
 from arbridge_runtime.db import load_migrations
+from arbridge_runtime.ingest import Ingestor
 from arbridge_runtime.service import ServiceContext, ServiceDefinition, run
 from arbridge_runtime.settings import RuntimeSettings
 
 
 async def build(settings: Settings, ctx: ServiceContext) -> None:
     """Starts the public webhook port; it stops with the service."""
-    edge = Edge(
+    ingestor = Ingestor(
         js=ctx.js,
         namespace=ctx.namespace,
         secrets=settings.webhook_secrets,
         max_body_bytes=settings.max_body_bytes,
         publish_timeout=settings.publish_timeout,
-        metrics=ctx.metrics,
-        ready=lambda: ctx.nats.is_connected,
     )
+    edge = Edge(ingestor=ingestor, metrics=ctx.metrics, ready=lambda: ctx.nats.is_connected)
     runner = web.AppRunner(edge.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.public_host, settings.public_port)

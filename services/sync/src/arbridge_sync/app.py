@@ -7,6 +7,7 @@ from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime import streams
 from arbridge_runtime.db import load_migrations
 from arbridge_runtime.grpc_client import service_channel
+from arbridge_runtime.ingest import Ingestor
 from arbridge_runtime.jetstream import ConsumerSpec
 from arbridge_runtime.service import ServiceContext, ServiceDefinition, run
 from arbridge_runtime.settings import RuntimeSettings
@@ -32,9 +33,16 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         jobs=runner,
         webhook_secrets=settings.webhook_secrets,
     )
+    ingestor = Ingestor(
+        js=ctx.js,
+        namespace=ctx.namespace,
+        secrets=settings.webhook_secrets,
+        max_body_bytes=settings.max_event_bytes,
+        publish_timeout=settings.publish_timeout,
+    )
     ctx.grpc.add_service(
         sync_pb2_grpc.add_SyncServiceServicer_to_server,
-        SyncService(core),
+        SyncService(core, ingestor),
         sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name,
     )
     ctx.add_consumer(

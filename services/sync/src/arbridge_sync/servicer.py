@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,12 +16,20 @@ import grpc.aio
 from arbridge.common.v1 import common_pb2
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.errors import InvalidArgument, NotFound
+from arbridge_runtime.ingest import ACCEPTED, DUPLICATE, REJECTED, Inbound, Ingestor
 from arbridge_sync import convert
 from arbridge_sync.core import SyncCore
 from arbridge_sync.jobs import TERMINAL, validate_daily_time
 from arbridge_sync.objects import BY_NAME, BY_TYPE, NAMES
 
 Context = grpc.aio.ServicerContext[Any, Any]
+MAX_BATCH = 1000
+IN_FLIGHT = 128
+_OUTCOMES = {
+    ACCEPTED: sync_pb2.INGEST_OUTCOME_ACCEPTED,
+    DUPLICATE: sync_pb2.INGEST_OUTCOME_DUPLICATE,
+    REJECTED: sync_pb2.INGEST_OUTCOME_REJECTED,
+}
 
 _KINDS = {
     "initial": sync_pb2.SYNC_KIND_INITIAL,
@@ -149,9 +158,10 @@ def _preferences(row: asyncpg.Record) -> sync_pb2.Preferences:
 class SyncService(sync_pb2_grpc.SyncServiceServicer):
     """The sync service's gRPC API."""
 
-    def __init__(self, core: SyncCore) -> None:
+    def __init__(self, core: SyncCore, ingestor: Ingestor) -> None:
         self._core = core
         self._pool = core.pool
+        self._ingestor = ingestor
 
     async def _job(self, account_id: str, sync_id: str) -> asyncpg.Record:
         try:
@@ -448,11 +458,59 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
     ) -> sync_pb2.GetSmartEventSetupResponse:
         return await self._core.smart_event_setup(request.account_id, request.gateway_base_url)
 
+    async def _take(self, event: sync_pb2.InboundEvent) -> sync_pb2.IngestResult:
+        outcome = await self._ingestor.take(
+            Inbound(
+                account_id=event.account_id,
+                body=event.body,
+                content_type=event.content_type,
+                url_token=event.url_token,
+                headers=dict(event.headers),
+                delivery_id=event.delivery_id,
+            ),
+            door="grpc",
+        )
+        return sync_pb2.IngestResult(
+            delivery_id=event.delivery_id, outcome=_OUTCOMES[outcome.status], reason=outcome.reason
+        )
+
     async def IngestEvents(
         self, request: sync_pb2.IngestEventsRequest, context: Context
     ) -> sync_pb2.IngestEventsResponse:
-        # gRPC ingest is its own piece of work (the "Event ingest over gRPC" issue).
-        raise NotImplementedError
+        if len(request.events) > MAX_BATCH:
+            raise InvalidArgument(
+                f"{len(request.events)} events in one batch; send at most "
+                f"{MAX_BATCH}, or use StreamIngestEvents"
+            )
+        gate = asyncio.Semaphore(IN_FLIGHT)
 
-    def StreamIngestEvents(self, request_iterator: Any, context: Context) -> Any:
-        raise NotImplementedError
+        async def one(event: sync_pb2.InboundEvent) -> sync_pb2.IngestResult:
+            async with gate:
+                return await self._take(event)
+
+        # An event that cannot be stored fails the whole call (UNAVAILABLE): the
+        # forwarder resends the batch, and what was stored already is a duplicate.
+        results = await asyncio.gather(*(one(e) for e in request.events))
+        return sync_pb2.IngestEventsResponse(results=results)
+
+    async def StreamIngestEvents(
+        self,
+        request_iterator: AsyncIterator[sync_pb2.StreamIngestEventsRequest],
+        context: Context,
+    ) -> AsyncIterator[sync_pb2.StreamIngestEventsResponse]:
+        """One result per event, in order, each once the event is stored.
+
+        At most IN_FLIGHT events are being stored at once; beyond that the call
+        stops reading, and gRPC flow control slows the forwarder down.
+        """
+        pending: deque[asyncio.Task[sync_pb2.IngestResult]] = deque()
+        try:
+            async for request in request_iterator:
+                pending.append(asyncio.create_task(self._take(request.event)))
+                while pending and (len(pending) >= IN_FLIGHT or pending[0].done()):
+                    yield sync_pb2.StreamIngestEventsResponse(result=await pending.popleft())
+            while pending:
+                yield sync_pb2.StreamIngestEventsResponse(result=await pending.popleft())
+        finally:
+            for task in pending:
+                task.cancel()
