@@ -1,4 +1,4 @@
-"""Intacct events forwarded over gRPC and through the HTTP gateway at once: each change applied once."""
+"""Intacct events over gRPC and through the HTTP gateway at once: each change applied once."""
 
 from __future__ import annotations
 
@@ -67,10 +67,11 @@ async def _changed_bodies(
     await asyncio.gather(*(change(k) for k in keys))
     async with http.get(base) as reply:
         values = {str(r["recordno"]): r["values"] for r in (await reply.json())["records"]}
-    return {
-        k: MERGE.sub(lambda m, v=values[k]: escape(v.get(m.group(1), "")), template).encode()
-        for k in keys
-    }
+
+    def render(record: dict[str, str]) -> bytes:
+        return MERGE.sub(lambda m: escape(record.get(m.group(1), "")), template).encode()
+
+    return {k: render(values[k]) for k in keys}
 
 
 async def _store_po(db: asyncpg.Connection, schema: str, keys: list[str]) -> dict[str, str]:
