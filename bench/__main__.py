@@ -23,6 +23,8 @@ BENCHMARKS = (
     "bench.decode",
     "bench.stream_memory",
     "bench.outbox_relay",
+    "bench.ingest",
+    "bench.sync_e2e",
 )
 
 

@@ -63,6 +63,52 @@ def _intacct_decode(args: argparse.Namespace) -> int:
     return run(args.file)
 
 
+def _smart_events(args: argparse.Namespace) -> int:
+    from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+    from arbridge_runtime.grpc_client import service_channel
+
+    token = args.token or os.environ.get("ARBRIDGE_SERVICE_TOKEN", "")
+    if not token:
+        print("arbridge: give --token or set ARBRIDGE_SERVICE_TOKEN", file=sys.stderr)
+        return 2
+
+    async def fetch() -> int:
+        channel = service_channel(args.target, token, deadline=30)
+        try:
+            reply = await sync_pb2_grpc.SyncServiceStub(channel).GetSmartEventSetup(
+                sync_pb2.GetSmartEventSetupRequest(
+                    account_id=args.account, gateway_base_url=args.gateway_url
+                )
+            )
+        except grpc.aio.AioRpcError as err:
+            print(f"arbridge: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+        finally:
+            await channel.close(None)
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "name": e.name,
+                            "object": e.object,
+                            "actions": list(e.actions),
+                            "url": e.url,
+                            "content_type": e.content_type,
+                            "body_template": e.body_template,
+                        }
+                        for e in reply.events
+                    ],
+                    indent=2,
+                )
+            )
+        else:
+            print(reply.document)
+        return 0
+
+    return asyncio.run(fetch())
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="arbridge", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
@@ -91,6 +137,24 @@ def parser() -> argparse.ArgumentParser:
     )
     decode.add_argument("file", help="response document, or - for standard input")
     decode.set_defaults(func=_intacct_decode)
+
+    smart = sub.add_parser(
+        "smart-events", help="print the smart events an Intacct admin creates for an account"
+    )
+    smart.add_argument("account", help="the account id")
+    smart.add_argument(
+        "--gateway-url",
+        required=True,
+        help="public base URL of the webhook gateway, e.g. https://hooks.example.com",
+    )
+    smart.add_argument(
+        "--target",
+        default=os.environ.get("ARBRIDGE_SYNC_TARGET", "127.0.0.1:50052"),
+        help="host:port of the sync service (env ARBRIDGE_SYNC_TARGET)",
+    )
+    smart.add_argument("--token", default="", help="service token (env ARBRIDGE_SERVICE_TOKEN)")
+    smart.add_argument("--json", action="store_true", help="print JSON for scripts")
+    smart.set_defaults(func=_smart_events)
 
     dev = sub.add_parser("dev", help="development tooling")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)

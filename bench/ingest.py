@@ -1,0 +1,112 @@
+"""Event ingest: events per second through the streaming gRPC call and the HTTP gateway.
+
+Both doors authenticate, parse safely and store each event durably in
+JetStream before answering. The same machine, the same events (distinct
+bodies), measured one door at a time; the HTTP load keeps 64 requests in
+flight, the gRPC stream 128 events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_devinfra.infra import ensure_infra, with_database
+from arbridge_runtime import webhooks
+from arbridge_runtime.grpc_client import service_channel
+from tests.conftest import TOKEN
+from tests.support.suite import WEBHOOK_SECRET, running_suite
+
+
+def _body(n: int) -> bytes:
+    return (
+        f"<intacct-event><object>CUSTOMER</object><action>set</action><record>"
+        f"<RECORDNO>{n}</RECORDNO><WHENMODIFIED>11/20/2026 10:00:00</WHENMODIFIED>"
+        f"</record></intacct-event>"
+    ).encode()
+
+
+async def run(events: int = 20_000) -> dict[str, Any]:
+    infra = await asyncio.to_thread(ensure_infra)
+    name = f"arbridge_bench_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(infra.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    namespace = f"b{secrets.token_hex(3)}"
+    token = webhooks.url_token(WEBHOOK_SECRET, "bench")
+    try:
+        with running_suite(
+            Path(tempfile.mkdtemp()),
+            with_database(infra.database_url, name),
+            infra.nats_url,
+            namespace,
+            customers=1,
+            invoices=1,
+            services=("sync", "gateway"),
+        ) as suite:
+            sync = sync_pb2_grpc.SyncServiceStub(
+                service_channel(suite.target("sync"), TOKEN, deadline=600)
+            )
+
+            async def requests() -> AsyncIterator[sync_pb2.StreamIngestEventsRequest]:
+                for n in range(events):
+                    yield sync_pb2.StreamIngestEventsRequest(
+                        event=sync_pb2.InboundEvent(
+                            account_id="bench",
+                            body=_body(n),
+                            content_type="application/xml",
+                            url_token=token,
+                            delivery_id=str(n),
+                        )
+                    )
+
+            started = time.perf_counter()
+            accepted = 0
+            async for reply in sync.StreamIngestEvents(requests()):
+                accepted += reply.result.outcome == sync_pb2.INGEST_OUTCOME_ACCEPTED
+            grpc_seconds = time.perf_counter() - started
+            url = f"{suite.gateway_base}/v1/intacct/bench/{token}"
+            gate = asyncio.Semaphore(64)
+            latencies: list[float] = []
+
+            async with aiohttp.ClientSession() as http:
+
+                async def post(n: int) -> int:
+                    async with gate:
+                        sent = time.perf_counter()
+                        async with http.post(
+                            url, data=_body(events + n), headers={"Content-Type": "application/xml"}
+                        ) as reply:
+                            latencies.append(time.perf_counter() - sent)
+                            return reply.status
+
+                started = time.perf_counter()
+                statuses = await asyncio.gather(*(post(n) for n in range(events)))
+                http_seconds = time.perf_counter() - started
+    finally:
+        admin = await asyncpg.connect(infra.database_url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+        infra.close()
+    latencies.sort()
+    return {
+        "name": "event_ingest",
+        "params": {"events_per_door": events, "http_concurrency": 64, "grpc_in_flight": 128},
+        "grpc_stream_events_per_second": round(accepted / grpc_seconds),
+        "http_gateway_events_per_second": round(statuses.count(202) / http_seconds),
+        "http_p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
+        "http_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 1),
+    }
+
+
+if __name__ == "__main__":
+    print(asyncio.run(run()))

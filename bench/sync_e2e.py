@@ -1,0 +1,156 @@
+"""Sync at scale: the initial sync of a 20,000-customer, 100,000-invoice company, and event lag.
+
+Services run as processes against the Intacct sandbox. Reports the initial
+sync's wall time and the API calls the sandbox counted beside the minimum
+(one session plus ceil(records / 2,000) queries per object), then makes 1,000
+changes in the sandbox (UI style, firing smart events through the gateway)
+and reports the time from each change to the AR store, p50 and p99.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
+from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_devinfra.infra import ensure_infra, with_database
+from arbridge_runtime.grpc_client import service_channel
+from tests.conftest import TOKEN
+from tests.support.suite import running_suite
+
+
+async def run(
+    customers: int = 20_000, invoices: int = 100_000, changes: int = 1_000
+) -> dict[str, Any]:
+    infra = await asyncio.to_thread(ensure_infra)
+    name = f"arbridge_bench_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(infra.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    namespace = f"b{secrets.token_hex(3)}"
+    dsn = with_database(infra.database_url, name)
+    try:
+        with running_suite(
+            Path(tempfile.mkdtemp()),
+            dsn,
+            infra.nats_url,
+            namespace,
+            customers=customers,
+            invoices=invoices,
+        ) as suite:
+            company = suite.sandbox["company_id"]
+            connector = connector_pb2_grpc.ConnectorServiceStub(
+                service_channel(suite.target("connector"), TOKEN)
+            )
+            sync = sync_pb2_grpc.SyncServiceStub(
+                service_channel(suite.target("sync"), TOKEN, deadline=3600)
+            )
+            async with aiohttp.ClientSession() as http:
+                admin_url = suite.sandbox_admin
+                async with http.post(f"{admin_url}/stats/reset"):
+                    pass
+                started = time.perf_counter()
+                await connector.ConnectAccount(
+                    connector_pb2.ConnectAccountRequest(
+                        account_id="acme",
+                        company_id=company,
+                        user_id=suite.sandbox["user_id"],
+                        user_password=suite.sandbox["user_password"],
+                        sender_id=suite.sandbox["sender_id"],
+                        sender_password=suite.sandbox["sender_password"],
+                        time_zone="America/Los_Angeles",
+                    )
+                )
+                job = None
+                while job is None or job.state not in (
+                    sync_pb2.SYNC_STATE_SUCCEEDED,
+                    sync_pb2.SYNC_STATE_FAILED,
+                ):
+                    await asyncio.sleep(0.5)
+                    syncs = (
+                        await sync.ListSyncs(sync_pb2.ListSyncsRequest(account_id="acme"))
+                    ).syncs
+                    job = syncs[0] if syncs else None
+                initial_seconds = time.perf_counter() - started
+                assert job.state == sync_pb2.SYNC_STATE_SUCCEEDED, job.error
+                async with http.get(f"{admin_url}/stats?company={company}") as reply:
+                    functions = (await reply.json())["companies"][company]["functions"]
+                minimum_pages = sum(max(1, -(-p.total // 2000)) for p in job.objects)
+                records = sum(p.total for p in job.objects)
+                setup = await sync.GetSmartEventSetup(
+                    sync_pb2.GetSmartEventSetupRequest(
+                        account_id="acme", gateway_base_url=suite.gateway_base
+                    )
+                )
+                for spec in setup.events:
+                    async with http.post(
+                        f"{admin_url}/companies/{company}/smart-events",
+                        json={
+                            "object": spec.object,
+                            "actions": list(spec.actions),
+                            "url": spec.url,
+                            "body_template": spec.body_template,
+                            "content_type": spec.content_type,
+                        },
+                    ):
+                        pass
+                db = await asyncpg.connect(dsn)
+                schema = f'"{namespace}_sync"'
+                keys = [
+                    r["record_no"]
+                    for r in await db.fetch(
+                        f"SELECT record_no FROM {schema}.invoices WHERE NOT deleted"
+                        " ORDER BY random() LIMIT $1",
+                        changes,
+                    )
+                ]
+                sent: dict[str, float] = {}
+                for index, key in enumerate(keys):
+                    sent[key] = time.perf_counter()
+                    async with http.put(
+                        f"{admin_url}/companies/{company}/records/ARINVOICE/{key}",
+                        json={"values": {"DOCNUMBER": f"LAG-{index}"}},
+                    ):
+                        pass
+                lags: dict[str, float] = {}
+                deadline = time.perf_counter() + 300
+                while len(lags) < len(keys) and time.perf_counter() < deadline:
+                    rows = await db.fetch(
+                        f"SELECT record_no FROM {schema}.invoices WHERE record_no = ANY($1::text[])"
+                        " AND po_number LIKE 'LAG-%'",
+                        keys,
+                    )
+                    now = time.perf_counter()
+                    for row in rows:
+                        lags.setdefault(row["record_no"], now - sent[row["record_no"]])
+                    await asyncio.sleep(0.02)
+                await db.close()
+    finally:
+        admin = await asyncpg.connect(infra.database_url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+        infra.close()
+    ordered = sorted(lags.values())
+    return {
+        "name": "sync_initial_and_event_lag",
+        "params": {"customers": customers, "invoices": invoices, "changes": changes},
+        "initial_sync_seconds": round(initial_seconds, 1),
+        "records_synced": records,
+        "api_calls": functions,
+        "api_calls_minimum": {"getAPISession": 1, "query": minimum_pages + 1},
+        "changes_applied": len(ordered),
+        "lag_ms_p50": round(ordered[len(ordered) // 2] * 1000),
+        "lag_ms_p99": round(ordered[int(len(ordered) * 0.99) - 1] * 1000),
+    }
+
+
+if __name__ == "__main__":
+    print(asyncio.run(run()))
