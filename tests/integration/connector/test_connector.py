@@ -10,6 +10,7 @@ import pytest
 
 from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.connector.v1 import connector_pb2
+from arbridge_intacct import request as rq
 from tests.integration.connector.harness import connector_harness
 from tests.support.intacct import COMPANY, SENDER_PW, USER_PW, live_sandbox
 
@@ -315,3 +316,55 @@ async def test_key_rotation_reencrypts_every_account(database_url: str, unique: 
         h.core._clients.clear()
         entities = await h.stub.ListEntities(connector_pb2.ListEntitiesRequest(account_id="a1"))
         assert entities.entities == []
+
+
+async def test_the_concurrency_limit_holds_across_replicas(database_url: str, unique: str) -> None:
+    import asyncio
+
+    from arbridge_connector.core import Connector
+    from arbridge_connector.objects import object_for
+
+    async with (
+        live_sandbox() as live,
+        connector_harness(database_url, unique, live, concurrency=2) as h,
+    ):
+        await h.stub.ConnectAccount(h.connect_request())
+        await live.admin("PUT", f"/sandbox/companies/{COMPANY}/faults", json={"latency_ms": 100})
+        await live.admin("POST", "/sandbox/stats/reset")
+        # A second replica: its own HTTP client and sessions, the same database.
+        other = Connector(
+            pool=h.pool,
+            http=h.core.http,
+            cipher=h.core.cipher,
+            outbox=h.core.outbox,
+            default_endpoint=live.endpoint,
+            concurrency=2,
+            rate_per_second=1000,
+        )
+        obj = object_for(common_pb2.OBJECT_TYPE_CUSTOMER)
+        await asyncio.gather(
+            *(replica.get_records("acct-1", obj, ["1"], []) for replica in [h.core, other] * 10)
+        )
+        stats = await h.stats()
+        assert stats["functions"]["read"] == 20
+        assert stats["max_concurrency"] == 2  # never 3 or more, across both replicas
+
+
+async def test_sessions_are_renewed_before_they_time_out(database_url: str, unique: str) -> None:
+    from datetime import timedelta
+
+    async with live_sandbox() as live, connector_harness(database_url, unique, live) as h:
+        await h.stub.ConnectAccount(h.connect_request())
+        client = await h.core.client("acct-1")
+        await live.admin("POST", "/sandbox/stats/reset")
+        await client.execute([rq_function()])
+        await client.execute([rq_function()])
+        assert (await h.stats())["functions"].get("getAPISession", 0) == 0  # reused
+        client.refresh_margin = timedelta(hours=1)  # as if the session were about to end
+        await client.execute([rq_function()])
+        await client.execute([rq_function()])
+        assert (await h.stats())["functions"]["getAPISession"] == 2
+
+
+def rq_function() -> rq.Function:
+    return rq.Function("i", rq.inspect("CUSTOMER"))

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -253,7 +254,7 @@ class IntacctClient:
                 transaction=transaction,
             )
             try:
-                return await self._send(
+                response = await self._send(
                     session.endpoint,
                     body,
                     [f.name for f in functions],
@@ -265,6 +266,13 @@ class IntacctClient:
                 if relogged:
                     raise
                 relogged = True
+                continue
+            # Each answer projects the sliding timeout: keep the renewal point current.
+            auth = response.authentication
+            if auth is not None and auth.sessiontimeout:
+                with contextlib.suppress(ValueError):
+                    session.expires_at = datetime.fromisoformat(auth.sessiontimeout).astimezone(UTC)
+            return response
 
     async def _send(
         self,
