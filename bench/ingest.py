@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
-from arbridge_devinfra.infra import ensure_infra, with_database
+from arbridge_devinfra.infra import ensure_infra, scratch_database
 from arbridge_runtime import webhooks
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
@@ -37,65 +36,61 @@ def _body(n: int) -> bytes:
 
 async def run(events: int = 20_000) -> dict[str, Any]:
     infra = await asyncio.to_thread(ensure_infra)
-    name = f"arbridge_bench_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(infra.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
     namespace = f"b{secrets.token_hex(3)}"
     token = webhooks.url_token(WEBHOOK_SECRET, "bench")
     try:
-        with running_suite(
-            Path(tempfile.mkdtemp()),
-            with_database(infra.database_url, name),
-            infra.nats_url,
-            namespace,
-            customers=1,
-            invoices=1,
-            services=("sync", "gateway"),
-        ) as suite:
-            sync = sync_pb2_grpc.SyncServiceStub(
-                service_channel(suite.target("sync"), TOKEN, deadline=600)
-            )
+        async with scratch_database(infra.database_url, "arbridge_bench") as dsn:
+            with running_suite(
+                Path(tempfile.mkdtemp()),
+                dsn,
+                infra.nats_url,
+                namespace,
+                customers=1,
+                invoices=1,
+                services=("sync", "gateway"),
+            ) as suite:
+                sync = sync_pb2_grpc.SyncServiceStub(
+                    service_channel(suite.target("sync"), TOKEN, deadline=600)
+                )
 
-            async def requests() -> AsyncIterator[sync_pb2.StreamIngestEventsRequest]:
-                for n in range(events):
-                    yield sync_pb2.StreamIngestEventsRequest(
-                        event=sync_pb2.InboundEvent(
-                            account_id="bench",
-                            body=_body(n),
-                            content_type="application/xml",
-                            url_token=token,
-                            delivery_id=str(n),
+                async def requests() -> AsyncIterator[sync_pb2.StreamIngestEventsRequest]:
+                    for n in range(events):
+                        yield sync_pb2.StreamIngestEventsRequest(
+                            event=sync_pb2.InboundEvent(
+                                account_id="bench",
+                                body=_body(n),
+                                content_type="application/xml",
+                                url_token=token,
+                                delivery_id=str(n),
+                            )
                         )
-                    )
-
-            started = time.perf_counter()
-            accepted = 0
-            async for reply in sync.StreamIngestEvents(requests()):
-                accepted += reply.result.outcome == sync_pb2.INGEST_OUTCOME_ACCEPTED
-            grpc_seconds = time.perf_counter() - started
-            url = f"{suite.gateway_base}/v1/intacct/bench/{token}"
-            gate = asyncio.Semaphore(64)
-            latencies: list[float] = []
-
-            async with aiohttp.ClientSession() as http:
-
-                async def post(n: int) -> int:
-                    async with gate:
-                        sent = time.perf_counter()
-                        async with http.post(
-                            url, data=_body(events + n), headers={"Content-Type": "application/xml"}
-                        ) as reply:
-                            latencies.append(time.perf_counter() - sent)
-                            return reply.status
 
                 started = time.perf_counter()
-                statuses = await asyncio.gather(*(post(n) for n in range(events)))
-                http_seconds = time.perf_counter() - started
+                accepted = 0
+                async for reply in sync.StreamIngestEvents(requests()):
+                    accepted += reply.result.outcome == sync_pb2.INGEST_OUTCOME_ACCEPTED
+                grpc_seconds = time.perf_counter() - started
+                url = f"{suite.gateway_base}/v1/intacct/bench/{token}"
+                gate = asyncio.Semaphore(64)
+                latencies: list[float] = []
+
+                async with aiohttp.ClientSession() as http:
+
+                    async def post(n: int) -> int:
+                        async with gate:
+                            sent = time.perf_counter()
+                            async with http.post(
+                                url,
+                                data=_body(events + n),
+                                headers={"Content-Type": "application/xml"},
+                            ) as reply:
+                                latencies.append(time.perf_counter() - sent)
+                                return reply.status
+
+                    started = time.perf_counter()
+                    statuses = await asyncio.gather(*(post(n) for n in range(events)))
+                    http_seconds = time.perf_counter() - started
     finally:
-        admin = await asyncpg.connect(infra.database_url)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
         infra.close()
     latencies.sort()
     return {

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from arbridge_devinfra.infra import ensure_infra, with_database
+from arbridge_devinfra.infra import ensure_infra, scratch_database
 from arbridge_runtime.db import Migration, create_pool, migrate, runtime_migrations
 from arbridge_runtime.jetstream import (
     ConsumerSpec,
@@ -40,16 +40,19 @@ async def _apply(conn: asyncpg.Connection, delivery: Delivery) -> None:
 
 async def run(events: int = 20_000) -> dict[str, Any]:
     infra = await asyncio.to_thread(ensure_infra)
-    name = f"arbridge_bench_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(infra.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    dsn = with_database(infra.database_url, name)
+    try:
+        async with scratch_database(infra.database_url, "arbridge_bench") as dsn:
+            return await _measure(dsn, infra.nats_url, events)
+    finally:
+        infra.close()
+
+
+async def _measure(dsn: str, nats_url: str, events: int) -> dict[str, Any]:
     schema = "bench"
     namespace = Namespace(f"b{secrets.token_hex(3)}")
     await migrate(dsn, schema, [*runtime_migrations(), EFFECTS])
     pool = await create_pool(dsn, schema, max_size=8)
-    nc = await connect(infra.nats_url, "bench")
+    nc = await connect(nats_url, "bench")
     try:
         js = nc.jetstream(timeout=10)
         await ensure_streams(js, namespace, [StreamSpec("BENCH", ("bench.>",))])
@@ -73,8 +76,8 @@ async def run(events: int = 20_000) -> dict[str, Any]:
         )
         started = time.perf_counter()
         relay_task = asyncio.create_task(relay.run(stop))
-        published_at = None
         consumer_task = asyncio.create_task(consumer.run(stop))
+        published_at = None
         while True:
             async with pool.acquire() as conn:
                 pending = await conn.fetchval(
@@ -92,10 +95,6 @@ async def run(events: int = 20_000) -> dict[str, Any]:
     finally:
         await nc.close()
         await pool.close()
-        admin = await asyncpg.connect(infra.database_url)
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
-        infra.close()
     assert published_at is not None
     return {
         "name": "outbox_relay_consumer",
@@ -107,4 +106,4 @@ async def run(events: int = 20_000) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    pass
+    print(asyncio.run(run()))

@@ -21,7 +21,7 @@ import asyncpg
 
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
-from arbridge_devinfra.infra import ensure_infra, with_database
+from arbridge_devinfra.infra import ensure_infra, scratch_database
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
 from tests.support.suite import running_suite
@@ -31,112 +31,106 @@ async def run(
     customers: int = 20_000, invoices: int = 100_000, changes: int = 1_000
 ) -> dict[str, Any]:
     infra = await asyncio.to_thread(ensure_infra)
-    name = f"arbridge_bench_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(infra.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
     namespace = f"b{secrets.token_hex(3)}"
-    dsn = with_database(infra.database_url, name)
     try:
-        with running_suite(
-            Path(tempfile.mkdtemp()),
-            dsn,
-            infra.nats_url,
-            namespace,
-            customers=customers,
-            invoices=invoices,
-        ) as suite:
-            company = suite.sandbox["company_id"]
-            connector = connector_pb2_grpc.ConnectorServiceStub(
-                service_channel(suite.target("connector"), TOKEN)
-            )
-            sync = sync_pb2_grpc.SyncServiceStub(
-                service_channel(suite.target("sync"), TOKEN, deadline=3600)
-            )
-            async with aiohttp.ClientSession() as http:
-                admin_url = suite.sandbox_admin
-                async with http.post(f"{admin_url}/stats/reset"):
-                    pass
-                started = time.perf_counter()
-                await connector.ConnectAccount(
-                    connector_pb2.ConnectAccountRequest(
-                        account_id="acme",
-                        company_id=company,
-                        user_id=suite.sandbox["user_id"],
-                        user_password=suite.sandbox["user_password"],
-                        sender_id=suite.sandbox["sender_id"],
-                        sender_password=suite.sandbox["sender_password"],
-                        time_zone="America/Los_Angeles",
-                    )
+        async with scratch_database(infra.database_url, "arbridge_bench") as dsn:
+            with running_suite(
+                Path(tempfile.mkdtemp()),
+                dsn,
+                infra.nats_url,
+                namespace,
+                customers=customers,
+                invoices=invoices,
+            ) as suite:
+                company = suite.sandbox["company_id"]
+                connector = connector_pb2_grpc.ConnectorServiceStub(
+                    service_channel(suite.target("connector"), TOKEN)
                 )
-                job = None
-                while job is None or job.state not in (
-                    sync_pb2.SYNC_STATE_SUCCEEDED,
-                    sync_pb2.SYNC_STATE_FAILED,
-                ):
-                    await asyncio.sleep(0.5)
-                    syncs = (
-                        await sync.ListSyncs(sync_pb2.ListSyncsRequest(account_id="acme"))
-                    ).syncs
-                    job = syncs[0] if syncs else None
-                initial_seconds = time.perf_counter() - started
-                assert job.state == sync_pb2.SYNC_STATE_SUCCEEDED, job.error
-                async with http.get(f"{admin_url}/stats?company={company}") as reply:
-                    functions = (await reply.json())["companies"][company]["functions"]
-                minimum_pages = sum(max(1, -(-p.total // 2000)) for p in job.objects)
-                records = sum(p.total for p in job.objects)
-                setup = await sync.GetSmartEventSetup(
-                    sync_pb2.GetSmartEventSetupRequest(
-                        account_id="acme", gateway_base_url=suite.gateway_base
-                    )
+                sync = sync_pb2_grpc.SyncServiceStub(
+                    service_channel(suite.target("sync"), TOKEN, deadline=3600)
                 )
-                for spec in setup.events:
-                    async with http.post(
-                        f"{admin_url}/companies/{company}/smart-events",
-                        json={
-                            "object": spec.object,
-                            "actions": list(spec.actions),
-                            "url": spec.url,
-                            "body_template": spec.body_template,
-                            "content_type": spec.content_type,
-                        },
-                    ):
+                async with aiohttp.ClientSession() as http:
+                    admin_url = suite.sandbox_admin
+                    async with http.post(f"{admin_url}/stats/reset"):
                         pass
-                db = await asyncpg.connect(dsn)
-                schema = f'"{namespace}_sync"'
-                keys = [
-                    r["record_no"]
-                    for r in await db.fetch(
-                        f"SELECT record_no FROM {schema}.invoices WHERE NOT deleted"
-                        " ORDER BY random() LIMIT $1",
-                        changes,
+                    started = time.perf_counter()
+                    await connector.ConnectAccount(
+                        connector_pb2.ConnectAccountRequest(
+                            account_id="acme",
+                            company_id=company,
+                            user_id=suite.sandbox["user_id"],
+                            user_password=suite.sandbox["user_password"],
+                            sender_id=suite.sandbox["sender_id"],
+                            sender_password=suite.sandbox["sender_password"],
+                            time_zone="America/Los_Angeles",
+                        )
                     )
-                ]
-                sent: dict[str, float] = {}
-                for index, key in enumerate(keys):
-                    sent[key] = time.perf_counter()
-                    async with http.put(
-                        f"{admin_url}/companies/{company}/records/ARINVOICE/{key}",
-                        json={"values": {"DOCNUMBER": f"LAG-{index}"}},
+                    job = None
+                    while job is None or job.state not in (
+                        sync_pb2.SYNC_STATE_SUCCEEDED,
+                        sync_pb2.SYNC_STATE_FAILED,
                     ):
-                        pass
-                lags: dict[str, float] = {}
-                deadline = time.perf_counter() + 300
-                while len(lags) < len(keys) and time.perf_counter() < deadline:
-                    rows = await db.fetch(
-                        f"SELECT record_no FROM {schema}.invoices WHERE record_no = ANY($1::text[])"
-                        " AND po_number LIKE 'LAG-%'",
-                        keys,
+                        await asyncio.sleep(0.5)
+                        syncs = (
+                            await sync.ListSyncs(sync_pb2.ListSyncsRequest(account_id="acme"))
+                        ).syncs
+                        job = syncs[0] if syncs else None
+                    initial_seconds = time.perf_counter() - started
+                    assert job.state == sync_pb2.SYNC_STATE_SUCCEEDED, job.error
+                    async with http.get(f"{admin_url}/stats?company={company}") as reply:
+                        functions = (await reply.json())["companies"][company]["functions"]
+                    minimum_pages = sum(max(1, -(-p.total // 2000)) for p in job.objects)
+                    records = sum(p.total for p in job.objects)
+                    setup = await sync.GetSmartEventSetup(
+                        sync_pb2.GetSmartEventSetupRequest(
+                            account_id="acme", gateway_base_url=suite.gateway_base
+                        )
                     )
-                    now = time.perf_counter()
-                    for row in rows:
-                        lags.setdefault(row["record_no"], now - sent[row["record_no"]])
-                    await asyncio.sleep(0.02)
-                await db.close()
+                    for spec in setup.events:
+                        async with http.post(
+                            f"{admin_url}/companies/{company}/smart-events",
+                            json={
+                                "object": spec.object,
+                                "actions": list(spec.actions),
+                                "url": spec.url,
+                                "body_template": spec.body_template,
+                                "content_type": spec.content_type,
+                            },
+                        ):
+                            pass
+                    db = await asyncpg.connect(dsn)
+                    schema = f'"{namespace}_sync"'
+                    keys = [
+                        r["record_no"]
+                        for r in await db.fetch(
+                            f"SELECT record_no FROM {schema}.invoices WHERE NOT deleted"
+                            " ORDER BY random() LIMIT $1",
+                            changes,
+                        )
+                    ]
+                    sent: dict[str, float] = {}
+                    for index, key in enumerate(keys):
+                        sent[key] = time.perf_counter()
+                        async with http.put(
+                            f"{admin_url}/companies/{company}/records/ARINVOICE/{key}",
+                            json={"values": {"DOCNUMBER": f"LAG-{index}"}},
+                        ):
+                            pass
+                    lags: dict[str, float] = {}
+                    deadline = time.perf_counter() + 300
+                    while len(lags) < len(keys) and time.perf_counter() < deadline:
+                        rows = await db.fetch(
+                            f"SELECT record_no FROM {schema}.invoices"
+                            " WHERE record_no = ANY($1::text[])"
+                            " AND po_number LIKE 'LAG-%'",
+                            keys,
+                        )
+                        now = time.perf_counter()
+                        for row in rows:
+                            lags.setdefault(row["record_no"], now - sent[row["record_no"]])
+                        await asyncio.sleep(0.02)
+                    await db.close()
     finally:
-        admin = await asyncpg.connect(infra.database_url)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
         infra.close()
     ordered = sorted(lags.values())
     return {

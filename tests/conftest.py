@@ -12,10 +12,9 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from arbridge_devinfra.infra import Infra, PrivateNats, ensure_infra, with_database
+from arbridge_devinfra.infra import Infra, PrivateNats, ensure_infra, scratch_database
 
 TOKEN = "test-service-token-0123456789abcdef"
 
@@ -31,20 +30,8 @@ def infra() -> Iterator[Infra]:
 
 @pytest.fixture(scope="session")
 async def database_url(infra: Infra) -> AsyncIterator[str]:
-    name = f"arbridge_t_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(infra.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield with_database(infra.database_url, name)
-    finally:
-        admin = await asyncpg.connect(infra.database_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with scratch_database(infra.database_url, "arbridge_t") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -14,39 +14,14 @@ import asyncpg
 import grpc.aio
 import pytest
 
-from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime import webhooks
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
-from tests.support.suite import WEBHOOK_SECRET, Suite, running_suite
+from tests.support.suite import WEBHOOK_SECRET, Suite, connect_and_sync, running_suite
 
 ACCOUNT = "acme"
 MERGE = re.compile(r"\{!ARINVOICE\.([A-Z0-9_.]+)!\}")
-
-
-async def _connected(suite: Suite, sync: sync_pb2_grpc.SyncServiceAsyncStub) -> None:
-    connector = connector_pb2_grpc.ConnectorServiceStub(
-        service_channel(suite.target("connector"), TOKEN)
-    )
-    await connector.ConnectAccount(
-        connector_pb2.ConnectAccountRequest(
-            account_id=ACCOUNT,
-            company_id=suite.sandbox["company_id"],
-            user_id=suite.sandbox["user_id"],
-            user_password=suite.sandbox["user_password"],
-            sender_id=suite.sandbox["sender_id"],
-            sender_password=suite.sandbox["sender_password"],
-            time_zone="America/Los_Angeles",
-        )
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        syncs = (await sync.ListSyncs(sync_pb2.ListSyncsRequest(account_id=ACCOUNT))).syncs
-        if syncs and syncs[0].state == sync_pb2.SYNC_STATE_SUCCEEDED:
-            return
-        await asyncio.sleep(0.3)
-    raise AssertionError("the initial sync did not finish")
 
 
 async def _changed_bodies(
@@ -104,7 +79,8 @@ async def test_both_doors_at_once_and_a_resumed_stream(
         sync = sync_pb2_grpc.SyncServiceStub(
             service_channel(suite.target("sync"), TOKEN, deadline=600)
         )
-        await _connected(suite, sync)
+        initial = await connect_and_sync(suite, ACCOUNT, timeout=300)
+        assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
         setup = await sync.GetSmartEventSetup(
             sync_pb2.GetSmartEventSetupRequest(
                 account_id=ACCOUNT, gateway_base_url=suite.gateway_base

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import aiohttp
 from google.protobuf import field_mask_pb2
 
-from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
 from arbridge_runtime.jetstream import MSG_ID, Namespace, connect
 from tests.conftest import TOKEN
-from tests.support.suite import running_suite
+from tests.support.suite import connect_and_sync, running_suite
 
 
 async def test_links_and_next_charge_are_written_back_coalesced(
@@ -26,27 +27,32 @@ async def test_links_and_next_charge_are_written_back_coalesced(
     ) as suite:
         company = suite.sandbox["company_id"]
         admin = suite.sandbox_admin
-        connector = connector_pb2_grpc.ConnectorServiceStub(
-            service_channel(suite.target("connector"), TOKEN)
-        )
         sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
-        await connector.ConnectAccount(
-            connector_pb2.ConnectAccountRequest(
-                account_id="acme",
-                company_id=company,
-                user_id=suite.sandbox["user_id"],
-                user_password=suite.sandbox["user_password"],
-                sender_id=suite.sandbox["sender_id"],
-                sender_password=suite.sandbox["sender_password"],
-                time_zone="America/Los_Angeles",
-            )
+        initial = await connect_and_sync(suite, "acme", timeout=120)
+        assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
+        # The set-up document for Intacct admins, from the command line.
+        document = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "arbridge_cli",
+                "smart-events",
+                "acme",
+                "--gateway-url",
+                "https://hooks.example.com",
+                "--target",
+                suite.target("sync"),
+                "--token",
+                TOKEN,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            syncs = (await sync.ListSyncs(sync_pb2.ListSyncsRequest(account_id="acme"))).syncs
-            if syncs and syncs[0].state == sync_pb2.SYNC_STATE_SUCCEEDED:
-                break
-            await asyncio.sleep(0.2)
+        assert document.returncode == 0, document.stderr
+        assert "https://hooks.example.com/v1/intacct/acme/" in document.stdout
+        assert "{!ARINVOICE.TRX_TOTALDUE!}" in document.stdout
         invoices = (
             await sync.ListInvoices(sync_pb2.ListInvoicesRequest(account_id="acme"))
         ).invoices

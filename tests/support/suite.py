@@ -111,3 +111,42 @@ def running_suite(
             sandbox.wait(30)
         except subprocess.TimeoutExpired:
             sandbox.kill()
+
+
+async def connect_and_sync(suite: Suite, account_id: str, timeout: float = 3600.0) -> Any:
+    """Connects the sandbox company as ``account_id`` and waits for its initial sync to end.
+
+    Returns the finished sync (``arbridge.sync.v1.Sync``).
+    """
+    import asyncio
+
+    from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
+    from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+    from arbridge_runtime.grpc_client import service_channel
+
+    connector_channel = service_channel(suite.target("connector"), TOKEN)
+    sync_channel = service_channel(suite.target("sync"), TOKEN, deadline=600)
+    try:
+        await connector_pb2_grpc.ConnectorServiceStub(connector_channel).ConnectAccount(
+            connector_pb2.ConnectAccountRequest(
+                account_id=account_id,
+                company_id=suite.sandbox["company_id"],
+                user_id=suite.sandbox["user_id"],
+                user_password=suite.sandbox["user_password"],
+                sender_id=suite.sandbox["sender_id"],
+                sender_password=suite.sandbox["sender_password"],
+                time_zone="America/Los_Angeles",
+            )
+        )
+        sync = sync_pb2_grpc.SyncServiceStub(sync_channel)
+        deadline = time.monotonic() + timeout
+        finished = (sync_pb2.SYNC_STATE_SUCCEEDED, sync_pb2.SYNC_STATE_FAILED)
+        while time.monotonic() < deadline:
+            syncs = (await sync.ListSyncs(sync_pb2.ListSyncsRequest(account_id=account_id))).syncs
+            if syncs and syncs[0].state in finished:
+                return syncs[0]
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"the initial sync of {account_id} did not end in {timeout:.0f}s")
+    finally:
+        await connector_channel.close(None)
+        await sync_channel.close(None)

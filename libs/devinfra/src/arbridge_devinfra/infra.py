@@ -21,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -284,3 +286,24 @@ def with_database(url: str, database: str) -> str:
     """The same server URL pointing at another database."""
     parsed = urlparse(url)
     return parsed._replace(path=f"/{database}").geturl()
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(server_url: str, prefix: str = "arbridge_scratch") -> AsyncIterator[str]:
+    """A database of its own on a server, dropped afterwards; yields its URL."""
+    import asyncpg
+
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(server_url, name)
+    finally:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

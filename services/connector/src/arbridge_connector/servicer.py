@@ -49,7 +49,7 @@ def _account(row: AccountRow) -> connector_pb2.Account:
         time_zone=row.time_zone,
         state=_STATES.get(row.state, connector_pb2.CONNECTION_STATE_UNSPECIFIED),
     )
-    account.connected_at.FromDatetime(row.connected_at.astimezone(UTC).replace(tzinfo=None))
+    account.connected_at.FromDatetime(row.connected_at)
     return account
 
 
@@ -204,7 +204,7 @@ class ConnectorService(connector_pb2_grpc.ConnectorServiceServicer):
                 )
                 modified = client.from_local(str(fields.get(obj.modified_field, "")))
                 if modified is not None:
-                    record.when_modified.FromDatetime(modified.replace(tzinfo=None))
+                    record.when_modified.FromDatetime(modified)
                 yield connector_pb2.StreamRecordsResponse(record=record)
 
     async def GetRecords(

@@ -38,7 +38,7 @@ def _stamp(local: datetime | None, time_zone: str) -> Timestamp | None:
         return None
     zone = ZoneInfo(time_zone or "UTC")
     ts = Timestamp()
-    ts.FromDatetime(local.replace(tzinfo=zone).astimezone(ZoneInfo("UTC")).replace(tzinfo=None))
+    ts.FromDatetime(local.replace(tzinfo=zone))  # aware: protobuf converts to UTC
     return ts
 
 

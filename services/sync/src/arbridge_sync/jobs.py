@@ -276,7 +276,7 @@ class JobRunner:
         )
         windowed = synced.name in WINDOWED
         if windowed:
-            request.modified_since.FromDatetime(window_start.replace(tzinfo=None))
+            request.modified_since.FromDatetime(window_start)
         seen: set[str] = set()
         for attempt in range(self.transient_retries + 1):
             try:

@@ -71,6 +71,13 @@ def _page_size(page: common_pb2.PageRequest) -> int:
     return min(page.page_size or 100, 1000)
 
 
+def _page(rows: list[asyncpg.Record], size: int, key: str) -> common_pb2.PageResponse:
+    """Keyset paging: the next token is the key of the page's last row, when more follow."""
+    return common_pb2.PageResponse(
+        next_page_token=str(rows[size - 1][key]) if len(rows) > size else ""
+    )
+
+
 def _sync(row: asyncpg.Record) -> sync_pb2.Sync:
     progress = json.loads(row["progress"]) if isinstance(row["progress"], str) else row["progress"]
     message = sync_pb2.Sync(
@@ -98,7 +105,7 @@ def _sync(row: asyncpg.Record) -> sync_pb2.Sync:
             )
         )
     if row["started_at"]:
-        message.started_at.FromDatetime(row["started_at"].astimezone(UTC).replace(tzinfo=None))
+        message.started_at.FromDatetime(row["started_at"])
         end = row["finished_at"] or datetime.now(UTC)
         elapsed = (end - row["started_at"]).total_seconds()
         message.elapsed_seconds = elapsed
@@ -107,7 +114,7 @@ def _sync(row: asyncpg.Record) -> sync_pb2.Sync:
         if row["state"] == "running" and done and total > done:
             message.estimated_remaining_seconds = elapsed * (total - done) / done
     if row["finished_at"]:
-        message.finished_at.FromDatetime(row["finished_at"].astimezone(UTC).replace(tzinfo=None))
+        message.finished_at.FromDatetime(row["finished_at"])
     return message
 
 
@@ -131,9 +138,9 @@ def _unsynced(row: asyncpg.Record) -> sync_pb2.UnsyncedRecord:
         resolution_note=row["resolution_note"],
         errors=[common_pb2.IntacctError(**e) for e in errors or []],
     )
-    message.failed_at.FromDatetime(row["failed_at"].astimezone(UTC).replace(tzinfo=None))
+    message.failed_at.FromDatetime(row["failed_at"])
     if row["resolved_at"]:
-        message.resolved_at.FromDatetime(row["resolved_at"].astimezone(UTC).replace(tzinfo=None))
+        message.resolved_at.FromDatetime(row["resolved_at"])
     return message
 
 
@@ -181,7 +188,7 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
     ) -> sync_pb2.EstimateSyncResponse:
         calls, token, expires = await self._core.jobs.estimate(request.account_id)
         reply = sync_pb2.EstimateSyncResponse(estimated_api_calls=calls, confirmation_token=token)
-        reply.expires_at.FromDatetime(expires.replace(tzinfo=None))
+        reply.expires_at.FromDatetime(expires)
         return reply
 
     async def StartSync(
@@ -225,10 +232,10 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
                 request.page.page_token,
                 size + 1,
             )
-        reply = sync_pb2.ListSyncsResponse(syncs=[_sync(r) for r in rows[:size]])
-        if len(rows) > size:
-            reply.page.next_page_token = str(rows[size - 1]["sync_id"])
-        return reply
+        return sync_pb2.ListSyncsResponse(
+            syncs=[_sync(r) for r in rows[:size]],
+            page=_page(rows, size, "sync_id"),
+        )
 
     async def WatchSync(
         self, request: sync_pb2.WatchSyncRequest, context: Context
@@ -271,12 +278,10 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
                 request.page.page_token,
                 size + 1,
             )
-        reply = sync_pb2.ListCustomersResponse(
-            customers=[convert.customer(r, r["time_zone"]) for r in rows[:size]]
+        return sync_pb2.ListCustomersResponse(
+            customers=[convert.customer(r, r["time_zone"]) for r in rows[:size]],
+            page=_page(rows, size, "customer_id"),
         )
-        if len(rows) > size:
-            reply.page.next_page_token = rows[size - 1]["customer_id"]
-        return reply
 
     async def GetInvoice(
         self, request: sync_pb2.GetInvoiceRequest, context: Context
@@ -308,12 +313,10 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
                 request.page.page_token,
                 size + 1,
             )
-        reply = sync_pb2.ListInvoicesResponse(
-            invoices=[convert.invoice(r, r["time_zone"]) for r in rows[:size]]
+        return sync_pb2.ListInvoicesResponse(
+            invoices=[convert.invoice(r, r["time_zone"]) for r in rows[:size]],
+            page=_page(rows, size, "record_no"),
         )
-        if len(rows) > size:
-            reply.page.next_page_token = rows[size - 1]["record_no"]
-        return reply
 
     async def ListPayments(
         self, request: sync_pb2.ListPaymentsRequest, context: Context
@@ -329,12 +332,10 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
                 request.page.page_token,
                 size + 1,
             )
-        reply = sync_pb2.ListPaymentsResponse(
-            payments=[convert.payment(r, r["time_zone"]) for r in rows[:size]]
+        return sync_pb2.ListPaymentsResponse(
+            payments=[convert.payment(r, r["time_zone"]) for r in rows[:size]],
+            page=_page(rows, size, "record_no"),
         )
-        if len(rows) > size:
-            reply.page.next_page_token = rows[size - 1]["record_no"]
-        return reply
 
     async def ListBankAccounts(
         self, request: sync_pb2.ListBankAccountsRequest, context: Context
@@ -370,10 +371,10 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
                 request.page.page_token,
                 size + 1,
             )
-        reply = sync_pb2.ListUnsyncedResponse(records=[_unsynced(r) for r in rows[:size]])
-        if len(rows) > size:
-            reply.page.next_page_token = str(rows[size - 1]["unsynced_id"])
-        return reply
+        return sync_pb2.ListUnsyncedResponse(
+            records=[_unsynced(r) for r in rows[:size]],
+            page=_page(rows, size, "unsynced_id"),
+        )
 
     async def ResyncRecord(
         self, request: sync_pb2.ResyncRecordRequest, context: Context
