@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from arbridge_cards_sandbox.main import add_arguments as add_cards_arguments
 from arbridge_intacct_sandbox.main import add_arguments as add_intacct_arguments
 
 
@@ -109,6 +110,14 @@ def _smart_events(args: argparse.Namespace) -> int:
     return asyncio.run(fetch())
 
 
+def _sandbox_cards(args: argparse.Namespace) -> int:
+    from arbridge_cards_sandbox.main import serve
+    from arbridge_runtime.logs import configure_logging
+
+    configure_logging("cards-sandbox", "warning", stream=sys.stderr)
+    return asyncio.run(serve(args))
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="arbridge", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
@@ -129,6 +138,9 @@ def parser() -> argparse.ArgumentParser:
     intacct = sandbox_sub.add_parser("intacct", help="a wire-compatible Sage Intacct XML gateway")
     add_intacct_arguments(intacct)
     intacct.set_defaults(func=_sandbox_intacct)
+    cards = sandbox_sub.add_parser("cards", help="a BlueSnap-style card gateway")
+    add_cards_arguments(cards)
+    cards.set_defaults(func=_sandbox_cards)
 
     intacct_tools = sub.add_parser("intacct", help="Intacct XML tools")
     intacct_sub = intacct_tools.add_subparsers(dest="intacct_command", required=True)

@@ -26,6 +26,7 @@ import asyncpg
 from arbridge_devinfra.infra import Infra, ensure_infra, port_open, with_database
 
 INTACCT_SANDBOX_PORT = 8410
+CARDS_SANDBOX_PORT = 8420
 GATEWAY_PUBLIC_PORT = 8080
 
 # (name, gRPC port, side HTTP port): fixed so that other tools find them.
@@ -102,6 +103,30 @@ def dev_connector_keys(state: Path) -> str:
     return path.read_text().strip()
 
 
+def _start(
+    state: Path,
+    logs: Path,
+    name: str,
+    module: str,
+    args: list[str],
+    env: dict[str, str] | None = None,
+) -> Running:
+    """Starts ``python -m module`` in its own session, logging under .infra/logs."""
+    ready = state / f"{name}.ready"
+    ready.unlink(missing_ok=True)
+    log_path = logs / f"{name}.log"
+    out = log_path.open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, *args, *([] if env else ["--ready-file", str(ready)])],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    out.close()
+    return Running(name, process, log_path, ready)
+
+
 def _wait_ready(running: Running, timeout: float = 60.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -137,6 +162,7 @@ def run_suite(root: Path) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     ports = [p for _, g, h in SERVICES for p in (g, h)] + [
         INTACCT_SANDBOX_PORT,
+        CARDS_SANDBOX_PORT,
         GATEWAY_PUBLIC_PORT,
     ]
     busy = [p for p in ports if port_open("127.0.0.1", p, 0.2)]
@@ -156,32 +182,34 @@ def run_suite(root: Path) -> int:
     try:
         database_url = asyncio.run(_ensure_database(infra.database_url, "arbridge"))
         print(f"infrastructure: {infra.describe()}")
-        sandbox_ready = state / "intacct-sandbox.ready"
-        sandbox_ready.unlink(missing_ok=True)
-        sandbox_log = logs / "intacct-sandbox.log"
-        out = sandbox_log.open("ab")
-        sandbox = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "arbridge_intacct_sandbox",
-                "--port",
-                str(INTACCT_SANDBOX_PORT),
-                "--ready-file",
-                str(sandbox_ready),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        intacct_run = _start(
+            state,
+            logs,
+            "intacct-sandbox",
+            "arbridge_intacct_sandbox",
+            ["--port", str(INTACCT_SANDBOX_PORT)],
         )
-        out.close()
-        sandbox_run = Running("intacct-sandbox", sandbox, sandbox_log, sandbox_ready)
-        running.append(sandbox_run)
-        sandbox_info = _wait_ready(sandbox_run)
+        running.append(intacct_run)
+        sandbox_info = _wait_ready(intacct_run)
         print(
             f"{'intacct':<10} sandbox {sandbox_info['endpoint']}  admin {sandbox_info['admin']}  "
             f"(sender {sandbox_info['sender_id']}, company {sandbox_info['company_id']}, "
             f"user {sandbox_info['user_id']} / {sandbox_info['user_password']})",
+            flush=True,
+        )
+        cards_run = _start(
+            state,
+            logs,
+            "cards-sandbox",
+            "arbridge_cards_sandbox",
+            ["--port", str(CARDS_SANDBOX_PORT)],
+        )
+        running.append(cards_run)
+        cards_info = _wait_ready(cards_run)
+        print(
+            f"{'cards':<10} sandbox {cards_info['base_url']}/services/2/  hosted fields "
+            f"{cards_info['base_url']}/hosted-fields  (API user {cards_info['username']} / "
+            f"{cards_info['password']})",
             flush=True,
         )
         extra = {
@@ -193,24 +221,14 @@ def run_suite(root: Path) -> int:
         }
         for name, grpc_port, http_port in SERVICES:
             ready = state / f"{name}.ready"
-            ready.unlink(missing_ok=True)
-            log_path = logs / f"{name}.log"
-            out = log_path.open("ab")
-            process = subprocess.Popen(
-                [sys.executable, "-m", f"arbridge_{name}"],
-                env={
-                    **_service_env(
-                        name, grpc_port, http_port, database_url, infra.nats_url, token, ready
-                    ),
-                    **extra,
-                },
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            out.close()
-            running.append(Running(name, process, log_path, ready))
-        for item in running[1:]:
+            env = {
+                **_service_env(
+                    name, grpc_port, http_port, database_url, infra.nats_url, token, ready
+                ),
+                **extra,
+            }
+            running.append(_start(state, logs, name, f"arbridge_{name}", [], env))
+        for item in running[2:]:
             info = _wait_ready(item)
             print(
                 f"{item.name:<10} grpc 127.0.0.1:{info['grpc_port']:<6} "

@@ -1,0 +1,1 @@
+"""A BlueSnap-style card gateway sandbox for development, demos, tests and load."""
