@@ -41,6 +41,7 @@ def service_env(
             "ARBRIDGE_CONNECTOR_KEYS": "test:" + "A" * 43,
             "ARBRIDGE_WEBHOOK_SECRET": "test-webhook-master-secret-0123456789",
             "ARBRIDGE_GATEWAY_PORT": "0",
+            "ARBRIDGE_CARD_GATEWAY_PASSWORD": "sandbox-api-password",
         }
     )
     env.update(extra)

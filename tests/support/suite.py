@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,6 +23,8 @@ WEBHOOK_SECRET = "test-webhook-master-secret-0123456789"
 class Suite:
     sandbox: dict[str, Any]
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    # The card gateway sandbox's ready info (base_url, username, password) when payments runs.
+    cards: dict[str, Any] = field(default_factory=dict)
 
     def target(self, name: str) -> str:
         return self.processes[name].grpc_target
@@ -81,6 +84,16 @@ def running_suite(
                 )
             time.sleep(0.1)
         suite.sandbox = json.loads(ready.read_text())
+        if "payments" in services:
+            cards_ready = tmp_path / "cards.ready"
+            cards = start_process(
+                ["-m", "arbridge_cards_sandbox", "--port", "0", "--ready-file", str(cards_ready)],
+                {**os.environ},
+                cards_ready,
+                tmp_path / "cards.log",
+            )
+            suite.processes["cards"] = cards
+            suite.cards = cards.info
         for name in services:
             extra = {
                 "ARBRIDGE_INTACCT_ENDPOINT": suite.sandbox["endpoint"],
@@ -89,6 +102,12 @@ def running_suite(
             }
             if "connector" in suite.processes:
                 extra["ARBRIDGE_CONNECTOR_TARGET"] = suite.target("connector")
+            if "sync" in suite.processes:
+                extra["ARBRIDGE_SYNC_TARGET"] = suite.target("sync")
+            if suite.cards:
+                extra["ARBRIDGE_CARD_GATEWAY_URL"] = suite.cards["base_url"]
+                extra["ARBRIDGE_CARD_GATEWAY_USERNAME"] = suite.cards["username"]
+                extra["ARBRIDGE_CARD_GATEWAY_PASSWORD"] = suite.cards["password"]
             ready_file = tmp_path / f"{name}.ready"
             env = service_env(
                 database_url=database_url,

@@ -217,6 +217,17 @@ class Gateway:
         self.tokens[token] = card
         return card
 
+    def token_card(self, token: str) -> Card:
+        card = self.tokens.get(token)
+        if card is None:
+            raise GatewayError(
+                404,
+                "EXPIRED_TOKEN",
+                "14040",
+                "The hosted-fields token is unknown, expired, used or has no card yet.",
+            )
+        return card
+
     def create_shopper(self, body: dict[str, Any]) -> Shopper:
         with self._lock:
             self._next_shopper += 1

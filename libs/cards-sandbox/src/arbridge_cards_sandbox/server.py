@@ -53,9 +53,10 @@ def _authorized(request: web.Request) -> bool:
 
 @web.middleware
 async def merchant_auth(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.path.startswith("/services/2/") and not request.path.startswith(
-        "/services/2/payment-fields-tokens/"
-    ):
+    payer_call = request.path.startswith("/services/2/payment-fields-tokens/") and (
+        request.method in ("PUT", "OPTIONS")
+    )
+    if request.path.startswith("/services/2/") and not payer_call:
         if not _authorized(request):
             return web.json_response(
                 {
@@ -153,6 +154,12 @@ async def fill_token(request: web.Request) -> web.StreamResponse:
     except GatewayError as err:
         return _cors(_error(err))
     return _cors(web.json_response({"cardLastFourDigits": card.last4, "ccType": card.brand}))
+
+
+async def token_info(request: web.Request) -> web.Response:
+    """The card behind a filled token (merchant API): brand, last four, expiry, fingerprint."""
+    card = request.app[GATEWAY].token_card(request.match_info["token"])
+    return web.json_response(card.public())
 
 
 async def token_preflight(_request: web.Request) -> web.StreamResponse:
@@ -333,6 +340,7 @@ def build_app(gateway: Gateway, seed: int = 0) -> web.Application:
     r = app.router
     r.add_post("/services/2/payment-fields-tokens", new_token)
     r.add_put("/services/2/payment-fields-tokens/{token}", fill_token)
+    r.add_get("/services/2/payment-fields-tokens/{token}", token_info)
     r.add_route("OPTIONS", "/services/2/payment-fields-tokens/{token}", token_preflight)
     r.add_get("/hosted-fields", hosted_fields)
     r.add_post("/services/2/vaulted-shoppers", create_shopper)

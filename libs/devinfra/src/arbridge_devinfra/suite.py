@@ -218,6 +218,10 @@ def run_suite(root: Path) -> int:
             "ARBRIDGE_CONNECTOR_TARGET": "127.0.0.1:50051",
             "ARBRIDGE_WEBHOOK_SECRET": dev_secret(state, "webhook.secret"),
             "ARBRIDGE_GATEWAY_PORT": str(GATEWAY_PUBLIC_PORT),
+            "ARBRIDGE_SYNC_TARGET": "127.0.0.1:50052",
+            "ARBRIDGE_CARD_GATEWAY_URL": str(cards_info["base_url"]),
+            "ARBRIDGE_CARD_GATEWAY_USERNAME": str(cards_info["username"]),
+            "ARBRIDGE_CARD_GATEWAY_PASSWORD": str(cards_info["password"]),
         }
         for name, grpc_port, http_port in SERVICES:
             ready = state / f"{name}.ready"

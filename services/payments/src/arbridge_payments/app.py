@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import aiohttp
+
 from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
+from arbridge.sync.v1 import sync_pb2_grpc
+from arbridge_payments.gateway import CardGateway
+from arbridge_payments.methods import PaymentMethods
 from arbridge_payments.servicer import PaymentsService
 from arbridge_payments.settings import Settings
 from arbridge_runtime import streams
 from arbridge_runtime.db import load_migrations
+from arbridge_runtime.grpc_client import service_channel
 from arbridge_runtime.service import ServiceContext, ServiceDefinition, run
 from arbridge_runtime.settings import RuntimeSettings
 
 
 async def build(settings: Settings, ctx: ServiceContext) -> None:
     """Registers the service's gRPC API, consumers and workers on the runtime."""
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300))
+    ctx.exit_stack.push_async_callback(http.close)
+    channel = service_channel(settings.sync_target, settings.runtime.service_token)
+    ctx.exit_stack.push_async_callback(channel.close, None)
+    methods = PaymentMethods(
+        ctx.pool, CardGateway(settings.gateway, http), sync_pb2_grpc.SyncServiceStub(channel)
+    )
     ctx.grpc.add_service(
         payments_pb2_grpc.add_PaymentsServiceServicer_to_server,
-        PaymentsService(),  # type: ignore[abstract]  # v1 methods not built yet answer UNIMPLEMENTED
+        PaymentsService(methods),  # type: ignore[abstract]  # v1 methods not built yet answer UNIMPLEMENTED
         payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_name,
     )
 

@@ -12,10 +12,10 @@ import hashlib
 import json
 from collections.abc import Mapping
 from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
-ZERO_DECIMAL = {"JPY", "KRW", "VND", "CLP", "ISK", "UGX", "XAF", "XOF"}
+from arbridge_runtime.money import to_minor
+
 INVOICE_STATES = {
     "Draft": "draft",
     "Posted": "open",
@@ -34,14 +34,9 @@ def minor_units(value: str, currency: str, field: str) -> int:
     if value in ("", None):
         return 0
     try:
-        amount = Decimal(value)
-    except InvalidOperation:
-        raise Unmappable(f"{field} {value!r} is not an amount") from None
-    exponent = 0 if currency in ZERO_DECIMAL else 2
-    scaled = amount.scaleb(exponent)
-    if scaled != scaled.to_integral_value():
-        raise Unmappable(f"{field} {value} has more decimals than {currency} allows")
-    return int(scaled)
+        return to_minor(value, currency)
+    except ValueError as err:
+        raise Unmappable(f"{field} {err}") from None
 
 
 def intacct_date(value: str, field: str) -> date | None:

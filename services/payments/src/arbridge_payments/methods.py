@@ -1,0 +1,365 @@
+"""Stored payment methods: add from a hosted-fields token, list, set default, remove.
+
+A method is a reference to a source vaulted at the card gateway. Adding one:
+
+1. the token's card is read from the gateway (brand, last four, expiry,
+   fingerprint); if the customer already has that card on file, that method is
+   the answer and nothing is vaulted twice;
+2. the customer's vaulted shopper is created once, under an idempotency key
+   derived from the account and customer, so a retry after a crash finds the
+   same shopper;
+3. the card is vaulted on the shopper and the method recorded.
+
+Steps 2-3 run under a per-customer advisory lock, so two concurrent adds for a
+customer cannot create two shoppers or two defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import grpc
+import structlog
+
+from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_payments.gateway import (
+    CARD,
+    CardGateway,
+    GatewayRefused,
+    GatewayTimeout,
+    GatewayUnavailable,
+)
+from arbridge_runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+
+log = structlog.get_logger(__name__)
+
+_COLUMNS = (
+    "payment_method_id, account_id, customer_id, kind, shopper_id, brand, last4, exp_month,"
+    " exp_year, fingerprint, bank_account_type, is_default, created_at"
+)
+
+
+@dataclass(frozen=True)
+class PaymentMethod:
+    """A stored method as the API shows it."""
+
+    payment_method_id: str
+    account_id: str
+    customer_id: str
+    kind: str
+    shopper_id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    fingerprint: str
+    bank_account_type: str
+    is_default: bool
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> PaymentMethod:
+        return cls(**dict(row))
+
+
+def _require(**values: str) -> None:
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        raise InvalidArgument(f"{', '.join(missing)} must be set")
+
+
+class PaymentMethods:
+    """The payment-method part of the payments service."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, gateway: CardGateway, sync: sync_pb2_grpc.SyncServiceAsyncStub
+    ) -> None:
+        self._pool = pool
+        self._gateway = gateway
+        self._sync = sync
+
+    async def _customer_name(self, account_id: str, customer_id: str) -> str:
+        try:
+            reply = await self._sync.GetCustomer(
+                sync_pb2.GetCustomerRequest(account_id=account_id, customer_id=customer_id)
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(
+                    f"customer {customer_id!r} is not in the AR store of account {account_id!r}; "
+                    "check the id, or sync the account if the customer is new in Intacct"
+                ) from None
+            raise Unavailable(
+                f"the sync service could not be asked about customer {customer_id!r} "
+                f"({err.code().name}); retry"
+            ) from None
+        return str(reply.customer.name)
+
+    async def add_card(
+        self,
+        *,
+        account_id: str,
+        customer_id: str,
+        card_token: str,
+        make_default: bool,
+        idempotency_key: str = "",
+    ) -> tuple[PaymentMethod, bool]:
+        """Stores the card behind a hosted-fields token; returns (method, already_on_file).
+
+        A retry with the same idempotency key (or, without one, the same token)
+        answers with the method the first request stored.
+        """
+        _require(account_id=account_id, customer_id=customer_id, gateway_token=card_token)
+        if len(idempotency_key) > 255:
+            raise InvalidArgument("idempotency_key is at most 255 characters")
+        token_hash = hashlib.sha256(card_token.encode()).hexdigest()
+        # The token is single use, so it names the request too; both keys are remembered.
+        request_keys = [f"token:{token_hash}"]
+        if idempotency_key:
+            request_keys.insert(0, idempotency_key)
+        request_hash = hashlib.sha256(
+            f"{customer_id}\x1f{token_hash}\x1f{make_default}".encode()
+        ).hexdigest()
+        answered = await self._answered(account_id, request_keys, request_hash)
+        if answered is not None:
+            return answered
+        name = await self._customer_name(account_id, customer_id)
+        source = await self._gateway_call(self._gateway.token_source(card_token))
+        if source.kind != CARD or len(source.last4) != 4 or not source.fingerprint:
+            raise InvalidArgument(
+                "gateway_token holds no card yet; the payer must submit the hosted fields first"
+            )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
+                f"{account_id}\x1f{customer_id}",
+            )
+            # A concurrent request with this key may have finished while we waited.
+            answered = await self._answered(account_id, request_keys, request_hash, conn)
+            if answered is not None:
+                return answered
+            existing = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM payment_methods WHERE account_id = $1"
+                " AND customer_id = $2 AND fingerprint = $3 AND removed_at IS NULL",
+                account_id,
+                customer_id,
+                source.fingerprint,
+            )
+            if existing is not None:
+                method = PaymentMethod.from_row(existing)
+                if make_default and not method.is_default:
+                    method = await self._make_default(conn, method)
+                await self._remember(conn, account_id, request_keys, request_hash, method, True)
+                return method, True
+            shopper_id = await conn.fetchval(
+                "SELECT shopper_id FROM gateway_shoppers WHERE account_id = $1"
+                " AND customer_id = $2",
+                account_id,
+                customer_id,
+            )
+            if shopper_id is None:
+                merchant_shopper_id = _merchant_shopper_id(account_id, customer_id)
+                shopper = await self._gateway_call(
+                    self._gateway.create_shopper(
+                        merchant_shopper_id=merchant_shopper_id,
+                        name=name,
+                        idempotency_key=f"shopper-{merchant_shopper_id}",
+                    )
+                )
+                shopper_id = shopper.shopper_id
+                await conn.execute(
+                    "INSERT INTO gateway_shoppers (account_id, customer_id, shopper_id)"
+                    " VALUES ($1, $2, $3)",
+                    account_id,
+                    customer_id,
+                    shopper_id,
+                )
+            vaulted = await self._gateway_call(self._gateway.add_card(shopper_id, card_token))
+            if all(s.fingerprint != source.fingerprint for s in vaulted.sources):
+                raise Unavailable("the card gateway did not vault the card; retry with a new token")
+            has_default = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM payment_methods WHERE account_id = $1"
+                " AND customer_id = $2 AND is_default AND removed_at IS NULL)",
+                account_id,
+                customer_id,
+            )
+            if make_default and has_default:
+                await conn.execute(
+                    "UPDATE payment_methods SET is_default = false WHERE account_id = $1"
+                    " AND customer_id = $2 AND is_default AND removed_at IS NULL",
+                    account_id,
+                    customer_id,
+                )
+            row = await conn.fetchrow(
+                "INSERT INTO payment_methods (payment_method_id, account_id, customer_id, kind,"
+                " shopper_id, brand, last4, exp_month, exp_year, fingerprint, is_default)"
+                " VALUES ($1, $2, $3, 'card', $4, $5, $6, $7, $8, $9, $10)"
+                f" RETURNING {_COLUMNS}",
+                "pm_" + secrets.token_hex(12),
+                account_id,
+                customer_id,
+                shopper_id,
+                source.brand,
+                source.last4,
+                source.exp_month,
+                source.exp_year,
+                source.fingerprint,
+                make_default or not has_default,
+            )
+            method = PaymentMethod.from_row(row)
+            await self._remember(conn, account_id, request_keys, request_hash, method, False)
+        log.info(
+            "payment_method.added",
+            account_id=account_id,
+            payment_method_id=method.payment_method_id,
+            brand=method.brand,
+        )
+        return method, False
+
+    async def _answered(
+        self, account_id: str, request_keys: list[str], request_hash: str, conn: Any = None
+    ) -> tuple[PaymentMethod, bool] | None:
+        """The stored answer to the first of ``request_keys`` seen before, if any."""
+        row = await (conn or self._pool).fetchrow(
+            "SELECT r.request_hash, r.already_on_file,"
+            f" {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))}"
+            " FROM payment_method_requests r JOIN payment_methods m USING (payment_method_id)"
+            " WHERE r.account_id = $1 AND r.request_key = ANY($2::text[])"
+            " ORDER BY array_position($2::text[], r.request_key) LIMIT 1",
+            account_id,
+            request_keys,
+        )
+        if row is None:
+            return None
+        if row["request_hash"] != request_hash:
+            raise InvalidArgument(
+                "idempotency_key was already used with a different request; "
+                "use a new key for a new payment method"
+            )
+        data = dict(row)
+        on_file = data.pop("already_on_file")
+        data.pop("request_hash")
+        return PaymentMethod(**data), on_file
+
+    @staticmethod
+    async def _remember(
+        conn: Any,
+        account_id: str,
+        request_keys: list[str],
+        request_hash: str,
+        method: PaymentMethod,
+        on_file: bool,
+    ) -> None:
+        await conn.executemany(
+            "INSERT INTO payment_method_requests (account_id, request_key, request_hash,"
+            " payment_method_id, already_on_file) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT DO NOTHING",
+            [
+                (account_id, key, request_hash, method.payment_method_id, on_file)
+                for key in request_keys
+            ],
+        )
+
+    async def for_customer(self, account_id: str, customer_id: str) -> list[PaymentMethod]:
+        _require(account_id=account_id, customer_id=customer_id)
+        rows = await self._pool.fetch(
+            f"SELECT {_COLUMNS} FROM payment_methods WHERE account_id = $1 AND customer_id = $2"
+            " AND removed_at IS NULL ORDER BY is_default DESC, created_at, payment_method_id",
+            account_id,
+            customer_id,
+        )
+        return [PaymentMethod.from_row(r) for r in rows]
+
+    async def get(self, account_id: str, payment_method_id: str) -> PaymentMethod:
+        _require(account_id=account_id, payment_method_id=payment_method_id)
+        row = await self._pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM payment_methods WHERE account_id = $1"
+            " AND payment_method_id = $2 AND removed_at IS NULL",
+            account_id,
+            payment_method_id,
+        )
+        if row is None:
+            raise NotFound(
+                f"payment method {payment_method_id!r} is not on file for account {account_id!r}"
+                " (it may have been removed); list the customer's methods for current ids"
+            )
+        return PaymentMethod.from_row(row)
+
+    async def set_default(self, account_id: str, payment_method_id: str) -> PaymentMethod:
+        method = await self.get(account_id, payment_method_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
+                f"{account_id}\x1f{method.customer_id}",
+            )
+            return await self._make_default(conn, method)
+
+    async def _make_default(self, conn: Any, method: PaymentMethod) -> PaymentMethod:
+        await conn.execute(
+            "UPDATE payment_methods SET is_default = false WHERE account_id = $1"
+            " AND customer_id = $2 AND is_default AND removed_at IS NULL",
+            method.account_id,
+            method.customer_id,
+        )
+        row = await conn.fetchrow(
+            "UPDATE payment_methods SET is_default = true WHERE payment_method_id = $1"
+            f" AND removed_at IS NULL RETURNING {_COLUMNS}",
+            method.payment_method_id,
+        )
+        if row is None:
+            raise NotFound(f"payment method {method.payment_method_id!r} was removed meanwhile")
+        return PaymentMethod.from_row(row)
+
+    async def remove(self, account_id: str, payment_method_id: str) -> None:
+        """Removes a method from use; a removed default passes to the newest remaining method."""
+        method = await self.get(account_id, payment_method_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
+                f"{account_id}\x1f{method.customer_id}",
+            )
+            removed = await conn.fetchval(
+                "UPDATE payment_methods SET removed_at = now(), is_default = false"
+                " WHERE payment_method_id = $1 AND removed_at IS NULL RETURNING true",
+                payment_method_id,
+            )
+            if removed and method.is_default:
+                await conn.execute(
+                    "UPDATE payment_methods SET is_default = true WHERE payment_method_id = ("
+                    " SELECT payment_method_id FROM payment_methods WHERE account_id = $1"
+                    " AND customer_id = $2 AND removed_at IS NULL"
+                    " ORDER BY created_at DESC, payment_method_id DESC LIMIT 1)",
+                    account_id,
+                    method.customer_id,
+                )
+
+    @staticmethod
+    async def _gateway_call(call: Any) -> Any:
+        try:
+            return await call
+        except GatewayRefused as err:
+            if err.name == "EXPIRED_TOKEN":
+                raise InvalidArgument(
+                    "gateway_token is unknown, expired or already used; "
+                    "have the payer enter the card again for a new token"
+                ) from None
+            raise FailedPrecondition(
+                f"the card gateway refused the card: {err.description} ({err.name})"
+            ) from None
+        except (GatewayUnavailable, GatewayTimeout) as err:
+            raise Unavailable(f"{err}; retry") from None
+
+
+def _merchant_shopper_id(account_id: str, customer_id: str) -> str:
+    """Our id for the customer at the gateway: stable, opaque, within the gateway's limits."""
+    return hashlib.sha256(f"{account_id}\x1f{customer_id}".encode()).hexdigest()[:32]

@@ -1,0 +1,232 @@
+"""Stored payment methods through the payments service, the card gateway sandbox and sync."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import grpc
+import pytest
+
+from arbridge.common.v1 import common_pb2
+from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
+from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_runtime.grpc_client import service_channel
+from tests.conftest import TOKEN
+from tests.support.suite import Suite, connect_and_sync, running_suite
+
+VISA = "4242424242424242"
+MASTERCARD = "5555555555554444"
+AMEX = "378282246310005"
+# A number used nowhere else: it must appear in no table, log or error of arbridge.
+CANARY = "4000056655665556"
+
+
+async def empty_token(http: aiohttp.ClientSession, suite: Suite) -> str:
+    """A hosted-fields token no card was entered into yet."""
+    credentials = base64.b64encode(
+        f"{suite.cards['username']}:{suite.cards['password']}".encode()
+    ).decode()
+    async with http.post(
+        suite.cards["base_url"] + "/services/2/payment-fields-tokens",
+        headers={"Authorization": f"Basic {credentials}"},
+    ) as reply:
+        assert reply.status == 201
+        return reply.headers["Location"].rsplit("/", 1)[1]
+
+
+async def card_token(http: aiohttp.ClientSession, suite: Suite, number: str) -> str:
+    """A hosted-fields token as a payer's browser makes one: the number goes to the gateway only."""
+    base = suite.cards["base_url"]
+    token = await empty_token(http, suite)
+    async with http.put(
+        base + f"/services/2/payment-fields-tokens/{token}",
+        json={"ccNumber": number, "expDate": "11/31", "cvv": "737"},
+    ) as reply:
+        assert reply.status == 200, await reply.text()
+    return token
+
+
+async def shoppers_at_gateway(http: aiohttp.ClientSession, suite: Suite) -> int:
+    async with http.get(suite.cards["base_url"] + "/sandbox/stats") as reply:
+        return int((await reply.json())["shoppers"])
+
+
+@pytest.mark.timeout(300)
+async def test_payment_methods_add_dedupe_default_remove(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    with running_suite(
+        tmp_path,
+        database_url,
+        nats_url,
+        unique,
+        customers=12,
+        invoices=30,
+        services=("connector", "sync", "payments"),
+    ) as suite:
+        initial = await connect_and_sync(suite, "acme", timeout=120)
+        assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
+        sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
+        customers = (
+            await sync.ListCustomers(sync_pb2.ListCustomersRequest(account_id="acme"))
+        ).customers
+        first, second = customers[0].customer_id, customers[1].customer_id
+        payments = payments_pb2_grpc.PaymentsServiceStub(
+            service_channel(suite.target("payments"), TOKEN)
+        )
+
+        async def add(
+            http: aiohttp.ClientSession, customer: str, number: str, default: bool = False
+        ) -> payments_pb2.AddPaymentMethodResponse:
+            return await payments.AddPaymentMethod(
+                payments_pb2.AddPaymentMethodRequest(
+                    account_id="acme",
+                    customer_id=customer,
+                    gateway_token=await card_token(http, suite, number),
+                    type=common_pb2.PAYMENT_METHOD_TYPE_CARD,
+                    make_default=default,
+                )
+            )
+
+        async def listed(customer: str) -> list[payments_pb2.PaymentMethod]:
+            reply = await payments.ListPaymentMethods(
+                payments_pb2.ListPaymentMethodsRequest(account_id="acme", customer_id=customer)
+            )
+            return list(reply.payment_methods)
+
+        async with aiohttp.ClientSession() as http:
+            shoppers_before = await shoppers_at_gateway(http, suite)
+            visa = await add(http, first, VISA)
+            method = visa.payment_method
+            assert not visa.already_on_file
+            assert (method.brand, method.last4, method.exp_month, method.exp_year) == (
+                "VISA",
+                "4242",
+                11,
+                2031,
+            )
+            assert method.is_default, "the first method of a customer is its default"
+            assert method.fingerprint
+            assert method.payment_method_id.startswith("pm_")
+            assert method.type == common_pb2.PAYMENT_METHOD_TYPE_CARD
+
+            # The same card again, under a new token: the method on file, nothing vaulted twice.
+            again = await add(http, first, VISA)
+            assert again.already_on_file
+            assert again.payment_method.payment_method_id == method.payment_method_id
+
+            master = (await add(http, first, MASTERCARD)).payment_method
+            assert not master.is_default
+            assert master.fingerprint != method.fingerprint
+            assert [m.last4 for m in await listed(first)] == ["4242", "4444"]
+
+            await payments.SetDefaultPaymentMethod(
+                payments_pb2.SetDefaultPaymentMethodRequest(
+                    account_id="acme", payment_method_id=master.payment_method_id
+                )
+            )
+            assert [(m.last4, m.is_default) for m in await listed(first)] == [
+                ("4444", True),
+                ("4242", False),
+            ]
+            # Removing the default hands it to the remaining method.
+            await payments.RemovePaymentMethod(
+                payments_pb2.RemovePaymentMethodRequest(
+                    account_id="acme", payment_method_id=master.payment_method_id
+                )
+            )
+            assert [(m.last4, m.is_default) for m in await listed(first)] == [("4242", True)]
+
+            # Five concurrent adds of one card for a customer without a shopper yet:
+            # one shopper at the gateway, one method, one default.
+            replies = await asyncio.gather(*(add(http, second, CANARY) for _ in range(5)))
+            assert len({r.payment_method.payment_method_id for r in replies}) == 1
+            assert sum(not r.already_on_file for r in replies) == 1
+            assert [(m.last4, m.is_default) for m in await listed(second)] == [("5556", True)]
+            assert await shoppers_at_gateway(http, suite) == shoppers_before + 2
+
+            # A retry after a lost answer (same single-use token) gets the stored method,
+            # not "token already used"; so does a retry under the same idempotency key.
+            amex_token = await card_token(http, suite, AMEX)
+            amex = await add_raw(payments, first, amex_token, key="add-amex-1")
+            assert not amex.already_on_file
+            for _ in range(2):
+                retried = await add_raw(payments, first, amex_token, key="add-amex-1")
+                assert retried.payment_method == amex.payment_method
+                assert await add_raw(payments, first, amex_token) is not None
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await add_raw(payments, first, await card_token(http, suite, VISA), "add-amex-1")
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "idempotency_key" in str(err.value.details())
+            assert [m.last4 for m in await listed(first)] == ["4242", "0005"]
+
+            # Bad input: a clear status, nothing written.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await add_raw(payments, first, await empty_token(http, suite))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "gateway_token" in str(err.value.details())
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await add(http, "NO-SUCH-CUSTOMER", VISA)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "NO-SUCH-CUSTOMER" in str(err.value.details())
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await add_raw(payments, "", "x")
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "customer_id" in str(err.value.details())
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await payments.SetDefaultPaymentMethod(
+                    payments_pb2.SetDefaultPaymentMethodRequest(
+                        account_id="acme", payment_method_id=master.payment_method_id
+                    )
+                )
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await payments.AddPaymentMethod(
+                    payments_pb2.AddPaymentMethodRequest(
+                        account_id="acme",
+                        customer_id=first,
+                        gateway_token="t",
+                        type=common_pb2.PAYMENT_METHOD_TYPE_ACH,
+                    )
+                )
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            # Another account cannot see or touch these methods.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await payments.RemovePaymentMethod(
+                    payments_pb2.RemovePaymentMethodRequest(
+                        account_id="other", payment_method_id=method.payment_method_id
+                    )
+                )
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert len(await listed(first)) == 2
+
+        # No card number anywhere arbridge keeps things: its tables and its log.
+        schema = f"{unique}_payments"
+        conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+        try:
+            dump = ""
+            for table in ("payment_methods", "gateway_shoppers"):
+                rows = await conn.fetch(f"SELECT t::text AS row FROM {table} t")
+                dump += "\n".join(r["row"] for r in rows)
+        finally:
+            await conn.close()
+        assert "4242" in dump, "the dump holds the methods (last four digits only)"
+        log = suite.processes["payments"].logs()
+        assert "payment_method.added" in log
+        for number in (VISA, MASTERCARD, AMEX, CANARY):
+            assert number not in dump
+            assert number not in log
+
+
+async def add_raw(
+    payments: payments_pb2_grpc.PaymentsServiceAsyncStub, customer: str, token: str, key: str = ""
+) -> payments_pb2.AddPaymentMethodResponse:
+    return await payments.AddPaymentMethod(
+        payments_pb2.AddPaymentMethodRequest(
+            account_id="acme", customer_id=customer, gateway_token=token, idempotency_key=key
+        )
+    )
