@@ -25,6 +25,7 @@ BENCHMARKS = (
     "bench.outbox_relay",
     "bench.ingest",
     "bench.sync_e2e",
+    "bench.charges",
 )
 
 
@@ -56,6 +57,11 @@ async def main(only: list[str]) -> int:
             if key != "name":
                 pass
     out = Path(__file__).parent / "results.json"
+    if only and out.exists():
+        # A partial run replaces its own figures and keeps the others.
+        ran = {r["name"] for r in results}
+        kept = [r for r in json.loads(out.read_text())["results"] if r["name"] not in ran]
+        results = kept + results
     out.write_text(json.dumps({"environment": _environment(), "results": results}, indent=2))
     return 0
 

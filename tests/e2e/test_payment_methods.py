@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +15,7 @@ from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
+from tests.support.payments import card_token, empty_token
 from tests.support.suite import Suite, connect_and_sync, running_suite
 
 VISA = "4242424242424242"
@@ -23,31 +23,6 @@ MASTERCARD = "5555555555554444"
 AMEX = "378282246310005"
 # A number used nowhere else: it must appear in no table, log or error of arbridge.
 CANARY = "4000056655665556"
-
-
-async def empty_token(http: aiohttp.ClientSession, suite: Suite) -> str:
-    """A hosted-fields token no card was entered into yet."""
-    credentials = base64.b64encode(
-        f"{suite.cards['username']}:{suite.cards['password']}".encode()
-    ).decode()
-    async with http.post(
-        suite.cards["base_url"] + "/services/2/payment-fields-tokens",
-        headers={"Authorization": f"Basic {credentials}"},
-    ) as reply:
-        assert reply.status == 201
-        return reply.headers["Location"].rsplit("/", 1)[1]
-
-
-async def card_token(http: aiohttp.ClientSession, suite: Suite, number: str) -> str:
-    """A hosted-fields token as a payer's browser makes one: the number goes to the gateway only."""
-    base = suite.cards["base_url"]
-    token = await empty_token(http, suite)
-    async with http.put(
-        base + f"/services/2/payment-fields-tokens/{token}",
-        json={"ccNumber": number, "expDate": "11/31", "cvv": "737"},
-    ) as reply:
-        assert reply.status == 200, await reply.text()
-    return token
 
 
 async def shoppers_at_gateway(http: aiohttp.ClientSession, suite: Suite) -> int:

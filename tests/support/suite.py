@@ -49,6 +49,7 @@ def running_suite(
     invoices: int,
     services: tuple[str, ...] = ("connector", "sync", "gateway"),
     seed: int = 3,
+    service_extra: dict[str, str] | None = None,
 ) -> Iterator[Suite]:
     ready = tmp_path / "sandbox.ready"
     log = (tmp_path / "sandbox.log").open("ab")
@@ -99,6 +100,7 @@ def running_suite(
                 "ARBRIDGE_INTACCT_ENDPOINT": suite.sandbox["endpoint"],
                 "ARBRIDGE_WEBHOOK_SECRET": WEBHOOK_SECRET,
                 "ARBRIDGE_SYNC_DAILY_CHECK_SECONDS": "1",
+                **(service_extra or {}),
             }
             if "connector" in suite.processes:
                 extra["ARBRIDGE_CONNECTOR_TARGET"] = suite.target("connector")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
 from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2_grpc
+from arbridge_payments.charges import Charges, run_recovery
 from arbridge_payments.gateway import CardGateway
 from arbridge_payments.methods import PaymentMethods
+from arbridge_payments.refunds import Refunds
 from arbridge_payments.servicer import PaymentsService
 from arbridge_payments.settings import Settings
 from arbridge_runtime import streams
@@ -23,14 +27,37 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
     ctx.exit_stack.push_async_callback(http.close)
     channel = service_channel(settings.sync_target, settings.runtime.service_token)
     ctx.exit_stack.push_async_callback(channel.close, None)
-    methods = PaymentMethods(
-        ctx.pool, CardGateway(settings.gateway, http), sync_pb2_grpc.SyncServiceStub(channel)
+    gateway = CardGateway(settings.gateway, http)
+    sync = sync_pb2_grpc.SyncServiceStub(channel)
+    methods = PaymentMethods(ctx.pool, gateway, sync)
+    charges = Charges(
+        ctx.pool,
+        ctx.outbox,
+        gateway,
+        sync,
+        lease_seconds=settings.charge_lease_seconds,
+        faults=ctx.faults,
+    )
+    refunds = Refunds(
+        ctx.pool,
+        ctx.outbox,
+        gateway,
+        charges,
+        settle_after_seconds=settings.charge_lease_seconds,
+        faults=ctx.faults,
     )
     ctx.grpc.add_service(
         payments_pb2_grpc.add_PaymentsServiceServicer_to_server,
-        PaymentsService(methods),  # type: ignore[abstract]  # v1 methods not built yet answer UNIMPLEMENTED
+        PaymentsService(methods, charges, refunds),  # type: ignore[abstract]  # v1 methods not built yet answer UNIMPLEMENTED
         payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_name,
     )
+
+    async def recovery(stop: asyncio.Event) -> None:
+        await run_recovery(
+            stop, settings.recovery_interval_seconds, charges.recover_once, refunds.recover_once
+        )
+
+    ctx.add_worker("charge-recovery", recovery)
 
 
 def definition(settings: Settings) -> ServiceDefinition:

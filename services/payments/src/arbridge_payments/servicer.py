@@ -11,10 +11,71 @@ from typing import Any
 
 from arbridge.common.v1 import common_pb2
 from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
+from arbridge_payments.charges import ChargeRequest, Charges, ChargeView, InvoicePart
 from arbridge_payments.methods import PaymentMethod, PaymentMethods
+from arbridge_payments.refunds import Refunds
 from arbridge_runtime.errors import FailedPrecondition, InvalidArgument
 
 _TYPES = {"card": common_pb2.PAYMENT_METHOD_TYPE_CARD, "ach": common_pb2.PAYMENT_METHOD_TYPE_ACH}
+_STATES = {
+    "pending": payments_pb2.CHARGE_STATE_PENDING,
+    "processing": payments_pb2.CHARGE_STATE_PROCESSING,
+    "succeeded": payments_pb2.CHARGE_STATE_SUCCEEDED,
+    "declined": payments_pb2.CHARGE_STATE_DECLINED,
+    "failed": payments_pb2.CHARGE_STATE_FAILED,
+}
+_SOURCES = {
+    payments_pb2.CHARGE_SOURCE_UNSPECIFIED: "api",
+    payments_pb2.CHARGE_SOURCE_API: "api",
+    payments_pb2.CHARGE_SOURCE_LINK: "link",
+    payments_pb2.CHARGE_SOURCE_RULE: "rule",
+    payments_pb2.CHARGE_SOURCE_INTACCT_QUEUE: "intacct_queue",
+}
+_SOURCE_ENUMS = {name: value for value, name in reversed(list(_SOURCES.items()))}
+
+
+def _money(minor: int, currency: str) -> common_pb2.Money:
+    return common_pb2.Money(amount_minor=minor, currency=currency)
+
+
+def _state(row: dict[str, Any]) -> payments_pb2.ChargeState.ValueType:
+    if row["phase"] == "succeeded" and row["refunded_minor"]:
+        if row["refunded_minor"] >= row["amount_minor"]:
+            return payments_pb2.CHARGE_STATE_REFUNDED
+        return payments_pb2.CHARGE_STATE_PARTIALLY_REFUNDED
+    return _STATES[row["phase"]]
+
+
+def charge_message(view: ChargeView) -> payments_pb2.Charge:
+    row = view.row
+    message = payments_pb2.Charge(
+        charge_id=row["charge_id"],
+        account_id=row["account_id"],
+        customer_id=row["customer_id"],
+        invoices=[
+            payments_pb2.InvoiceAmount(
+                invoice_record_no=record_no, amount=_money(amount, row["currency"])
+            )
+            for record_no, amount in view.invoices
+        ],
+        amount=_money(row["amount_minor"], row["currency"]),
+        payment_method_id=row["payment_method_id"],
+        state=_state(row),
+        source=_SOURCE_ENUMS[row["source"]],
+        gateway_transaction_id=row["gateway_transaction_id"],
+        failure_reason=row["failure_reason"],
+        failure_code=row["failure_code"],
+        refunded=_money(row["refunded_minor"], row["currency"]),
+        posting_state=payments_pb2.POSTING_STATE_PENDING,
+        level2=payments_pb2.Level2Data(
+            tax_amount=_money(row["tax_minor"], row["currency"]),
+            customer_reference=row["customer_reference"],
+        ),
+        rule_id=row["rule_id"],
+    )
+    message.created_at.FromDatetime(row["created_at"])
+    message.updated_at.FromDatetime(row["updated_at"])
+    return message
 
 
 def method_message(method: PaymentMethod) -> payments_pb2.PaymentMethod:
@@ -38,8 +99,74 @@ def method_message(method: PaymentMethod) -> payments_pb2.PaymentMethod:
 class PaymentsService(payments_pb2_grpc.PaymentsServiceServicer):
     """The payments service's gRPC API."""
 
-    def __init__(self, methods: PaymentMethods) -> None:
+    def __init__(self, methods: PaymentMethods, charges: Charges, refunds: Refunds) -> None:
         self._methods = methods
+        self._charges = charges
+        self._refunds = refunds
+
+    async def RefundCharge(
+        self, request: payments_pb2.RefundChargeRequest, context: Any
+    ) -> payments_pb2.RefundChargeResponse:
+        amount = request.amount if request.HasField("amount") else None
+        charge = await self._charges.get(request.account_id, request.charge_id)
+        if amount is not None and amount.currency and amount.currency != charge.row["currency"]:
+            raise InvalidArgument(
+                f"the refund is in {amount.currency}, but charge {request.charge_id} is in "
+                f"{charge.row['currency']}"
+            )
+        refund, view = await self._refunds.refund(
+            account_id=request.account_id,
+            charge_id=request.charge_id,
+            amount_minor=amount.amount_minor if amount is not None else None,
+            reason=request.reason,
+            idempotency_key=request.idempotency_key,
+        )
+        message = payments_pb2.Refund(
+            refund_id=refund["refund_id"],
+            charge_id=refund["charge_id"],
+            amount=_money(refund["amount_minor"], view.row["currency"]),
+            reason=refund["reason"],
+            state=refund["phase"],
+        )
+        message.created_at.FromDatetime(refund["created_at"])
+        return payments_pb2.RefundChargeResponse(refund=message, charge=charge_message(view))
+
+    async def ChargeInvoices(
+        self, request: payments_pb2.ChargeInvoicesRequest, context: Any
+    ) -> payments_pb2.ChargeInvoicesResponse:
+        if request.include_level3:
+            raise InvalidArgument(
+                "Level 3 line-item data is not supported; leave include_level3 unset "
+                "(Level 2 tax and customer reference are sent)"
+            )
+        expected = request.expected_total if request.HasField("expected_total") else None
+        view, replayed = await self._charges.charge(
+            ChargeRequest(
+                account_id=request.account_id,
+                idempotency_key=request.idempotency_key,
+                customer_id=request.customer_id,
+                invoices=tuple(
+                    InvoicePart(
+                        record_no=i.invoice_record_no,
+                        amount_minor=i.amount.amount_minor if i.HasField("amount") else None,
+                        currency=i.amount.currency if i.HasField("amount") else "",
+                    )
+                    for i in request.invoices
+                ),
+                payment_method_id=request.payment_method_id,
+                expected_total_minor=expected.amount_minor if expected else None,
+                expected_currency=expected.currency if expected else "",
+                source=_SOURCES.get(request.source, "unknown"),
+                rule_id=request.rule_id,
+            )
+        )
+        return payments_pb2.ChargeInvoicesResponse(charge=charge_message(view), replayed=replayed)
+
+    async def GetCharge(
+        self, request: payments_pb2.GetChargeRequest, context: Any
+    ) -> payments_pb2.GetChargeResponse:
+        view = await self._charges.get(request.account_id, request.charge_id)
+        return payments_pb2.GetChargeResponse(charge=charge_message(view))
 
     async def AddPaymentMethod(
         self, request: payments_pb2.AddPaymentMethodRequest, context: Any

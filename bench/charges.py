@@ -1,0 +1,105 @@
+"""Charges: sustained charges per second with idempotency through PostgreSQL, and latency.
+
+The payments service runs as a process against the card gateway sandbox at
+zero latency, with sync's AR store behind it. 1,000 open invoices are each
+charged by five concurrent requests under one idempotency key (64 invoices
+in flight at a time). Reports charges per second, p50/p99 latency of the
+request that made each charge, how the other four were answered (a replay
+of the result, or ABORTED while the first was in flight), and the number of
+gateway transactions, which must be exactly one per invoice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+from arbridge.payments.v1 import payments_pb2
+from arbridge_devinfra.infra import ensure_infra, scratch_database
+from tests.support.payments import Payer, gateway_transactions, open_invoices_by_customer
+from tests.support.suite import connect_and_sync, running_suite
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+async def run(invoices: int = 1_000, per_key: int = 5, in_flight: int = 64) -> dict[str, Any]:
+    infra = await asyncio.to_thread(ensure_infra)
+    namespace = f"b{secrets.token_hex(3)}"
+    async with scratch_database(infra.database_url, "arbridge_bench") as dsn:
+        with running_suite(
+            Path(tempfile.mkdtemp()),
+            dsn,
+            infra.nats_url,
+            namespace,
+            customers=1_000,
+            # About one seeded invoice in eight is open in the six-month window.
+            invoices=invoices * 10,
+            services=("connector", "sync", "payments"),
+        ) as suite:
+            synced = await connect_and_sync(suite, "acme", timeout=600)
+            assert synced.error == "", synced.error
+            by_customer = await open_invoices_by_customer(suite, "acme")
+            targets = [(c, i) for c, found in by_customer.items() for i in found][:invoices]
+            assert len(targets) == invoices, f"only {len(targets)} open invoices"
+            async with aiohttp.ClientSession() as http:
+                payer = Payer(suite, http, suite.target("payments"))
+                for customer in {c for c, _ in targets}:
+                    await payer.add_card(customer, "4111111111111111")
+                made_latency: list[float] = []
+                answers: collections.Counter[str] = collections.Counter()
+                gate = asyncio.Semaphore(in_flight)
+
+                async def one(customer: str, invoice: Any) -> None:
+                    async def call() -> None:
+                        started = time.perf_counter()
+                        try:
+                            reply = await payer.charge(
+                                f"bench-{invoice.record_no}",
+                                customer,
+                                [(invoice.record_no, None)],
+                                invoice.currency,
+                            )
+                        except grpc.aio.AioRpcError as err:
+                            answers[err.code().name] += 1
+                            return
+                        state = payments_pb2.ChargeState.Name(reply.charge.state)
+                        answers["replayed" if reply.replayed else state] += 1
+                        if not reply.replayed:
+                            made_latency.append(time.perf_counter() - started)
+
+                    async with gate:
+                        await asyncio.gather(*(call() for _ in range(per_key)))
+
+                started = time.perf_counter()
+                await asyncio.gather(*(one(c, i) for c, i in targets))
+                elapsed = time.perf_counter() - started
+                made = await gateway_transactions(http, suite)
+    per_id = collections.Counter(t["merchantTransactionId"] for t in made)
+    # The property the figures are worth nothing without: one gateway charge per invoice.
+    assert len(made) == invoices, f"{len(made)} gateway transactions for {invoices} invoices"
+    assert max(per_id.values()) == 1, per_id.most_common(3)
+    return {
+        "name": "charges",
+        "invoices": invoices,
+        "requests_per_key": per_key,
+        "in_flight_invoices": in_flight,
+        "seconds": round(elapsed, 2),
+        "charges_per_second": round(invoices / elapsed, 1),
+        "requests_per_second": round(invoices * per_key / elapsed, 1),
+        "charge_latency_p50_ms": round(_percentile(made_latency, 0.5) * 1000, 1),
+        "charge_latency_p99_ms": round(_percentile(made_latency, 0.99) * 1000, 1),
+        "answers": dict(answers),
+        "gateway_transactions": len(made),
+        "gateway_transactions_per_invoice_max": max(per_id.values()) if per_id else 0,
+    }

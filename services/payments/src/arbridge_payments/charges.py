@@ -1,0 +1,614 @@
+"""Charges: idempotent, crash-safe charges of one or several invoices of one customer.
+
+A charge is a row keyed by (account, idempotency key) that moves through
+recorded phases (see ``migrations/0002_charges.sql``)::
+
+    record (pending) -> mark processing -> gateway -> finish (succeeded | declined | failed)
+
+Each arrow is its own committed step, so a crash anywhere leaves a row that
+says what to do next: ``pending`` was never sent and is sent; ``processing``
+may have been sent and is first looked up at the gateway by our charge id
+(the gateway's merchant transaction id) and only re-sent, under the same id
+and idempotency key, when the gateway has no such transaction. The gateway
+refuses a second transaction under one merchant id, so no path charges twice.
+
+The partial unique index on ``charge_invoices`` allows one unfinished charge
+per invoice; the amount is checked against the invoice's open balance in the
+AR store less what succeeded charges not yet posted to Intacct took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from arbridge.common.v1 import ar_pb2, common_pb2
+from arbridge.events.v1 import events_pb2
+from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_payments.gateway import (
+    CardGateway,
+    GatewayRefused,
+    GatewayTimeout,
+    GatewayUnavailable,
+    Transaction,
+)
+from arbridge_runtime.errors import (
+    Conflict,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from arbridge_runtime.faults import NO_FAULTS, FaultInjector
+from arbridge_runtime.jetstream import Outbox
+from arbridge_runtime.money import from_minor
+
+log = structlog.get_logger(__name__)
+
+UNFINISHED = ("pending", "processing")
+OPEN_STATES = (ar_pb2.INVOICE_STATE_OPEN, ar_pb2.INVOICE_STATE_PARTIALLY_PAID)
+# Gateway refusals that are the issuer's answer about the card (a decline), as
+# opposed to a problem with the request (a failure).
+DECLINES = frozenset(
+    {"DO_NOT_HONOR", "INSUFFICIENT_FUNDS", "EXPIRED_CARD", "CALL_ISSUER", "CARD_DECLINED"}
+)
+SOURCES = ("api", "link", "rule", "intacct_queue")
+MAX_INVOICES = 100
+
+
+@dataclass(frozen=True)
+class InvoicePart:
+    """An invoice to pay and the amount for it (None: its whole open balance)."""
+
+    record_no: str
+    amount_minor: int | None
+    currency: str = ""
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    account_id: str
+    idempotency_key: str
+    customer_id: str
+    invoices: tuple[InvoicePart, ...]
+    payment_method_id: str = ""
+    expected_total_minor: int | None = None
+    expected_currency: str = ""
+    source: str = "api"
+    rule_id: str = ""
+
+    def fingerprint(self) -> str:
+        """What makes two requests under one key the same request."""
+        body = {
+            "customer": self.customer_id,
+            "invoices": sorted(
+                [i.record_no, i.amount_minor, i.currency.upper()] for i in self.invoices
+            ),
+            "method": self.payment_method_id,
+            "expected": [self.expected_total_minor, self.expected_currency.upper()],
+            "source": self.source,
+            "rule": self.rule_id,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChargeView:
+    """A charge with its invoices, as the API answers it."""
+
+    row: dict[str, Any]
+    invoices: tuple[tuple[str, int], ...]
+
+
+class Charges:
+    """Records, drives and recovers charges."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        outbox: Outbox,
+        gateway: CardGateway,
+        sync: sync_pb2_grpc.SyncServiceAsyncStub,
+        *,
+        lease_seconds: float = 30.0,
+        faults: FaultInjector = NO_FAULTS,
+    ) -> None:
+        self._pool = pool
+        self._outbox = outbox
+        self._gateway = gateway
+        self._sync = sync
+        self._lease = lease_seconds
+        self._faults = faults
+
+    # The request ---------------------------------------------------------------------
+
+    async def charge(self, request: ChargeRequest) -> tuple[ChargeView, bool]:
+        """Charges the invoices once per idempotency key; returns (charge, replayed)."""
+        _validate(request)
+        digest = request.fingerprint()
+        existing = await self._by_key(request.account_id, request.idempotency_key)
+        if existing is not None:
+            return await self._replay(existing, digest), True
+        try:
+            plan = await self._plan(request)
+        except DomainError:
+            # A concurrent request with this key may have charged meanwhile, which is
+            # what made the balance check fail: its answer is this request's answer.
+            existing = await self._by_key(request.account_id, request.idempotency_key)
+            if existing is None:
+                raise
+            return await self._replay(existing, digest), True
+        charge_id = "ch_" + secrets.token_hex(12)
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                "INSERT INTO charges (charge_id, account_id, idempotency_key, request_hash,"
+                " customer_id, source, rule_id, payment_method_id, kind, shopper_id, last4,"
+                " amount_minor, currency, tax_minor, customer_reference, lease_until)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
+                " now() + make_interval(secs => $16))"
+                " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING charge_id",
+                charge_id,
+                request.account_id,
+                request.idempotency_key,
+                digest,
+                request.customer_id,
+                request.source,
+                request.rule_id,
+                plan.method["payment_method_id"],
+                plan.method["kind"],
+                plan.method["shopper_id"],
+                plan.method["last4"],
+                plan.total,
+                plan.currency,
+                plan.tax,
+                plan.reference,
+                self._lease,
+            )
+            if inserted is None:
+                raced = True
+            else:
+                raced = False
+                try:
+                    await conn.executemany(
+                        "INSERT INTO charge_invoices (charge_id, account_id, invoice_record_no,"
+                        " amount_minor) VALUES ($1, $2, $3, $4)",
+                        [(charge_id, request.account_id, r, a) for r, a in plan.parts],
+                    )
+                except asyncpg.UniqueViolationError:
+                    raise Conflict(
+                        "an invoice of this request already has a charge in progress; "
+                        "wait for it to finish (GetCharge / ListCharges) before charging again"
+                    ) from None
+        if raced:
+            # Another request with this key recorded its charge first.
+            winner = await self._by_key(request.account_id, request.idempotency_key)
+            assert winner is not None
+            return await self._replay(winner, digest), True
+        self._faults.hit("charge.after_record")
+        return await self._drive(charge_id), False
+
+    async def _replay(self, row: asyncpg.Record, digest: str) -> ChargeView:
+        if row["request_hash"] != digest:
+            raise InvalidArgument(
+                f"idempotency_key {row['idempotency_key']!r} was already used for another "
+                f"request (charge {row['charge_id']}); use a new key for a new charge"
+            )
+        if row["phase"] not in UNFINISHED:
+            return await self.get(row["account_id"], row["charge_id"])
+        if not await self._claim(row["charge_id"]):
+            raise Conflict(
+                f"charge {row['charge_id']} with this idempotency_key is in progress; "
+                "retry with the same key in a few seconds"
+            )
+        # Its driver is gone (crashed or timed out): finish it here.
+        return await self._drive(row["charge_id"])
+
+    async def _by_key(self, account_id: str, key: str) -> asyncpg.Record | None:
+        return await self._pool.fetchrow(
+            "SELECT charge_id, account_id, idempotency_key, request_hash, phase FROM charges"
+            " WHERE account_id = $1 AND idempotency_key = $2",
+            account_id,
+            key,
+        )
+
+    async def _claim(self, charge_id: str) -> bool:
+        """Takes over an unfinished charge whose lease lapsed."""
+        claimed = await self._pool.fetchval(
+            "UPDATE charges SET lease_until = now() + make_interval(secs => $2)"
+            " WHERE charge_id = $1 AND phase IN ('pending', 'processing')"
+            " AND (lease_until IS NULL OR lease_until < now()) RETURNING true",
+            charge_id,
+            self._lease,
+        )
+        return bool(claimed)
+
+    # Checking the request against the AR store ------------------------------------------
+
+    async def _plan(self, request: ChargeRequest) -> _Plan:
+        invoices = await asyncio.gather(
+            *(self._invoice(request.account_id, part.record_no) for part in request.invoices)
+        )
+        currencies = {i.currency for i in invoices}
+        if len(currencies) != 1:
+            raise InvalidArgument(
+                f"the invoices are in different currencies ({', '.join(sorted(currencies))}); "
+                "charge each currency separately"
+            )
+        currency = currencies.pop()
+        pending = await self._unposted(request.account_id, [p.record_no for p in request.invoices])
+        parts: list[tuple[str, int]] = []
+        tax = 0
+        references: list[str] = []
+        for part, invoice in zip(request.invoices, invoices, strict=True):
+            if invoice.customer_id != request.customer_id:
+                raise InvalidArgument(
+                    f"invoice {part.record_no} belongs to customer {invoice.customer_id!r}, "
+                    f"not {request.customer_id!r}; one charge pays one customer's invoices"
+                )
+            if invoice.state not in OPEN_STATES:
+                state = ar_pb2.InvoiceState.Name(invoice.state).removeprefix("INVOICE_STATE_")
+                raise FailedPrecondition(
+                    f"invoice {part.record_no} is {state.lower()}, not open; nothing to charge"
+                )
+            open_minor = invoice.due.amount_minor - pending.get(part.record_no, 0)
+            if open_minor <= 0:
+                raise FailedPrecondition(
+                    f"invoice {part.record_no} has no open balance left (payments already "
+                    "charged are being posted to Intacct)"
+                )
+            amount = open_minor if part.amount_minor is None else part.amount_minor
+            if part.currency and part.currency.upper() != currency:
+                raise InvalidArgument(
+                    f"the amount for invoice {part.record_no} is in {part.currency.upper()}, "
+                    f"but the invoice is in {currency}"
+                )
+            if amount > open_minor:
+                raise InvalidArgument(
+                    f"the amount for invoice {part.record_no} "
+                    f"({from_minor(amount, currency)} {currency}) is above its open balance "
+                    f"({from_minor(open_minor, currency)} {currency})"
+                )
+            if amount < open_minor and not invoice.allow_partial_payment:
+                raise InvalidArgument(
+                    f"invoice {part.record_no} does not allow partial payments; charge its "
+                    f"whole open balance ({from_minor(open_minor, currency)} {currency})"
+                )
+            parts.append((part.record_no, amount))
+            invoice_total = invoice.total.amount_minor
+            if invoice.tax.amount_minor and invoice_total:
+                tax += invoice.tax.amount_minor * amount // invoice_total
+            if invoice.po_number:
+                references.append(invoice.po_number)
+        total = sum(a for _, a in parts)
+        if request.expected_total_minor is not None and (
+            request.expected_total_minor != total
+            or (request.expected_currency and request.expected_currency.upper() != currency)
+        ):
+            raise InvalidArgument(
+                f"expected_total is {from_minor(request.expected_total_minor, currency)} "
+                f"{request.expected_currency.upper() or currency}, but the invoices come to "
+                f"{from_minor(total, currency)} {currency}; read the invoices again"
+            )
+        method = await self._method(request)
+        return _Plan(
+            method=method,
+            parts=parts,
+            total=total,
+            currency=currency,
+            tax=tax,
+            reference=", ".join(dict.fromkeys(references))[:64],
+        )
+
+    async def _invoice(self, account_id: str, record_no: str) -> Any:
+        try:
+            reply = await self._sync.GetInvoice(
+                sync_pb2.GetInvoiceRequest(account_id=account_id, record_no=record_no)
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(
+                    f"invoice {record_no!r} is not in the AR store of account {account_id!r}; "
+                    "check the RECORDNO, or sync the account if the invoice is new"
+                ) from None
+            raise Unavailable(
+                f"the sync service could not be asked about invoice {record_no!r} "
+                f"({err.code().name}); retry with the same idempotency_key"
+            ) from None
+        return reply.invoice
+
+    async def _unposted(self, account_id: str, record_nos: list[str]) -> dict[str, int]:
+        """What succeeded charges took from each invoice that Intacct does not show yet."""
+        rows = await self._pool.fetch(
+            "SELECT ci.invoice_record_no, sum(ci.amount_minor)::bigint AS taken"
+            " FROM charge_invoices ci JOIN charges c USING (charge_id)"
+            " WHERE ci.account_id = $1 AND ci.invoice_record_no = ANY($2::text[])"
+            " AND c.phase = 'succeeded' AND c.posting_state <> 'posted'"
+            " GROUP BY ci.invoice_record_no",
+            account_id,
+            record_nos,
+        )
+        return {r["invoice_record_no"]: int(r["taken"]) for r in rows}
+
+    async def _method(self, request: ChargeRequest) -> asyncpg.Record:
+        if request.payment_method_id:
+            method = await self._pool.fetchrow(
+                "SELECT payment_method_id, customer_id, kind, shopper_id, last4"
+                " FROM payment_methods WHERE account_id = $1 AND payment_method_id = $2"
+                " AND removed_at IS NULL",
+                request.account_id,
+                request.payment_method_id,
+            )
+            if method is None or method["customer_id"] != request.customer_id:
+                raise NotFound(
+                    f"payment method {request.payment_method_id!r} is not on file for customer "
+                    f"{request.customer_id!r}; list the customer's methods for current ids"
+                )
+        else:
+            method = await self._pool.fetchrow(
+                "SELECT payment_method_id, customer_id, kind, shopper_id, last4"
+                " FROM payment_methods WHERE account_id = $1 AND customer_id = $2"
+                " AND is_default AND removed_at IS NULL",
+                request.account_id,
+                request.customer_id,
+            )
+            if method is None:
+                raise FailedPrecondition(
+                    f"customer {request.customer_id!r} has no default payment method; "
+                    "add one or pass payment_method_id"
+                )
+        if method["kind"] != "card":
+            raise FailedPrecondition("only card payment methods can be charged in this release")
+        return method
+
+    # Driving a charge to its end ------------------------------------------------------
+
+    async def _drive(self, charge_id: str) -> ChargeView:
+        """Takes a claimed charge from its recorded phase to the end, or as far as it can."""
+        row = await self._pool.fetchrow(
+            "UPDATE charges SET phase = 'processing', attempts = attempts + 1,"
+            " lease_until = now() + make_interval(secs => $2), updated_at = now()"
+            " WHERE charge_id = $1 AND phase IN ('pending', 'processing') RETURNING *",
+            charge_id,
+            self._lease,
+        )
+        if row is None:  # finished meanwhile by another driver
+            return await self._get_by_id(charge_id)
+        self._faults.hit("charge.after_processing")
+        transaction: Transaction | None = None
+        outcome: tuple[str, str, str] | None = None
+        try:
+            if row["attempts"] > 1:
+                # It may have been sent before a crash or timeout: look before sending.
+                transaction = await self._gateway.lookup(charge_id, row["kind"])
+            if transaction is None:
+                transaction = await self._send(row)
+        except GatewayRefused as err:
+            if err.name == "PROCESSING_DUPLICATE":
+                transaction = await self._lookup_quietly(charge_id, row["kind"])
+            else:
+                phase = "declined" if err.name in DECLINES else "failed"
+                outcome = (phase, err.name, err.description)
+        except (GatewayTimeout, GatewayUnavailable) as err:
+            log.warning("charge.outcome_unknown", charge_id=charge_id, error=str(err))
+            transaction = await self._lookup_quietly(charge_id, row["kind"])
+        self._faults.hit("charge.after_gateway")
+        if outcome is None:
+            if transaction is None:
+                # Unknown for now: the lease lapses and the recovery worker resolves it.
+                await self._pool.execute(
+                    "UPDATE charges SET lease_until = now() + make_interval(secs => $2)"
+                    " WHERE charge_id = $1 AND phase = 'processing'",
+                    charge_id,
+                    min(self._lease, 5.0),
+                )
+                return await self._get_by_id(charge_id)
+            outcome = _outcome(transaction)
+        return await self._finish(row, outcome, transaction)
+
+    async def _send(self, row: asyncpg.Record) -> Transaction:
+        return await self._gateway.charge(
+            kind=row["kind"],
+            merchant_transaction_id=row["charge_id"],
+            shopper_id=row["shopper_id"],
+            amount_minor=row["amount_minor"],
+            currency=row["currency"],
+            last4=row["last4"],
+            tax_minor=row["tax_minor"],
+            customer_reference=row["customer_reference"],
+        )
+
+    async def _lookup_quietly(self, charge_id: str, kind: str) -> Transaction | None:
+        try:
+            return await self._gateway.lookup(charge_id, kind)
+        except (GatewayTimeout, GatewayUnavailable, GatewayRefused) as err:
+            log.warning("charge.lookup_failed", charge_id=charge_id, error=str(err))
+            return None
+
+    async def _finish(
+        self,
+        row: asyncpg.Record,
+        outcome: tuple[str, str, str],
+        transaction: Transaction | None,
+    ) -> ChargeView:
+        phase, code, reason = outcome
+        async with self._pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchrow(
+                "UPDATE charges SET phase = $2, failure_code = $3, failure_reason = $4,"
+                " gateway_transaction_id = $5, lease_until = NULL, updated_at = now()"
+                " WHERE charge_id = $1 AND phase IN ('pending', 'processing') RETURNING *",
+                row["charge_id"],
+                phase,
+                code,
+                reason,
+                transaction.transaction_id if transaction else "",
+            )
+            if done is not None:
+                invoices = await conn.fetch(
+                    "UPDATE charge_invoices SET live = false WHERE charge_id = $1"
+                    " RETURNING invoice_record_no",
+                    row["charge_id"],
+                )
+                await self._outbox.add(
+                    conn,
+                    f"payments.charge.{phase}",
+                    _event(done, [r["invoice_record_no"] for r in invoices]),
+                    event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"charge/{row['charge_id']}/{phase}"),
+                )
+        if done is not None:
+            log.info(
+                "charge.finished",
+                charge_id=row["charge_id"],
+                account_id=row["account_id"],
+                phase=phase,
+                code=code,
+                amount_minor=row["amount_minor"],
+                currency=row["currency"],
+            )
+        return await self._get_by_id(row["charge_id"])
+
+    # Recovery -------------------------------------------------------------------------
+
+    async def recover_once(self, limit: int = 50) -> int:
+        """Drives every unfinished charge whose lease lapsed; returns how many it took."""
+        rows = await self._pool.fetch(
+            "UPDATE charges SET lease_until = now() + make_interval(secs => $2)"
+            " WHERE charge_id IN (SELECT charge_id FROM charges"
+            " WHERE phase IN ('pending', 'processing') AND lease_until < now()"
+            " ORDER BY lease_until LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING charge_id",
+            limit,
+            self._lease,
+        )
+        for row in rows:
+            try:
+                await self._drive(row["charge_id"])
+            except Exception:
+                log.exception("charge.recovery_failed", charge_id=row["charge_id"])
+        return len(rows)
+
+    # Reading --------------------------------------------------------------------------
+
+    async def get(self, account_id: str, charge_id: str) -> ChargeView:
+        if not account_id or not charge_id:
+            raise InvalidArgument("account_id and charge_id must be set")
+        view = await self._load("WHERE account_id = $1 AND charge_id = $2", (account_id, charge_id))
+        if not view:
+            raise NotFound(f"charge {charge_id!r} does not exist in account {account_id!r}")
+        return view[0]
+
+    async def _get_by_id(self, charge_id: str) -> ChargeView:
+        return (await self._load("WHERE charge_id = $1", (charge_id,)))[0]
+
+    async def _load(self, where: str, args: Sequence[Any]) -> list[ChargeView]:
+        rows = await self._pool.fetch(f"SELECT * FROM charges {where}", *args)
+        if not rows:
+            return []
+        parts = await self._pool.fetch(
+            "SELECT charge_id, invoice_record_no, amount_minor FROM charge_invoices"
+            " WHERE charge_id = ANY($1::text[]) ORDER BY invoice_record_no",
+            [r["charge_id"] for r in rows],
+        )
+        by_charge: dict[str, list[tuple[str, int]]] = {}
+        for p in parts:
+            by_charge.setdefault(p["charge_id"], []).append(
+                (p["invoice_record_no"], p["amount_minor"])
+            )
+        return [ChargeView(dict(r), tuple(by_charge.get(r["charge_id"], []))) for r in rows]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    method: asyncpg.Record
+    parts: list[tuple[str, int]]
+    total: int
+    currency: str
+    tax: int
+    reference: str
+
+
+def _validate(request: ChargeRequest) -> None:
+    missing = [
+        name
+        for name, value in (
+            ("account_id", request.account_id),
+            ("idempotency_key", request.idempotency_key),
+            ("customer_id", request.customer_id),
+        )
+        if not value
+    ]
+    if not request.invoices:
+        missing.append("invoices")
+    if missing:
+        raise InvalidArgument(f"{', '.join(missing)} must be set")
+    if len(request.idempotency_key) > 255:
+        raise InvalidArgument("idempotency_key is at most 255 characters")
+    if len(request.invoices) > MAX_INVOICES:
+        raise InvalidArgument(f"one charge pays at most {MAX_INVOICES} invoices")
+    seen: set[str] = set()
+    for part in request.invoices:
+        if not part.record_no:
+            raise InvalidArgument("every invoice needs invoice_record_no")
+        if part.record_no in seen:
+            raise InvalidArgument(f"invoice {part.record_no} is listed twice")
+        seen.add(part.record_no)
+        if part.amount_minor is not None and part.amount_minor <= 0:
+            raise InvalidArgument(
+                f"the amount for invoice {part.record_no} must be positive, in minor units"
+            )
+    if request.source not in SOURCES:
+        raise InvalidArgument(f"source must be one of {', '.join(SOURCES)}")
+
+
+def _outcome(transaction: Transaction) -> tuple[str, str, str]:
+    if transaction.status == "success":
+        return ("succeeded", "", "")
+    if transaction.status == "declined":
+        return ("declined", "DECLINED", "The card was declined.")
+    return ("failed", transaction.status.upper(), f"the gateway reports {transaction.status}")
+
+
+def _event(row: asyncpg.Record, invoices: list[str]) -> events_pb2.ChargeChanged:
+    occurred = Timestamp()
+    occurred.FromDatetime(row["updated_at"])
+    return events_pb2.ChargeChanged(
+        account_id=row["account_id"],
+        charge_id=row["charge_id"],
+        customer_id=row["customer_id"],
+        invoice_record_nos=sorted(invoices),
+        amount=common_pb2.Money(amount_minor=row["amount_minor"], currency=row["currency"]),
+        state=row["phase"],
+        source=row["source"],
+        rule_id=row["rule_id"],
+        failure_reason=row["failure_reason"],
+        occurred_at=occurred,
+        idempotency_key=row["idempotency_key"],
+    )
+
+
+async def run_recovery(
+    stop: asyncio.Event, interval: float, *passes: Callable[[], Awaitable[int]]
+) -> None:
+    """The recovery worker: finishes or fails what a crashed or timed-out driver left."""
+    while not stop.is_set():
+        taken = 0
+        for recovery_pass in passes:
+            try:
+                taken += await recovery_pass()
+            except (OSError, asyncpg.PostgresError) as err:
+                log.warning("recovery.pass_failed", error=str(err))
+        if taken:
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

@@ -1,0 +1,314 @@
+"""Refunds of succeeded charges: idempotent, bounded by what is left, never sent twice.
+
+A refund is recorded (``pending``) with the amount reserved against the
+charge, then settled. The gateway's refund call carries no merchant id to
+look up, so the witness of whether a refund happened is the transaction's
+refunded total: refunds of one charge are settled one at a time under an
+advisory lock, in the order they were recorded, and before each is sent the
+gateway's total is compared with ours. Equal: not sent yet, send it. Ours plus
+this refund: it was sent before a crash or a lost answer, record it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from typing import Any
+
+import asyncpg
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from arbridge.common.v1 import common_pb2
+from arbridge.events.v1 import events_pb2
+from arbridge_payments.charges import Charges, ChargeView
+from arbridge_payments.gateway import (
+    CardGateway,
+    GatewayRefused,
+    GatewayTimeout,
+    GatewayUnavailable,
+    Transaction,
+)
+from arbridge_runtime.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from arbridge_runtime.faults import NO_FAULTS, FaultInjector
+from arbridge_runtime.jetstream import Outbox
+from arbridge_runtime.money import from_minor
+
+log = structlog.get_logger(__name__)
+
+
+class Refunds:
+    """Records and settles refunds."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        outbox: Outbox,
+        gateway: CardGateway,
+        charges: Charges,
+        *,
+        settle_after_seconds: float = 30.0,
+        faults: FaultInjector = NO_FAULTS,
+    ) -> None:
+        self._pool = pool
+        self._outbox = outbox
+        self._gateway = gateway
+        self._charges = charges
+        self._settle_after = settle_after_seconds
+        self._faults = faults
+
+    async def refund(
+        self,
+        *,
+        account_id: str,
+        charge_id: str,
+        amount_minor: int | None,
+        reason: str,
+        idempotency_key: str,
+    ) -> tuple[dict[str, Any], ChargeView]:
+        """Refunds part or all of what is left of a charge; returns (refund, charge)."""
+        missing = [
+            name
+            for name, value in (
+                ("account_id", account_id),
+                ("charge_id", charge_id),
+                ("idempotency_key", idempotency_key),
+            )
+            if not value
+        ]
+        if missing:
+            raise InvalidArgument(f"{', '.join(missing)} must be set")
+        if amount_minor is not None and amount_minor <= 0:
+            raise InvalidArgument("amount must be positive, in minor units (or unset for all)")
+        if len(reason) > 500:
+            raise InvalidArgument("reason is at most 500 characters")
+        digest = hashlib.sha256(f"{charge_id}\x1f{amount_minor}\x1f{reason}".encode()).hexdigest()
+        refund = await self._by_key(account_id, idempotency_key)
+        if refund is None:
+            refund = await self._record(
+                account_id, charge_id, amount_minor, reason, idempotency_key, digest
+            )
+            self._faults.hit("refund.after_record")
+        elif refund["request_hash"] != digest:
+            raise InvalidArgument(
+                f"idempotency_key {idempotency_key!r} was already used for another refund "
+                f"({refund['refund_id']}); use a new key for a new refund"
+            )
+        if refund["phase"] == "pending":
+            await self._settle(refund["charge_id"])
+            refund = await self._by_key(account_id, idempotency_key)
+            assert refund is not None
+        return dict(refund), await self._charges.get(account_id, refund["charge_id"])
+
+    async def _by_key(self, account_id: str, key: str) -> asyncpg.Record | None:
+        return await self._pool.fetchrow(
+            "SELECT * FROM refunds WHERE account_id = $1 AND idempotency_key = $2",
+            account_id,
+            key,
+        )
+
+    async def _record(
+        self,
+        account_id: str,
+        charge_id: str,
+        amount_minor: int | None,
+        reason: str,
+        key: str,
+        digest: str,
+    ) -> asyncpg.Record:
+        async with self._pool.acquire() as conn, conn.transaction():
+            charge = await conn.fetchrow(
+                "SELECT phase, amount_minor, refunded_minor, currency FROM charges"
+                " WHERE account_id = $1 AND charge_id = $2 FOR UPDATE",
+                account_id,
+                charge_id,
+            )
+            if charge is None:
+                raise NotFound(f"charge {charge_id!r} does not exist in account {account_id!r}")
+            if charge["phase"] != "succeeded":
+                raise FailedPrecondition(
+                    f"charge {charge_id} is {charge['phase']}; only succeeded charges can be "
+                    "refunded"
+                )
+            reserved = await conn.fetchval(
+                "SELECT coalesce(sum(amount_minor), 0)::bigint FROM refunds"
+                " WHERE charge_id = $1 AND phase = 'pending'",
+                charge_id,
+            )
+            currency = charge["currency"]
+            left = charge["amount_minor"] - charge["refunded_minor"] - reserved
+            if left <= 0:
+                raise FailedPrecondition(f"charge {charge_id} is already refunded in full")
+            amount = left if amount_minor is None else amount_minor
+            if amount > left:
+                raise InvalidArgument(
+                    f"at most {from_minor(left, currency)} {currency} of charge {charge_id} "
+                    f"can be refunded; {from_minor(amount, currency)} was asked"
+                )
+            row = await conn.fetchrow(
+                "INSERT INTO refunds (refund_id, charge_id, account_id, idempotency_key,"
+                " request_hash, amount_minor, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING *",
+                "rf_" + secrets.token_hex(12),
+                charge_id,
+                account_id,
+                key,
+                digest,
+                amount,
+                reason,
+            )
+        if row is None:  # a concurrent request with this key recorded it first
+            row = await self._by_key(account_id, key)
+            assert row is not None
+            if row["request_hash"] != digest:
+                raise InvalidArgument(
+                    f"idempotency_key {key!r} was already used for another refund"
+                )
+        return row
+
+    async def _settle(self, charge_id: str) -> None:
+        """Settles the charge's pending refunds in order, one driver per charge at a time."""
+        async with self._pool.acquire() as lock:
+            await lock.execute("SELECT pg_advisory_lock(hashtextextended($1, 11))", charge_id)
+            try:
+                pending = await self._pool.fetch(
+                    "SELECT * FROM refunds WHERE charge_id = $1 AND phase = 'pending'"
+                    " ORDER BY created_at, refund_id",
+                    charge_id,
+                )
+                for refund in pending:
+                    await self._settle_one(refund)
+            finally:
+                await lock.execute("SELECT pg_advisory_unlock(hashtextextended($1, 11))", charge_id)
+
+    async def _settle_one(self, refund: asyncpg.Record) -> None:
+        charge = await self._pool.fetchrow(
+            "SELECT * FROM charges WHERE charge_id = $1", refund["charge_id"]
+        )
+        ours = charge["refunded_minor"]
+        transaction = await self._witness(charge)
+        if transaction.refunded_minor == ours + refund["amount_minor"]:
+            await self._done(refund, charge)  # sent before a crash or a lost answer
+            return
+        if transaction.refunded_minor != ours:
+            log.error(
+                "refund.totals_disagree",
+                refund_id=refund["refund_id"],
+                gateway_refunded_minor=transaction.refunded_minor,
+                recorded_refunded_minor=ours,
+            )
+            raise FailedPrecondition(
+                f"the gateway's refunded total for charge {charge['charge_id']} does not match "
+                "arbridge's; the refund is held for an operator"
+            )
+        try:
+            await self._gateway.refund(
+                charge["gateway_transaction_id"],
+                refund["amount_minor"],
+                charge["currency"],
+                idempotency_key=refund["refund_id"],
+            )
+        except GatewayRefused as err:
+            await self._fail(refund, f"{err.description} ({err.name})")
+            return
+        except (GatewayTimeout, GatewayUnavailable):
+            transaction = await self._witness(charge)
+            if transaction.refunded_minor != ours + refund["amount_minor"]:
+                raise Unavailable(
+                    f"the card gateway did not confirm refund {refund['refund_id']}; it stays "
+                    "pending and is settled by retrying with the same key or by recovery"
+                ) from None
+        self._faults.hit("refund.after_gateway")
+        await self._done(refund, charge)
+
+    async def _witness(self, charge: asyncpg.Record) -> Transaction:
+        try:
+            transaction = await self._gateway.lookup(charge["charge_id"], charge["kind"])
+        except (GatewayTimeout, GatewayUnavailable, GatewayRefused) as err:
+            raise Unavailable(
+                f"the card gateway could not be asked about the charge: {err}"
+            ) from None
+        if transaction is None:
+            raise FailedPrecondition(
+                f"the card gateway has no transaction for charge {charge['charge_id']}"
+            )
+        return transaction
+
+    async def _done(self, refund: asyncpg.Record, charge: asyncpg.Record) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            updated = await conn.fetchval(
+                "UPDATE refunds SET phase = 'succeeded', updated_at = now()"
+                " WHERE refund_id = $1 AND phase = 'pending' RETURNING true",
+                refund["refund_id"],
+            )
+            if not updated:
+                return
+            row = await conn.fetchrow(
+                "UPDATE charges SET refunded_minor = refunded_minor + $2, updated_at = now()"
+                " WHERE charge_id = $1 RETURNING *",
+                charge["charge_id"],
+                refund["amount_minor"],
+            )
+            invoices = await conn.fetch(
+                "SELECT invoice_record_no FROM charge_invoices WHERE charge_id = $1",
+                charge["charge_id"],
+            )
+            occurred = Timestamp()
+            occurred.FromDatetime(row["updated_at"])
+            await self._outbox.add(
+                conn,
+                "payments.charge.refunded",
+                events_pb2.ChargeChanged(
+                    account_id=row["account_id"],
+                    charge_id=row["charge_id"],
+                    customer_id=row["customer_id"],
+                    invoice_record_nos=sorted(r["invoice_record_no"] for r in invoices),
+                    amount=common_pb2.Money(
+                        amount_minor=refund["amount_minor"], currency=row["currency"]
+                    ),
+                    state="refunded"
+                    if row["refunded_minor"] >= row["amount_minor"]
+                    else ("partially_refunded"),
+                    source=row["source"],
+                    rule_id=row["rule_id"],
+                    occurred_at=occurred,
+                    idempotency_key=refund["idempotency_key"],
+                ),
+                event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"refund/{refund['refund_id']}"),
+            )
+        log.info(
+            "refund.succeeded",
+            refund_id=refund["refund_id"],
+            charge_id=charge["charge_id"],
+            amount_minor=refund["amount_minor"],
+        )
+
+    async def _fail(self, refund: asyncpg.Record, reason: str) -> None:
+        await self._pool.execute(
+            "UPDATE refunds SET phase = 'failed', failure_reason = $2, updated_at = now()"
+            " WHERE refund_id = $1 AND phase = 'pending'",
+            refund["refund_id"],
+            reason,
+        )
+        log.warning("refund.failed", refund_id=refund["refund_id"], reason=reason)
+
+    async def recover_once(self, limit: int = 50) -> int:
+        """Settles charges whose refunds stayed pending past the settle delay."""
+        rows = await self._pool.fetch(
+            "SELECT DISTINCT charge_id FROM refunds WHERE phase = 'pending'"
+            " AND updated_at < now() - make_interval(secs => $1) LIMIT $2",
+            self._settle_after,
+            limit,
+        )
+        for row in rows:
+            try:
+                await self._settle(row["charge_id"])
+            except Exception:
+                log.exception("refund.recovery_failed", charge_id=row["charge_id"])
+        return 0  # settled or not, wait for the next pass rather than spin

@@ -1,0 +1,393 @@
+"""Charges end to end: the AR store, the payments service and the card gateway sandbox.
+
+Idempotency keys, balance and currency checks, declines, a lost gateway answer,
+concurrent requests with one key, and a crash at each phase of a charge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import grpc
+import pytest
+
+from arbridge.common.v1 import common_pb2
+from arbridge.payments.v1 import payments_pb2
+from arbridge.sync.v1 import sync_pb2
+from tests.conftest import TOKEN
+from tests.support.payments import Payer, gateway_transactions, open_invoices_by_customer
+from tests.support.runtime_env import ServiceProcess, service_env, start_process
+from tests.support.suite import Suite, connect_and_sync, running_suite
+
+FAST_RECOVERY = {
+    "ARBRIDGE_PAYMENTS_CHARGE_LEASE_SECONDS": "1",
+    "ARBRIDGE_PAYMENTS_RECOVERY_SECONDS": "0.2",
+}
+
+
+async def refused(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    return err.value
+
+
+async def doomed_replica(
+    tmp_path: Path,
+    suite: Suite,
+    database_url: str,
+    nats_url: str,
+    namespace: str,
+    fault: str,
+    name: str,
+) -> ServiceProcess:
+    """A second payments replica, sharing the database, that SIGKILLs itself at ``fault``."""
+    ready = tmp_path / f"doomed-{name}.ready"
+    env = service_env(
+        database_url=database_url,
+        nats_url=nats_url,
+        namespace=namespace,
+        schema=f"{namespace}_payments",
+        token=TOKEN,
+        ready_file=ready,
+        ARBRIDGE_SYNC_TARGET=suite.target("sync"),
+        ARBRIDGE_CARD_GATEWAY_URL=suite.cards["base_url"],
+        ARBRIDGE_CARD_GATEWAY_PASSWORD=suite.cards["password"],
+        ARBRIDGE_FAULTS=f"{fault}:kill",
+        **FAST_RECOVERY,
+    )
+    return await asyncio.to_thread(
+        start_process,
+        ["-m", "arbridge_payments"],
+        env,
+        ready,
+        tmp_path / f"doomed-{name}.log",
+    )
+
+
+@pytest.mark.timeout(600)
+async def test_charges_idempotent_checked_and_made_once(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    with running_suite(
+        tmp_path,
+        database_url,
+        nats_url,
+        unique,
+        customers=30,
+        invoices=400,
+        services=("connector", "sync", "payments"),
+        service_extra=FAST_RECOVERY,
+    ) as suite:
+        initial = await connect_and_sync(suite, "acme", timeout=180)
+        assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
+        by_customer = await open_invoices_by_customer(suite, "acme")
+        ranked = sorted(by_customer, key=lambda c: -len(by_customer[c]))
+
+        def one_currency(customer: str) -> list[Any]:
+            groups = collections.defaultdict(list)
+            for invoice in by_customer[customer]:
+                groups[invoice.currency].append(invoice)
+            return max(groups.values(), key=len)
+
+        rich = max(ranked, key=lambda c: len(one_currency(c)))
+        ranked.remove(rich)
+        decliner = ranked.pop(0)
+        usd = one_currency(rich)
+        cur = usd[0].currency
+        other = "EUR" if cur != "EUR" else "USD"
+        assert len(usd) >= 6, "a customer has six open invoices in one currency"
+        async with aiohttp.ClientSession() as http:
+            payer = Payer(suite, http, suite.target("payments"))
+            await payer.add_card(rich, "4242424242424242")
+
+            # One invoice, its whole balance; the same key again replays it.
+            first = (await payer.charge("k-one", rich, [(usd[0].record_no, None)])).charge
+            assert first.state == payments_pb2.CHARGE_STATE_SUCCEEDED, first.failure_reason
+            assert first.amount.amount_minor == usd[0].due.amount_minor
+            assert first.gateway_transaction_id
+            again = await payer.charge("k-one", rich, [(usd[0].record_no, None)])
+            assert again.replayed
+            assert again.charge == first
+            mismatch = await refused(payer.charge("k-one", rich, [(usd[1].record_no, None)]))
+            assert mismatch.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "another request" in str(mismatch.details())
+            # The AR store still shows the balance until the payment is posted; the
+            # charge already made counts against it.
+            paid = await refused(payer.charge("k-one-b", rich, [(usd[0].record_no, None)]))
+            assert paid.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+            # Amounts: above the balance, another currency, a wrong expected total.
+            over = usd[1].due.amount_minor + 1
+            err = await refused(payer.charge("k-over", rich, [(usd[1].record_no, over)], cur))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "above its open balance" in str(err.details())
+            err = await refused(payer.charge("k-eur", rich, [(usd[1].record_no, 100)], other))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert other in str(err.details())
+            err = await refused(
+                payer.charge(
+                    "k-expect",
+                    rich,
+                    [(usd[1].record_no, None)],
+                    expected_total=common_pb2.Money(amount_minor=1, currency=cur),
+                )
+            )
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "expected_total" in str(err.details())
+            err = await refused(
+                payer.charge("k-l3", rich, [(usd[1].record_no, None)], include_level3=True)
+            )
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            err = await refused(payer.charge("", rich, [(usd[1].record_no, None)]))
+            assert "idempotency_key" in str(err.details())
+            err = await refused(payer.charge("k-none", rich, [("999999999", None)]))
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+
+            # Pay balance: three invoices, one gateway transaction for their sum.
+            three = usd[1:4]
+            balance = (
+                await payer.charge("k-balance", rich, [(i.record_no, None) for i in three])
+            ).charge
+            assert balance.state == payments_pb2.CHARGE_STATE_SUCCEEDED
+            assert balance.amount.amount_minor == sum(i.due.amount_minor for i in three)
+            assert sorted(p.invoice_record_no for p in balance.invoices) == sorted(
+                i.record_no for i in three
+            )
+
+            # Refunds: part, replay, bounds, the rest, then nothing left.
+            async def refund(key: str, amount: int | None) -> payments_pb2.RefundChargeResponse:
+                return await payer.stub.RefundCharge(
+                    payments_pb2.RefundChargeRequest(
+                        account_id="acme",
+                        charge_id=balance.charge_id,
+                        idempotency_key=key,
+                        reason="customer asked",
+                        amount=(
+                            common_pb2.Money(amount_minor=amount, currency=cur)
+                            if amount is not None
+                            else None
+                        ),
+                    )
+                )
+
+            partial = await refund("r-1", 100)
+            assert partial.refund.state == "succeeded"
+            assert partial.charge.state == payments_pb2.CHARGE_STATE_PARTIALLY_REFUNDED
+            assert partial.charge.refunded.amount_minor == 100
+            assert (await refund("r-1", 100)).refund.refund_id == partial.refund.refund_id
+            err = await refused(refund("r-1", 200))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            err = await refused(refund("r-big", balance.amount.amount_minor))
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "at most" in str(err.details())
+            rest = await refund("r-2", None)
+            assert rest.refund.amount.amount_minor == balance.amount.amount_minor - 100
+            assert rest.charge.state == payments_pb2.CHARGE_STATE_REFUNDED
+            err = await refused(refund("r-3", None))
+            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+            at_gateway = {
+                t["merchantTransactionId"]: t for t in await gateway_transactions(http, suite)
+            }
+            assert round(at_gateway[balance.charge_id]["refundedAmount"] * 100) == (
+                balance.amount.amount_minor
+            )
+
+            # A partial payment.
+            part = (await payer.charge("k-part", rich, [(usd[4].record_no, 150)], cur)).charge
+            assert part.state == payments_pb2.CHARGE_STATE_SUCCEEDED
+            assert part.amount.amount_minor == 150
+
+            # A decline, explained; then a retry with a good card succeeds.
+            target = by_customer[decliner][0]
+            await payer.add_card(decliner, "4000000000000002")
+            declined = (await payer.charge("k-d1", decliner, [(target.record_no, None)])).charge
+            assert declined.state == payments_pb2.CHARGE_STATE_DECLINED
+            assert declined.failure_code == "DO_NOT_HONOR"
+            assert "declined" in declined.failure_reason
+            await payer.add_card(decliner, "5555555555554444")
+            retry = (await payer.charge("k-d2", decliner, [(target.record_no, None)])).charge
+            assert retry.state == payments_pb2.CHARGE_STATE_SUCCEEDED
+            err = await refused(
+                payer.stub.RefundCharge(
+                    payments_pb2.RefundChargeRequest(
+                        account_id="acme", charge_id=declined.charge_id, idempotency_key="r-d"
+                    )
+                )
+            )
+            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "only succeeded charges" in str(err.details())
+
+            # The gateway charges and the answer is lost: found by lookup, recorded once.
+            async with http.put(
+                suite.cards["base_url"] + "/sandbox/faults",
+                json={"timeout_after_charge_next": 1},
+            ) as reply:
+                assert reply.status == 200
+            lost = (await payer.charge("k-lost", rich, [(usd[5].record_no, None)])).charge
+            assert lost.state == payments_pb2.CHARGE_STATE_SUCCEEDED
+            assert lost.gateway_transaction_id
+
+            # Five concurrent requests with one key per invoice: one charge per invoice.
+            targets: list[tuple[str, Any]] = []
+            for customer in ranked[:10]:
+                await payer.add_card(customer, "4111111111111111")
+                targets += [(customer, i) for i in by_customer[customer][:4]]
+
+            async def five(customer: str, invoice: Any) -> list[Any]:
+                key = f"k-conc-{invoice.record_no}"
+                calls = [
+                    payer.charge(
+                        key, customer, [(invoice.record_no, None)], currency=invoice.currency
+                    )
+                    for _ in range(5)
+                ]
+                return list(await asyncio.gather(*calls, return_exceptions=True))
+
+            results = await asyncio.gather(*(five(c, i) for c, i in targets))
+            for answers in results:
+                for answer in answers:
+                    if isinstance(answer, grpc.aio.AioRpcError):
+                        # Still in flight under this key: said so, retry later.
+                        assert answer.code() == grpc.StatusCode.ABORTED, answer.details()
+                        assert "in progress" in str(answer.details())
+                    else:
+                        assert answer.charge.state == payments_pb2.CHARGE_STATE_SUCCEEDED
+            for customer, invoice in targets:
+                settled = await payer.charge(
+                    f"k-conc-{invoice.record_no}",
+                    customer,
+                    [(invoice.record_no, None)],
+                    currency=invoice.currency,
+                )
+                assert settled.replayed
+
+            made = await gateway_transactions(http, suite)
+            per_id = collections.Counter(t["merchantTransactionId"] for t in made)
+            assert all(n == 1 for n in per_id.values()), per_id.most_common(3)
+            # k-one, k-balance, k-part, k-d1 (declined), k-d2, k-lost and one per target.
+            assert len(made) == 6 + len(targets)
+            approved = [t for t in made if t["processingInfo"]["processingStatus"] == "success"]
+            assert len(approved) == 5 + len(targets)
+
+        conn = await asyncpg.connect(
+            database_url, server_settings={"search_path": f"{unique}_payments"}
+        )
+        try:
+            events = await conn.fetch("SELECT subject FROM outbox")
+            text = "\n".join(
+                r["row"] for r in await conn.fetch("SELECT t::text AS row FROM charges t")
+            )
+        finally:
+            await conn.close()
+        subjects = collections.Counter(r["subject"] for r in events)
+        assert subjects["payments.charge.succeeded"] == 5 + len(targets)
+        assert subjects["payments.charge.declined"] == 1
+        assert subjects["payments.charge.refunded"] == 2
+        log = suite.processes["payments"].logs()
+        for number in ("4242424242424242", "4000000000000002", "4111111111111111"):
+            assert number not in text
+            assert number not in log
+
+
+@pytest.mark.timeout(600)
+async def test_a_crash_at_each_phase_is_finished_by_recovery_once(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    with running_suite(
+        tmp_path,
+        database_url,
+        nats_url,
+        unique,
+        customers=10,
+        invoices=120,
+        services=("connector", "sync", "payments"),
+        service_extra=FAST_RECOVERY,
+    ) as suite:
+        initial = await connect_and_sync(suite, "acme", timeout=180)
+        assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
+        by_customer = await open_invoices_by_customer(suite, "acme")
+        pairs = [(c, i) for c, invoices in by_customer.items() for i in invoices]
+        points = ("charge.after_record", "charge.after_processing", "charge.after_gateway")
+        assert len(pairs) >= len(points) * 2
+        async with aiohttp.ClientSession() as http:
+            payer = Payer(suite, http, suite.target("payments"))
+            for customer in {c for c, _ in pairs[: len(points) * 2]}:
+                await payer.add_card(customer, "4242424242424242")
+            charged: list[payments_pb2.Charge] = []
+            for round_no in range(2):
+                for n, point in enumerate(points):
+                    customer, invoice = pairs[round_no * len(points) + n]
+                    key = f"crash-{round_no}-{point}"
+                    # A replica that dies at this point of the charge.
+                    doomed = await doomed_replica(
+                        tmp_path, suite, database_url, nats_url, unique, point, f"{round_no}-{n}"
+                    )
+                    victim = Payer(suite, http, doomed.grpc_target)
+                    err = await refused(
+                        victim.charge(key, customer, [(invoice.record_no, None)], invoice.currency)
+                    )
+                    assert err.code() == grpc.StatusCode.UNAVAILABLE
+                    assert await asyncio.to_thread(doomed.process.wait, 30) == -9
+                    # The surviving replica's recovery worker (or the caller's retry
+                    # with the same key) finishes the charge.
+                    codes: list[grpc.StatusCode] = []
+                    for _ in range(100):
+                        try:
+                            answer = await payer.charge(
+                                key, customer, [(invoice.record_no, None)], invoice.currency
+                            )
+                        except grpc.aio.AioRpcError as retry_err:
+                            # In flight under this key until its lease lapses.
+                            codes.append(retry_err.code())
+                            await asyncio.sleep(0.2)
+                            continue
+                        if answer.charge.state != payments_pb2.CHARGE_STATE_PROCESSING:
+                            break
+                        await asyncio.sleep(0.2)
+                    assert set(codes) <= {grpc.StatusCode.ABORTED}
+                    assert answer.replayed
+                    assert answer.charge.state == payments_pb2.CHARGE_STATE_SUCCEEDED, point
+                    assert answer.charge.amount.amount_minor == invoice.due.amount_minor
+                    charged.append(answer.charge)
+            # A refund whose replica dies after the gateway refunded: the retry with the
+            # same key records it from the gateway's refunded total, and refunds once.
+            for n, point in enumerate(("refund.after_record", "refund.after_gateway")):
+                target = charged[n]
+                request = payments_pb2.RefundChargeRequest(
+                    account_id="acme", charge_id=target.charge_id, idempotency_key=f"rf-{n}"
+                )
+                doomed = await doomed_replica(
+                    tmp_path, suite, database_url, nats_url, unique, point, f"refund-{n}"
+                )
+                victim = Payer(suite, http, doomed.grpc_target)
+                err = await refused(victim.stub.RefundCharge(request))
+                assert err.code() == grpc.StatusCode.UNAVAILABLE
+                assert await asyncio.to_thread(doomed.process.wait, 30) == -9
+                settled = await payer.stub.RefundCharge(request)
+                assert settled.refund.state == "succeeded"
+                assert settled.charge.state == payments_pb2.CHARGE_STATE_REFUNDED
+            made = await gateway_transactions(http, suite)
+        refunded = {t["merchantTransactionId"]: t["refundedAmount"] for t in made}
+        for n in range(2):
+            assert refunded[charged[n].charge_id] * 100 == pytest.approx(
+                charged[n].amount.amount_minor
+            ), "refunded once, not twice"
+        per_id = collections.Counter(t["merchantTransactionId"] for t in made)
+        assert len(made) == len(points) * 2, "one gateway charge per crashed request"
+        assert set(per_id.values()) == {1}
+        conn = await asyncpg.connect(
+            database_url, server_settings={"search_path": f"{unique}_payments"}
+        )
+        try:
+            stuck = await conn.fetchval(
+                "SELECT count(*) FROM charges WHERE phase IN ('pending', 'processing')"
+            )
+            live = await conn.fetchval("SELECT count(*) FROM charge_invoices WHERE live")
+        finally:
+            await conn.close()
+        assert (stuck, live) == (0, 0)

@@ -1,0 +1,119 @@
+"""Helpers for tests and benchmarks of payments: hosted-field tokens, open invoices."""
+
+from __future__ import annotations
+
+import base64
+import collections
+from typing import Any
+
+import aiohttp
+
+from arbridge.common.v1 import common_pb2
+from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
+from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_runtime.grpc_client import service_channel
+from tests.conftest import TOKEN
+from tests.support.suite import Suite
+
+
+async def empty_token(http: aiohttp.ClientSession, suite: Suite) -> str:
+    """A hosted-fields token no card was entered into yet."""
+    credentials = base64.b64encode(
+        f"{suite.cards['username']}:{suite.cards['password']}".encode()
+    ).decode()
+    async with http.post(
+        suite.cards["base_url"] + "/services/2/payment-fields-tokens",
+        headers={"Authorization": f"Basic {credentials}"},
+    ) as reply:
+        assert reply.status == 201
+        return reply.headers["Location"].rsplit("/", 1)[1]
+
+
+async def card_token(http: aiohttp.ClientSession, suite: Suite, number: str) -> str:
+    """A hosted-fields token as a payer's browser makes one: the number goes to the gateway only."""
+    token = await empty_token(http, suite)
+    async with http.put(
+        suite.cards["base_url"] + f"/services/2/payment-fields-tokens/{token}",
+        json={"ccNumber": number, "expDate": "11/31", "cvv": "737"},
+    ) as reply:
+        assert reply.status == 200, await reply.text()
+    return token
+
+
+async def gateway_transactions(http: aiohttp.ClientSession, suite: Suite) -> list[dict[str, Any]]:
+    """Every transaction the card gateway sandbox made."""
+    async with http.get(suite.cards["base_url"] + "/sandbox/transactions") as reply:
+        return list((await reply.json())["transactions"])
+
+
+async def open_invoices_by_customer(suite: Suite, account_id: str) -> dict[str, list[Any]]:
+    """The AR store's invoices with an amount due, by customer id."""
+    channel = service_channel(suite.target("sync"), TOKEN)
+    sync = sync_pb2_grpc.SyncServiceStub(channel)
+    found: dict[str, list[Any]] = collections.defaultdict(list)
+    token = ""
+    try:
+        while True:
+            reply = await sync.ListInvoices(
+                sync_pb2.ListInvoicesRequest(
+                    account_id=account_id,
+                    open_only=True,
+                    page=common_pb2.PageRequest(page_size=500, page_token=token),
+                )
+            )
+            for invoice in reply.invoices:
+                if invoice.due.amount_minor > 0:
+                    found[invoice.customer_id].append(invoice)
+            token = reply.page.next_page_token
+            if not token:
+                return found
+    finally:
+        await channel.close(None)
+
+
+class Payer:
+    """Calls the payments service the way a platform team would."""
+
+    def __init__(self, suite: Suite, http: aiohttp.ClientSession, target: str) -> None:
+        self.suite = suite
+        self.http = http
+        self.stub = payments_pb2_grpc.PaymentsServiceStub(service_channel(target, TOKEN))
+
+    async def add_card(self, customer: str, number: str) -> payments_pb2.PaymentMethod:
+        reply = await self.stub.AddPaymentMethod(
+            payments_pb2.AddPaymentMethodRequest(
+                account_id="acme",
+                customer_id=customer,
+                gateway_token=await card_token(self.http, self.suite, number),
+                make_default=True,
+            )
+        )
+        return reply.payment_method
+
+    async def charge(
+        self,
+        key: str,
+        customer: str,
+        invoices: list[tuple[str, int | None]],
+        currency: str = "USD",
+        **extra: Any,
+    ) -> payments_pb2.ChargeInvoicesResponse:
+        return await self.stub.ChargeInvoices(
+            payments_pb2.ChargeInvoicesRequest(
+                account_id="acme",
+                idempotency_key=key,
+                customer_id=customer,
+                invoices=[
+                    payments_pb2.InvoiceAmount(
+                        invoice_record_no=record_no,
+                        amount=(
+                            common_pb2.Money(amount_minor=amount, currency=currency)
+                            if amount is not None
+                            else None
+                        ),
+                    )
+                    for record_no, amount in invoices
+                ],
+                **extra,
+            )
+        )
