@@ -232,6 +232,34 @@ async def test_charges_idempotent_checked_and_made_once(
             assert lost.state == payments_pb2.CHARGE_STATE_SUCCEEDED
             assert lost.gateway_transaction_id
 
+            # The gateway answers 5xx to the charge and to the lookup: the outcome is not
+            # known, and the charge says so; once the gateway is back, a retry with the
+            # same key looks it up, finds nothing, sends it under the same id: one charge.
+            spare = ranked[10]
+            spare_invoice = by_customer[spare][0]
+            await payer.add_card(spare, "4242424242424242")
+            faults_url = suite.cards["base_url"] + "/sandbox/faults"
+            async with http.put(faults_url, json={"error_5xx_rate": 1.0}) as reply:
+                assert reply.status == 200
+            unknown = (await payer.charge("k-5xx", spare, [(spare_invoice.record_no, None)])).charge
+            assert unknown.state == payments_pb2.CHARGE_STATE_PROCESSING
+            async with http.put(faults_url, json={"error_5xx_rate": 0.0}) as reply:
+                assert reply.status == 200
+            waits: list[grpc.StatusCode] = []
+            for _ in range(100):
+                try:
+                    resolved = await payer.charge("k-5xx", spare, [(spare_invoice.record_no, None)])
+                except grpc.aio.AioRpcError as in_flight:
+                    waits.append(in_flight.code())
+                    await asyncio.sleep(0.2)
+                    continue
+                if resolved.charge.state != payments_pb2.CHARGE_STATE_PROCESSING:
+                    break
+                await asyncio.sleep(0.2)
+            assert set(waits) <= {grpc.StatusCode.ABORTED}
+            assert resolved.charge.state == payments_pb2.CHARGE_STATE_SUCCEEDED
+            assert resolved.charge.charge_id == unknown.charge_id
+
             # Five concurrent requests with one key per invoice: one charge per invoice.
             targets: list[tuple[str, Any]] = []
             for customer in ranked[:10]:
@@ -269,10 +297,10 @@ async def test_charges_idempotent_checked_and_made_once(
             made = await gateway_transactions(http, suite)
             per_id = collections.Counter(t["merchantTransactionId"] for t in made)
             assert all(n == 1 for n in per_id.values()), per_id.most_common(3)
-            # k-one, k-balance, k-part, k-d1 (declined), k-d2, k-lost and one per target.
-            assert len(made) == 6 + len(targets)
+            # k-one, k-balance, k-part, k-d1 (declined), k-d2, k-lost, k-5xx, one per target.
+            assert len(made) == 7 + len(targets)
             approved = [t for t in made if t["processingInfo"]["processingStatus"] == "success"]
-            assert len(approved) == 5 + len(targets)
+            assert len(approved) == 6 + len(targets)
 
         conn = await asyncpg.connect(
             database_url, server_settings={"search_path": f"{unique}_payments"}
@@ -285,7 +313,7 @@ async def test_charges_idempotent_checked_and_made_once(
         finally:
             await conn.close()
         subjects = collections.Counter(r["subject"] for r in events)
-        assert subjects["payments.charge.succeeded"] == 5 + len(targets)
+        assert subjects["payments.charge.succeeded"] == 6 + len(targets)
         assert subjects["payments.charge.declined"] == 1
         assert subjects["payments.charge.refunded"] == 2
         log = suite.processes["payments"].logs()

@@ -389,10 +389,15 @@ class Charges:
         self._faults.hit("charge.after_processing")
         transaction: Transaction | None = None
         outcome: tuple[str, str, str] | None = None
-        try:
-            if row["attempts"] > 1:
-                # It may have been sent before a crash or timeout: look before sending.
+        if row["attempts"] > 1:
+            # It may have been sent before a crash or timeout: look before sending. A
+            # lookup that fails says nothing about the charge, so nothing is decided.
+            try:
                 transaction = await self._gateway.lookup(charge_id, row["kind"])
+            except (GatewayTimeout, GatewayUnavailable, GatewayRefused) as err:
+                log.warning("charge.lookup_failed", charge_id=charge_id, error=str(err))
+                return await self._outcome_unknown(charge_id)
+        try:
             if transaction is None:
                 transaction = await self._send(row)
         except GatewayRefused as err:
@@ -407,16 +412,19 @@ class Charges:
         self._faults.hit("charge.after_gateway")
         if outcome is None:
             if transaction is None:
-                # Unknown for now: the lease lapses and the recovery worker resolves it.
-                await self._pool.execute(
-                    "UPDATE charges SET lease_until = now() + make_interval(secs => $2)"
-                    " WHERE charge_id = $1 AND phase = 'processing'",
-                    charge_id,
-                    min(self._lease, 5.0),
-                )
-                return await self._get_by_id(charge_id)
+                return await self._outcome_unknown(charge_id)
             outcome = _outcome(transaction)
         return await self._finish(row, outcome, transaction)
+
+    async def _outcome_unknown(self, charge_id: str) -> ChargeView:
+        """Leaves the charge processing; soon after, recovery or a same-key retry resolves it."""
+        await self._pool.execute(
+            "UPDATE charges SET lease_until = now() + make_interval(secs => $2)"
+            " WHERE charge_id = $1 AND phase = 'processing'",
+            charge_id,
+            min(self._lease, 5.0),
+        )
+        return await self._get_by_id(charge_id)
 
     async def _send(self, row: asyncpg.Record) -> Transaction:
         return await self._gateway.charge(
