@@ -24,8 +24,12 @@ import grpc
 
 from arbridge.payments.v1 import payments_pb2
 from arbridge_devinfra.infra import ensure_infra, scratch_database
-from tests.support.payments import Payer, gateway_transactions, open_invoices_by_customer
-from tests.support.suite import connect_and_sync, running_suite
+from tests.support.payments import (
+    Payer,
+    gateway_transactions,
+    open_invoices_by_customer,
+    synced_payments_suite,
+)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -36,8 +40,9 @@ def _percentile(values: list[float], q: float) -> float:
 async def run(invoices: int = 1_000, per_key: int = 5, in_flight: int = 64) -> dict[str, Any]:
     infra = await asyncio.to_thread(ensure_infra)
     namespace = f"b{secrets.token_hex(3)}"
-    async with scratch_database(infra.database_url, "arbridge_bench") as dsn:
-        with running_suite(
+    async with (
+        scratch_database(infra.database_url, "arbridge_bench") as dsn,
+        synced_payments_suite(
             Path(tempfile.mkdtemp()),
             dsn,
             infra.nats_url,
@@ -45,46 +50,45 @@ async def run(invoices: int = 1_000, per_key: int = 5, in_flight: int = 64) -> d
             customers=1_000,
             # About one seeded invoice in eight is open in the six-month window.
             invoices=invoices * 10,
-            services=("connector", "sync", "payments"),
-        ) as suite:
-            synced = await connect_and_sync(suite, "acme", timeout=600)
-            assert synced.error == "", synced.error
-            by_customer = await open_invoices_by_customer(suite, "acme")
-            targets = [(c, i) for c, found in by_customer.items() for i in found][:invoices]
-            assert len(targets) == invoices, f"only {len(targets)} open invoices"
-            async with aiohttp.ClientSession() as http:
-                payer = Payer(suite, http, suite.target("payments"))
-                for customer in {c for c, _ in targets}:
-                    await payer.add_card(customer, "4111111111111111")
-                made_latency: list[float] = []
-                answers: collections.Counter[str] = collections.Counter()
-                gate = asyncio.Semaphore(in_flight)
+            timeout=600,
+        ) as suite,
+    ):
+        by_customer = await open_invoices_by_customer(suite, "acme")
+        targets = [(c, i) for c, found in by_customer.items() for i in found][:invoices]
+        assert len(targets) == invoices, f"only {len(targets)} open invoices"
+        async with aiohttp.ClientSession() as http:
+            payer = Payer(suite, http, suite.target("payments"))
+            for customer in {c for c, _ in targets}:
+                await payer.add_card(customer, "4111111111111111")
+            made_latency: list[float] = []
+            answers: collections.Counter[str] = collections.Counter()
+            gate = asyncio.Semaphore(in_flight)
 
-                async def one(customer: str, invoice: Any) -> None:
-                    async def call() -> None:
-                        started = time.perf_counter()
-                        try:
-                            reply = await payer.charge(
-                                f"bench-{invoice.record_no}",
-                                customer,
-                                [(invoice.record_no, None)],
-                                invoice.currency,
-                            )
-                        except grpc.aio.AioRpcError as err:
-                            answers[err.code().name] += 1
-                            return
-                        state = payments_pb2.ChargeState.Name(reply.charge.state)
-                        answers["replayed" if reply.replayed else state] += 1
-                        if not reply.replayed:
-                            made_latency.append(time.perf_counter() - started)
+            async def one(customer: str, invoice: Any) -> None:
+                async def call() -> None:
+                    started = time.perf_counter()
+                    try:
+                        reply = await payer.charge(
+                            f"bench-{invoice.record_no}",
+                            customer,
+                            [(invoice.record_no, None)],
+                            invoice.currency,
+                        )
+                    except grpc.aio.AioRpcError as err:
+                        answers[err.code().name] += 1
+                        return
+                    state = payments_pb2.ChargeState.Name(reply.charge.state)
+                    answers["replayed" if reply.replayed else state] += 1
+                    if not reply.replayed:
+                        made_latency.append(time.perf_counter() - started)
 
-                    async with gate:
-                        await asyncio.gather(*(call() for _ in range(per_key)))
+                async with gate:
+                    await asyncio.gather(*(call() for _ in range(per_key)))
 
-                started = time.perf_counter()
-                await asyncio.gather(*(one(c, i) for c, i in targets))
-                elapsed = time.perf_counter() - started
-                made = await gateway_transactions(http, suite)
+            started = time.perf_counter()
+            await asyncio.gather(*(one(c, i) for c, i in targets))
+            elapsed = time.perf_counter() - started
+            made = await gateway_transactions(http, suite)
     per_id = collections.Counter(t["merchantTransactionId"] for t in made)
     # The property the figures are worth nothing without: one gateway charge per invoice.
     assert len(made) == invoices, f"{len(made)} gateway transactions for {invoices} invoices"

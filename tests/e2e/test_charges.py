@@ -18,11 +18,15 @@ import pytest
 
 from arbridge.common.v1 import common_pb2
 from arbridge.payments.v1 import payments_pb2
-from arbridge.sync.v1 import sync_pb2
 from tests.conftest import TOKEN
-from tests.support.payments import Payer, gateway_transactions, open_invoices_by_customer
+from tests.support.payments import (
+    Payer,
+    gateway_transactions,
+    open_invoices_by_customer,
+    synced_payments_suite,
+)
 from tests.support.runtime_env import ServiceProcess, service_env, start_process
-from tests.support.suite import Suite, connect_and_sync, running_suite
+from tests.support.suite import Suite
 
 FAST_RECOVERY = {
     "ARBRIDGE_PAYMENTS_CHARGE_LEASE_SECONDS": "1",
@@ -73,18 +77,15 @@ async def doomed_replica(
 async def test_charges_idempotent_checked_and_made_once(
     tmp_path: Path, database_url: str, nats_url: str, unique: str
 ) -> None:
-    with running_suite(
+    async with synced_payments_suite(
         tmp_path,
         database_url,
         nats_url,
         unique,
         customers=30,
         invoices=400,
-        services=("connector", "sync", "payments"),
         service_extra=FAST_RECOVERY,
     ) as suite:
-        initial = await connect_and_sync(suite, "acme", timeout=180)
-        assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
         by_customer = await open_invoices_by_customer(suite, "acme")
         ranked = sorted(by_customer, key=lambda c: -len(by_customer[c]))
 
@@ -326,18 +327,15 @@ async def test_charges_idempotent_checked_and_made_once(
 async def test_a_crash_at_each_phase_is_finished_by_recovery_once(
     tmp_path: Path, database_url: str, nats_url: str, unique: str
 ) -> None:
-    with running_suite(
+    async with synced_payments_suite(
         tmp_path,
         database_url,
         nats_url,
         unique,
         customers=10,
         invoices=120,
-        services=("connector", "sync", "payments"),
         service_extra=FAST_RECOVERY,
     ) as suite:
-        initial = await connect_and_sync(suite, "acme", timeout=180)
-        assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
         by_customer = await open_invoices_by_customer(suite, "acme")
         pairs = [(c, i) for c, invoices in by_customer.items() for i in invoices]
         points = ("charge.after_record", "charge.after_processing", "charge.after_gateway")

@@ -15,8 +15,8 @@ from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
-from tests.support.payments import card_token, empty_token
-from tests.support.suite import Suite, connect_and_sync, running_suite
+from tests.support.payments import card_token, empty_token, synced_payments_suite
+from tests.support.suite import Suite
 
 VISA = "4242424242424242"
 MASTERCARD = "5555555555554444"
@@ -34,17 +34,14 @@ async def shoppers_at_gateway(http: aiohttp.ClientSession, suite: Suite) -> int:
 async def test_payment_methods_add_dedupe_default_remove(
     tmp_path: Path, database_url: str, nats_url: str, unique: str
 ) -> None:
-    with running_suite(
+    async with synced_payments_suite(
         tmp_path,
         database_url,
         nats_url,
         unique,
         customers=12,
         invoices=30,
-        services=("connector", "sync", "payments"),
     ) as suite:
-        initial = await connect_and_sync(suite, "acme", timeout=120)
-        assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
         sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
         customers = (
             await sync.ListCustomers(sync_pb2.ListCustomersRequest(account_id="acme"))

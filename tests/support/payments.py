@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,7 +16,35 @@ from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
-from tests.support.suite import Suite
+from tests.support.suite import Suite, connect_and_sync, running_suite
+
+
+@contextlib.asynccontextmanager
+async def synced_payments_suite(
+    tmp_path: Path,
+    database_url: str,
+    nats_url: str,
+    namespace: str,
+    *,
+    customers: int,
+    invoices: int,
+    service_extra: dict[str, str] | None = None,
+    timeout: float = 180.0,
+) -> AsyncIterator[Suite]:
+    """Both sandboxes, connector, sync and payments, with account "acme" connected and synced."""
+    with running_suite(
+        tmp_path,
+        database_url,
+        nats_url,
+        namespace,
+        customers=customers,
+        invoices=invoices,
+        services=("connector", "sync", "payments"),
+        service_extra=service_extra,
+    ) as suite:
+        initial = await connect_and_sync(suite, "acme", timeout=timeout)
+        assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
+        yield suite
 
 
 async def empty_token(http: aiohttp.ClientSession, suite: Suite) -> str:

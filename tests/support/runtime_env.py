@@ -42,6 +42,7 @@ def service_env(
             "ARBRIDGE_WEBHOOK_SECRET": "test-webhook-master-secret-0123456789",
             "ARBRIDGE_GATEWAY_PORT": "0",
             "ARBRIDGE_CARD_GATEWAY_PASSWORD": "sandbox-api-password",
+            "ARBRIDGE_LINK_SECRET": "test-link-secret-0123456789abcdef0123",
         }
     )
     env.update(extra)

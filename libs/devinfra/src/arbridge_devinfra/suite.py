@@ -222,6 +222,7 @@ def run_suite(root: Path) -> int:
             "ARBRIDGE_CARD_GATEWAY_URL": str(cards_info["base_url"]),
             "ARBRIDGE_CARD_GATEWAY_USERNAME": str(cards_info["username"]),
             "ARBRIDGE_CARD_GATEWAY_PASSWORD": str(cards_info["password"]),
+            "ARBRIDGE_LINK_SECRET": dev_secret(state, "link.secret"),
         }
         for name, grpc_port, http_port in SERVICES:
             ready = state / f"{name}.ready"

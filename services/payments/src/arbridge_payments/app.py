@@ -10,6 +10,7 @@ from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2_grpc
 from arbridge_payments.charges import Charges, run_recovery
 from arbridge_payments.gateway import CardGateway
+from arbridge_payments.links import Links, LinkSigner
 from arbridge_payments.methods import PaymentMethods
 from arbridge_payments.refunds import Refunds
 from arbridge_payments.servicer import PaymentsService
@@ -46,9 +47,16 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         settle_after_seconds=settings.charge_lease_seconds,
         faults=ctx.faults,
     )
+    links = Links(
+        ctx.pool,
+        ctx.outbox,
+        sync,
+        LinkSigner(settings.link_secrets, settings.pay_base_url),
+        settings.link_ttl_seconds,
+    )
     ctx.grpc.add_service(
         payments_pb2_grpc.add_PaymentsServiceServicer_to_server,
-        PaymentsService(methods, charges, refunds),  # type: ignore[abstract]  # v1 methods not built yet answer UNIMPLEMENTED
+        PaymentsService(methods, charges, refunds, links),  # type: ignore[abstract]  # v1 methods not built yet answer UNIMPLEMENTED
         payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_name,
     )
 

@@ -12,6 +12,7 @@ from typing import Any
 from arbridge.common.v1 import common_pb2
 from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge_payments.charges import ChargeRequest, Charges, ChargeView, InvoicePart
+from arbridge_payments.links import Link, Links
 from arbridge_payments.methods import PaymentMethod, PaymentMethods
 from arbridge_payments.refunds import Refunds
 from arbridge_runtime.errors import FailedPrecondition, InvalidArgument
@@ -32,6 +33,29 @@ _SOURCES = {
     payments_pb2.CHARGE_SOURCE_INTACCT_QUEUE: "intacct_queue",
 }
 _SOURCE_ENUMS = {name: value for value, name in reversed(list(_SOURCES.items()))}
+
+
+_LINK_KINDS = {
+    payments_pb2.LINK_KIND_PAYMENT: "payment",
+    payments_pb2.LINK_KIND_PAY_BALANCE: "pay_balance",
+    payments_pb2.LINK_KIND_PAYMENT_METHOD: "payment_method",
+}
+_LINK_ENUMS = {name: value for value, name in _LINK_KINDS.items()}
+
+
+def link_message(link: Link) -> payments_pb2.Link:
+    message = payments_pb2.Link(
+        link_id=link.link_id,
+        account_id=link.account_id,
+        kind=_LINK_ENUMS[link.kind],
+        customer_id=link.customer_id,
+        invoice_record_no=link.invoice_record_no,
+        url=link.url,
+        revoked=link.revoked_at is not None,
+    )
+    message.expires_at.FromDatetime(link.expires_at)
+    message.created_at.FromDatetime(link.created_at)
+    return message
 
 
 def _money(minor: int, currency: str) -> common_pb2.Money:
@@ -99,10 +123,42 @@ def method_message(method: PaymentMethod) -> payments_pb2.PaymentMethod:
 class PaymentsService(payments_pb2_grpc.PaymentsServiceServicer):
     """The payments service's gRPC API."""
 
-    def __init__(self, methods: PaymentMethods, charges: Charges, refunds: Refunds) -> None:
+    def __init__(
+        self, methods: PaymentMethods, charges: Charges, refunds: Refunds, links: Links
+    ) -> None:
         self._methods = methods
         self._charges = charges
         self._refunds = refunds
+        self._links = links
+
+    async def CreateLink(
+        self, request: payments_pb2.CreateLinkRequest, context: Any
+    ) -> payments_pb2.CreateLinkResponse:
+        link = await self._links.create(
+            account_id=request.account_id,
+            kind=_LINK_KINDS.get(request.kind, ""),
+            customer_id=request.customer_id,
+            invoice_record_no=request.invoice_record_no,
+            ttl_seconds=request.ttl_seconds,
+        )
+        return payments_pb2.CreateLinkResponse(link=link_message(link))
+
+    async def ListLinks(
+        self, request: payments_pb2.ListLinksRequest, context: Any
+    ) -> payments_pb2.ListLinksResponse:
+        links = await self._links.list_links(
+            request.account_id,
+            request.customer_id,
+            request.invoice_record_no,
+            request.include_inactive,
+        )
+        return payments_pb2.ListLinksResponse(links=[link_message(x) for x in links])
+
+    async def RevokeLink(
+        self, request: payments_pb2.RevokeLinkRequest, context: Any
+    ) -> payments_pb2.RevokeLinkResponse:
+        link = await self._links.revoke(request.account_id, request.link_id)
+        return payments_pb2.RevokeLinkResponse(link=link_message(link))
 
     async def RefundCharge(
         self, request: payments_pb2.RefundChargeRequest, context: Any

@@ -21,6 +21,11 @@ class Settings:
             ``/services/2`` API lives under it), ``ARBRIDGE_CARD_GATEWAY_USERNAME``,
             ``ARBRIDGE_CARD_GATEWAY_PASSWORD`` (a secret) and
             ``ARBRIDGE_CARD_GATEWAY_TIMEOUT`` seconds.
+        link_secrets: Secrets that sign payer links (``ARBRIDGE_LINK_SECRET``; several
+            comma separated during rotation, the first signs, all verify).
+        pay_base_url: Where payers open links (``ARBRIDGE_PAY_BASE_URL``).
+        link_ttl_seconds: Lifetime of a link created without one
+            (``ARBRIDGE_LINK_TTL_SECONDS``).
         charge_lease_seconds: How long a charge belongs to the request driving it
             before the recovery worker or a retry may take it over
             (``ARBRIDGE_PAYMENTS_CHARGE_LEASE_SECONDS``); above the gateway timeout.
@@ -31,8 +36,17 @@ class Settings:
     runtime: RuntimeSettings
     sync_target: str
     gateway: GatewayConfig
+    link_secrets: tuple[str, ...] = ()
+    pay_base_url: str = "http://127.0.0.1:8430"
+    link_ttl_seconds: int = 30 * 24 * 3600
     charge_lease_seconds: float = 45.0
     recovery_interval_seconds: float = 5.0
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(sync_target={self.sync_target!r}, gateway={self.gateway!r}, "
+            f"pay_base_url={self.pay_base_url!r}, link_secrets=***)"
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -46,6 +60,15 @@ class Settings:
             "ARBRIDGE_CARD_GATEWAY_PASSWORD", "the card gateway API user's password", min_length=8
         )
         timeout = env.number("ARBRIDGE_CARD_GATEWAY_TIMEOUT", 30.0, minimum=0.1)
+        link_secret = env.secret(
+            "ARBRIDGE_LINK_SECRET",
+            "the secret payer links are signed with (32+ characters)",
+            min_length=32,
+        )
+        pay_base = env.url("ARBRIDGE_PAY_BASE_URL", "http://127.0.0.1:8430", ("http", "https"))
+        link_ttl = env.integer(
+            "ARBRIDGE_LINK_TTL_SECONDS", 30 * 24 * 3600, minimum=60, maximum=366 * 24 * 3600
+        )
         lease = env.number("ARBRIDGE_PAYMENTS_CHARGE_LEASE_SECONDS", 45.0, minimum=0.5)
         recovery = env.number("ARBRIDGE_PAYMENTS_RECOVERY_SECONDS", 5.0, minimum=0.1)
         env.check()
@@ -53,6 +76,9 @@ class Settings:
             runtime=runtime,
             sync_target=sync_target,
             gateway=GatewayConfig(url, username, password, timeout),
+            link_secrets=tuple(x.strip() for x in link_secret.split(",") if x.strip()),
+            pay_base_url=pay_base,
+            link_ttl_seconds=link_ttl,
             charge_lease_seconds=lease,
             recovery_interval_seconds=recovery,
         )
