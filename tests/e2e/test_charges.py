@@ -295,13 +295,41 @@ async def test_charges_idempotent_checked_and_made_once(
                 )
                 assert settled.replayed
 
+            # Two different keys for one invoice at once: one charge, the other refused
+            # (in progress, or the balance already taken), never both.
+            rivals = [(c, i) for c in ranked[11:16] for i in by_customer[c][:2]]
+            assert rivals
+            for customer in {c for c, _ in rivals}:
+                await payer.add_card(customer, "4111111111111111")
+
+            async def two_keys(customer: str, invoice: Any) -> list[Any]:
+                calls = [
+                    payer.charge(
+                        f"k-rival-{n}-{invoice.record_no}", customer, [(invoice.record_no, None)]
+                    )
+                    for n in range(2)
+                ]
+                return list(await asyncio.gather(*calls, return_exceptions=True))
+
+            for pair in await asyncio.gather(*(two_keys(c, i) for c, i in rivals)):
+                won = [a for a in pair if isinstance(a, payments_pb2.ChargeInvoicesResponse)]
+                refusals = [a for a in pair if isinstance(a, grpc.aio.AioRpcError)]
+                assert len(won) == 1, pair
+                assert won[0].charge.state == payments_pb2.CHARGE_STATE_SUCCEEDED
+                assert len(refusals) == 1, pair
+                assert refusals[0].code() in (
+                    grpc.StatusCode.ABORTED,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                ), refusals[0].details()
+
             made = await gateway_transactions(http, suite)
             per_id = collections.Counter(t["merchantTransactionId"] for t in made)
             assert all(n == 1 for n in per_id.values()), per_id.most_common(3)
-            # k-one, k-balance, k-part, k-d1 (declined), k-d2, k-lost, k-5xx, one per target.
-            assert len(made) == 7 + len(targets)
+            # k-one, k-balance, k-part, k-d1 (declined), k-d2, k-lost, k-5xx, one per
+            # target and one per rival pair.
+            assert len(made) == 7 + len(targets) + len(rivals)
             approved = [t for t in made if t["processingInfo"]["processingStatus"] == "success"]
-            assert len(approved) == 6 + len(targets)
+            assert len(approved) == 6 + len(targets) + len(rivals)
 
         conn = await asyncpg.connect(
             database_url, server_settings={"search_path": f"{unique}_payments"}
@@ -314,7 +342,7 @@ async def test_charges_idempotent_checked_and_made_once(
         finally:
             await conn.close()
         subjects = collections.Counter(r["subject"] for r in events)
-        assert subjects["payments.charge.succeeded"] == 6 + len(targets)
+        assert subjects["payments.charge.succeeded"] == 6 + len(targets) + len(rivals)
         assert subjects["payments.charge.declined"] == 1
         assert subjects["payments.charge.refunded"] == 2
         log = suite.processes["payments"].logs()

@@ -190,8 +190,17 @@ class Charges:
                 except asyncpg.UniqueViolationError:
                     raise Conflict(
                         "an invoice of this request already has a charge in progress; "
-                        "wait for it to finish (GetCharge / ListCharges) before charging again"
+                        "wait for it to finish (GetCharge) before charging again"
                     ) from None
+                # Holding the invoices' live slots, check the balance again: a charge
+                # that finished after the plan was made is visible now.
+                taken = await self._unposted(request.account_id, [r for r, _ in plan.parts], conn)
+                for record_no, amount in plan.parts:
+                    if amount > plan.dues[record_no] - taken.get(record_no, 0):
+                        raise FailedPrecondition(
+                            f"invoice {record_no} was paid by another charge meanwhile; "
+                            "read its balance again"
+                        )
         if raced:
             # Another request with this key recorded its charge first.
             winner = await self._by_key(request.account_id, request.idempotency_key)
@@ -250,6 +259,7 @@ class Charges:
         currency = currencies.pop()
         pending = await self._unposted(request.account_id, [p.record_no for p in request.invoices])
         parts: list[tuple[str, int]] = []
+        dues: dict[str, int] = {}
         tax = 0
         references: list[str] = []
         for part, invoice in zip(request.invoices, invoices, strict=True):
@@ -287,6 +297,7 @@ class Charges:
                     f"whole open balance ({from_minor(open_minor, currency)} {currency})"
                 )
             parts.append((part.record_no, amount))
+            dues[part.record_no] = invoice.due.amount_minor
             invoice_total = invoice.total.amount_minor
             if invoice.tax.amount_minor and invoice_total:
                 tax += invoice.tax.amount_minor * amount // invoice_total
@@ -306,6 +317,7 @@ class Charges:
         return _Plan(
             method=method,
             parts=parts,
+            dues=dues,
             total=total,
             currency=currency,
             tax=tax,
@@ -329,9 +341,11 @@ class Charges:
             ) from None
         return reply.invoice
 
-    async def _unposted(self, account_id: str, record_nos: list[str]) -> dict[str, int]:
+    async def _unposted(
+        self, account_id: str, record_nos: list[str], conn: Any = None
+    ) -> dict[str, int]:
         """What succeeded charges took from each invoice that Intacct does not show yet."""
-        rows = await self._pool.fetch(
+        rows = await (conn or self._pool).fetch(
             "SELECT ci.invoice_record_no, sum(ci.amount_minor)::bigint AS taken"
             " FROM charge_invoices ci JOIN charges c USING (charge_id)"
             " WHERE ci.account_id = $1 AND ci.invoice_record_no = ANY($2::text[])"
@@ -540,6 +554,7 @@ class Charges:
 class _Plan:
     method: asyncpg.Record
     parts: list[tuple[str, int]]
+    dues: dict[str, int]
     total: int
     currency: str
     tax: int

@@ -174,27 +174,29 @@ class Refunds:
 
     async def _settle(self, charge_id: str) -> None:
         """Settles the charge's pending refunds in order, one driver per charge at a time."""
+        # One connection holds the lock and does the work, so a driver never waits for a
+        # second connection while holding one.
         async with self._pool.acquire() as lock:
             await lock.execute("SELECT pg_advisory_lock(hashtextextended($1, 11))", charge_id)
             try:
-                pending = await self._pool.fetch(
+                pending = await lock.fetch(
                     "SELECT * FROM refunds WHERE charge_id = $1 AND phase = 'pending'"
                     " ORDER BY created_at, refund_id",
                     charge_id,
                 )
                 for refund in pending:
-                    await self._settle_one(refund)
+                    await self._settle_one(lock, refund)
             finally:
                 await lock.execute("SELECT pg_advisory_unlock(hashtextextended($1, 11))", charge_id)
 
-    async def _settle_one(self, refund: asyncpg.Record) -> None:
-        charge = await self._pool.fetchrow(
+    async def _settle_one(self, conn: Any, refund: asyncpg.Record) -> None:
+        charge = await conn.fetchrow(
             "SELECT * FROM charges WHERE charge_id = $1", refund["charge_id"]
         )
         ours = charge["refunded_minor"]
         transaction = await self._witness(charge)
         if transaction.refunded_minor == ours + refund["amount_minor"]:
-            await self._done(refund, charge)  # sent before a crash or a lost answer
+            await self._done(conn, refund, charge)  # sent before a crash or a lost answer
             return
         if transaction.refunded_minor != ours:
             log.error(
@@ -215,7 +217,7 @@ class Refunds:
                 idempotency_key=refund["refund_id"],
             )
         except GatewayRefused as err:
-            await self._fail(refund, f"{err.description} ({err.name})")
+            await self._fail(conn, refund, f"{err.description} ({err.name})")
             return
         except (GatewayTimeout, GatewayUnavailable):
             transaction = await self._witness(charge)
@@ -225,7 +227,7 @@ class Refunds:
                     "pending and is settled by retrying with the same key or by recovery"
                 ) from None
         self._faults.hit("refund.after_gateway")
-        await self._done(refund, charge)
+        await self._done(conn, refund, charge)
 
     async def _witness(self, charge: asyncpg.Record) -> Transaction:
         try:
@@ -240,8 +242,8 @@ class Refunds:
             )
         return transaction
 
-    async def _done(self, refund: asyncpg.Record, charge: asyncpg.Record) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
+    async def _done(self, conn: Any, refund: asyncpg.Record, charge: asyncpg.Record) -> None:
+        async with conn.transaction():
             updated = await conn.fetchval(
                 "UPDATE refunds SET phase = 'succeeded', updated_at = now()"
                 " WHERE refund_id = $1 AND phase = 'pending' RETURNING true",
@@ -289,8 +291,8 @@ class Refunds:
             amount_minor=refund["amount_minor"],
         )
 
-    async def _fail(self, refund: asyncpg.Record, reason: str) -> None:
-        await self._pool.execute(
+    async def _fail(self, conn: Any, refund: asyncpg.Record, reason: str) -> None:
+        await conn.execute(
             "UPDATE refunds SET phase = 'failed', failure_reason = $2, updated_at = now()"
             " WHERE refund_id = $1 AND phase = 'pending'",
             refund["refund_id"],
