@@ -34,9 +34,14 @@ FAST_RECOVERY = {
 }
 
 
+# Every error message a test saw, scanned for card numbers at the end.
+ERRORS_SEEN: list[str] = []
+
+
 async def refused(call: Any) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call
+    ERRORS_SEEN.append(str(err.value.details()))
     return err.value
 
 
@@ -335,10 +340,11 @@ async def test_charges_idempotent_checked_and_made_once(
             database_url, server_settings={"search_path": f"{unique}_payments"}
         )
         try:
-            events = await conn.fetch("SELECT subject FROM outbox")
-            text = "\n".join(
-                r["row"] for r in await conn.fetch("SELECT t::text AS row FROM charges t")
-            )
+            events = await conn.fetch("SELECT subject, payload FROM outbox")
+            rows = []
+            for table in ("charges", "charge_invoices", "refunds", "payment_methods"):
+                rows += await conn.fetch(f"SELECT t::text AS row FROM {table} t")
+            text = "\n".join(r["row"] for r in rows)
         finally:
             await conn.close()
         subjects = collections.Counter(r["subject"] for r in events)
@@ -346,7 +352,12 @@ async def test_charges_idempotent_checked_and_made_once(
         assert subjects["payments.charge.declined"] == 1
         assert subjects["payments.charge.refunded"] == 2
         log = suite.processes["payments"].logs()
+        payloads = b"".join(bytes(r["payload"]) for r in events)
+        errors = "\n".join(ERRORS_SEEN)
+        assert "above its open balance" in errors, "the error messages were collected"
         for number in ("4242424242424242", "4000000000000002", "4111111111111111"):
+            assert number.encode() not in payloads
+            assert number not in errors
             assert number not in text
             assert number not in log
 
