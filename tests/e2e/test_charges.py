@@ -300,6 +300,41 @@ async def test_charges_idempotent_checked_and_made_once(
                 )
                 assert settled.replayed
 
+            # The customer's charges, newest first, two per page.
+            seen: list[payments_pb2.Charge] = []
+            token = ""
+            while True:
+                page = await payer.stub.ListCharges(
+                    payments_pb2.ListChargesRequest(
+                        account_id="acme",
+                        customer_id=rich,
+                        page=common_pb2.PageRequest(page_size=2, page_token=token),
+                    )
+                )
+                assert len(page.charges) <= 2
+                seen += page.charges
+                token = page.page.next_page_token
+                if not token:
+                    break
+            assert [c.charge_id for c in seen] == [
+                c.charge_id for c in (lost, part, balance, first)
+            ]
+            assert seen[2].state == payments_pb2.CHARGE_STATE_REFUNDED
+            by_invoice = await payer.stub.ListCharges(
+                payments_pb2.ListChargesRequest(
+                    account_id="acme", invoice_record_no=usd[2].record_no
+                )
+            )
+            assert [c.charge_id for c in by_invoice.charges] == [balance.charge_id]
+            err = await refused(
+                payer.stub.ListCharges(
+                    payments_pb2.ListChargesRequest(
+                        account_id="acme", page=common_pb2.PageRequest(page_token="ch_nope")
+                    )
+                )
+            )
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
             # Two different keys for one invoice at once: one charge, the other refused
             # (in progress, or the balance already taken), never both.
             rivals = [(c, i) for c in ranked[11:16] for i in by_customer[c][:2]]

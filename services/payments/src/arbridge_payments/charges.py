@@ -530,6 +530,28 @@ class Charges:
             raise NotFound(f"charge {charge_id!r} does not exist in account {account_id!r}")
         return view[0]
 
+    async def list_charges(
+        self, account_id: str, customer_id: str, invoice_record_no: str, size: int, after: str
+    ) -> list[ChargeView]:
+        """Newest first, ``size + 1`` of them (the extra one says whether a next page exists)."""
+        if not account_id:
+            raise InvalidArgument("account_id must be set")
+        if after and not await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM charges WHERE account_id = $1 AND charge_id = $2)",
+            account_id,
+            after,
+        ):
+            raise InvalidArgument("page_token is not from an earlier ListCharges answer")
+        return await self._load(
+            "WHERE account_id = $1 AND ($2 = '' OR customer_id = $2)"
+            " AND ($3 = '' OR charge_id IN (SELECT charge_id FROM charge_invoices"
+            " WHERE account_id = $1 AND invoice_record_no = $3))"
+            " AND ($4 = '' OR (created_at, charge_id) <"
+            " (SELECT created_at, charge_id FROM charges WHERE charge_id = $4))"
+            " ORDER BY created_at DESC, charge_id DESC LIMIT $5",
+            (account_id, customer_id, invoice_record_no, after, size + 1),
+        )
+
     async def _get_by_id(self, charge_id: str) -> ChargeView:
         return (await self._load("WHERE charge_id = $1", (charge_id,)))[0]
 

@@ -16,6 +16,7 @@ from arbridge_payments.links import Link, Links
 from arbridge_payments.methods import PaymentMethod, PaymentMethods
 from arbridge_payments.refunds import Refunds
 from arbridge_runtime.errors import FailedPrecondition, InvalidArgument
+from arbridge_runtime.paging import next_page, page_size
 
 _TYPES = {"card": common_pb2.PAYMENT_METHOD_TYPE_CARD, "ach": common_pb2.PAYMENT_METHOD_TYPE_ACH}
 _STATES = {
@@ -217,6 +218,22 @@ class PaymentsService(payments_pb2_grpc.PaymentsServiceServicer):
             )
         )
         return payments_pb2.ChargeInvoicesResponse(charge=charge_message(view), replayed=replayed)
+
+    async def ListCharges(
+        self, request: payments_pb2.ListChargesRequest, context: Any
+    ) -> payments_pb2.ListChargesResponse:
+        size = page_size(request.page)
+        views = await self._charges.list_charges(
+            request.account_id,
+            request.customer_id,
+            request.invoice_record_no,
+            size,
+            request.page.page_token,
+        )
+        return payments_pb2.ListChargesResponse(
+            charges=[charge_message(v) for v in views[:size]],
+            page=next_page([v.row for v in views], size, "charge_id"),
+        )
 
     async def GetCharge(
         self, request: payments_pb2.GetChargeRequest, context: Any

@@ -17,6 +17,7 @@ from arbridge.common.v1 import common_pb2
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.errors import InvalidArgument, NotFound
 from arbridge_runtime.ingest import ACCEPTED, DUPLICATE, REJECTED, Inbound, Ingestor
+from arbridge_runtime.paging import next_page, page_size
 from arbridge_sync import convert
 from arbridge_sync.core import SyncCore
 from arbridge_sync.jobs import TERMINAL, validate_daily_time
@@ -63,19 +64,6 @@ _PREFERENCE_FIELDS = (
     "next_auto_charge_field",
     "level3_field",
 )
-
-
-def _page_size(page: common_pb2.PageRequest) -> int:
-    if page.page_size < 0:
-        raise InvalidArgument("page_size must not be negative")
-    return min(page.page_size or 100, 1000)
-
-
-def _page(rows: list[asyncpg.Record], size: int, key: str) -> common_pb2.PageResponse:
-    """Keyset paging: the next token is the key of the page's last row, when more follow."""
-    return common_pb2.PageResponse(
-        next_page_token=str(rows[size - 1][key]) if len(rows) > size else ""
-    )
 
 
 def _sync(row: asyncpg.Record) -> sync_pb2.Sync:
@@ -221,7 +209,7 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
     async def ListSyncs(
         self, request: sync_pb2.ListSyncsRequest, context: Context
     ) -> sync_pb2.ListSyncsResponse:
-        size = _page_size(request.page)
+        size = page_size(request.page)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT * FROM sync_jobs WHERE account_id = $1"
@@ -234,7 +222,7 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
             )
         return sync_pb2.ListSyncsResponse(
             syncs=[_sync(r) for r in rows[:size]],
-            page=_page(rows, size, "sync_id"),
+            page=next_page(rows, size, "sync_id"),
         )
 
     async def WatchSync(
@@ -268,7 +256,7 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
     async def ListCustomers(
         self, request: sync_pb2.ListCustomersRequest, context: Context
     ) -> sync_pb2.ListCustomersResponse:
-        size = _page_size(request.page)
+        size = page_size(request.page)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT c.*, a.time_zone FROM customers c JOIN accounts a USING (account_id)"
@@ -280,7 +268,7 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
             )
         return sync_pb2.ListCustomersResponse(
             customers=[convert.customer(r, r["time_zone"]) for r in rows[:size]],
-            page=_page(rows, size, "customer_id"),
+            page=next_page(rows, size, "customer_id"),
         )
 
     async def GetInvoice(
@@ -300,7 +288,7 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
     async def ListInvoices(
         self, request: sync_pb2.ListInvoicesRequest, context: Context
     ) -> sync_pb2.ListInvoicesResponse:
-        size = _page_size(request.page)
+        size = page_size(request.page)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT i.*, a.time_zone FROM invoices i JOIN accounts a USING (account_id)"
@@ -315,13 +303,13 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
             )
         return sync_pb2.ListInvoicesResponse(
             invoices=[convert.invoice(r, r["time_zone"]) for r in rows[:size]],
-            page=_page(rows, size, "record_no"),
+            page=next_page(rows, size, "record_no"),
         )
 
     async def ListPayments(
         self, request: sync_pb2.ListPaymentsRequest, context: Context
     ) -> sync_pb2.ListPaymentsResponse:
-        size = _page_size(request.page)
+        size = page_size(request.page)
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT p.*, a.time_zone FROM payments p JOIN accounts a USING (account_id)"
@@ -334,7 +322,7 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
             )
         return sync_pb2.ListPaymentsResponse(
             payments=[convert.payment(r, r["time_zone"]) for r in rows[:size]],
-            page=_page(rows, size, "record_no"),
+            page=next_page(rows, size, "record_no"),
         )
 
     async def ListBankAccounts(
@@ -353,7 +341,7 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
     async def ListUnsynced(
         self, request: sync_pb2.ListUnsyncedRequest, context: Context
     ) -> sync_pb2.ListUnsyncedResponse:
-        size = _page_size(request.page)
+        size = page_size(request.page)
         name = ""
         if request.object_type:
             synced = BY_TYPE.get(request.object_type)
@@ -373,7 +361,7 @@ class SyncService(sync_pb2_grpc.SyncServiceServicer):
             )
         return sync_pb2.ListUnsyncedResponse(
             records=[_unsynced(r) for r in rows[:size]],
-            page=_page(rows, size, "unsynced_id"),
+            page=next_page(rows, size, "unsynced_id"),
         )
 
     async def ResyncRecord(

@@ -1,0 +1,27 @@
+"""Keyset paging for List RPCs: page sizes from ``common.v1.PageRequest`` and next tokens.
+
+A page is read with one row more than asked for; when that row exists, the
+next token is the key of the page's last row, and the next page starts after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from arbridge.common.v1 import common_pb2
+from arbridge_runtime.errors import InvalidArgument
+
+
+def page_size(page: common_pb2.PageRequest, default: int = 100, maximum: int = 1000) -> int:
+    """The rows to return: ``default`` when unset, at most ``maximum``."""
+    if page.page_size < 0:
+        raise InvalidArgument("page_size must not be negative")
+    return min(page.page_size or default, maximum)
+
+
+def next_page(rows: Sequence[Mapping[str, Any]], size: int, key: str) -> common_pb2.PageResponse:
+    """The response's page: a next token when more rows than ``size`` were read."""
+    return common_pb2.PageResponse(
+        next_page_token=str(rows[size - 1][key]) if len(rows) > size else ""
+    )
