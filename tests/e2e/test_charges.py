@@ -116,6 +116,8 @@ async def test_charges_idempotent_checked_and_made_once(
             assert first.state == payments_pb2.CHARGE_STATE_SUCCEEDED, first.failure_reason
             assert first.amount.amount_minor == usd[0].due.amount_minor
             assert first.gateway_transaction_id
+            assert first.source == payments_pb2.CHARGE_SOURCE_API
+            assert first.posting_state == payments_pb2.POSTING_STATE_PENDING
             again = await payer.charge("k-one", rich, [(usd[0].record_no, None)])
             assert again.replayed
             assert again.charge == first
@@ -202,6 +204,18 @@ async def test_charges_idempotent_checked_and_made_once(
             assert round(at_gateway[balance.charge_id]["refundedAmount"] * 100) == (
                 balance.amount.amount_minor
             )
+            # Level 2 data went with the charge: the invoices' PO numbers and their tax.
+            level2 = at_gateway[balance.charge_id].get("level3Data", {})
+            pos = [i.po_number for i in three if i.po_number]
+            if pos:
+                assert level2["customerReferenceNumber"] == balance.level2.customer_reference
+                assert set(balance.level2.customer_reference.split(", ")) == set(pos)
+            expected_tax = sum(
+                i.tax.amount_minor * i.due.amount_minor // i.total.amount_minor
+                for i in three
+                if i.total.amount_minor
+            )
+            assert balance.level2.tax_amount.amount_minor == expected_tax
 
             # A partial payment.
             part = (await payer.charge("k-part", rich, [(usd[4].record_no, 150)], cur)).charge

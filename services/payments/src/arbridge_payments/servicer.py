@@ -33,7 +33,8 @@ _SOURCES = {
     payments_pb2.CHARGE_SOURCE_RULE: "rule",
     payments_pb2.CHARGE_SOURCE_INTACCT_QUEUE: "intacct_queue",
 }
-_SOURCE_ENUMS = {name: value for value, name in reversed(list(_SOURCES.items()))}
+# "api" maps back to CHARGE_SOURCE_API (the later entry), not UNSPECIFIED.
+_SOURCE_ENUMS = {name: value for value, name in _SOURCES.items()}
 
 
 _LINK_KINDS = {
