@@ -6,7 +6,8 @@ charged by five concurrent requests under one idempotency key (64 invoices
 in flight at a time). Reports charges per second, p50/p99 latency of the
 request that made each charge, how the other four were answered (a replay
 of the result, or ABORTED while the first was in flight), and the number of
-gateway transactions, which must be exactly one per invoice.
+gateway transactions, which must be exactly one per invoice. Then 100 more
+invoices are charged one request at a time: a charge's latency unqueued.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-async def run(invoices: int = 1_000, per_key: int = 5, in_flight: int = 64) -> dict[str, Any]:
+async def run(
+    invoices: int = 1_000, per_key: int = 5, in_flight: int = 64, sequential: int = 100
+) -> dict[str, Any]:
     infra = await asyncio.to_thread(ensure_infra)
     namespace = f"b{secrets.token_hex(3)}"
     async with (
@@ -54,11 +57,12 @@ async def run(invoices: int = 1_000, per_key: int = 5, in_flight: int = 64) -> d
         ) as suite,
     ):
         by_customer = await open_invoices_by_customer(suite, "acme")
-        targets = [(c, i) for c, found in by_customer.items() for i in found][:invoices]
-        assert len(targets) == invoices, f"only {len(targets)} open invoices"
+        everything = [(c, i) for c, found in by_customer.items() for i in found]
+        targets, singles = everything[:invoices], everything[invoices : invoices + sequential]
+        assert len(targets) == invoices, f"only {len(everything)} open invoices"
         async with aiohttp.ClientSession() as http:
             payer = Payer(suite, http, suite.target("payments"))
-            for customer in {c for c, _ in targets}:
+            for customer in {c for c, _ in targets + singles}:
                 await payer.add_card(customer, "4111111111111111")
             made_latency: list[float] = []
             answers: collections.Counter[str] = collections.Counter()
@@ -88,10 +92,23 @@ async def run(invoices: int = 1_000, per_key: int = 5, in_flight: int = 64) -> d
             started = time.perf_counter()
             await asyncio.gather(*(one(c, i) for c, i in targets))
             elapsed = time.perf_counter() - started
+            # One request at a time: the latency of a charge without queueing.
+            alone: list[float] = []
+            for customer, invoice in singles:
+                began = time.perf_counter()
+                reply = await payer.charge(
+                    f"bench-alone-{invoice.record_no}",
+                    customer,
+                    [(invoice.record_no, None)],
+                    invoice.currency,
+                )
+                alone.append(time.perf_counter() - began)
+                assert reply.charge.state == payments_pb2.CHARGE_STATE_SUCCEEDED
             made = await gateway_transactions(http, suite)
     per_id = collections.Counter(t["merchantTransactionId"] for t in made)
     # The property the figures are worth nothing without: one gateway charge per invoice.
-    assert len(made) == invoices, f"{len(made)} gateway transactions for {invoices} invoices"
+    expected = invoices + len(singles)
+    assert len(made) == expected, f"{len(made)} gateway transactions for {expected} charges"
     assert max(per_id.values()) == 1, per_id.most_common(3)
     return {
         "name": "charges",
@@ -104,6 +121,9 @@ async def run(invoices: int = 1_000, per_key: int = 5, in_flight: int = 64) -> d
         "charge_latency_p50_ms": round(_percentile(made_latency, 0.5) * 1000, 1),
         "charge_latency_p99_ms": round(_percentile(made_latency, 0.99) * 1000, 1),
         "answers": dict(answers),
+        "one_at_a_time_charges": len(alone),
+        "one_at_a_time_p50_ms": round(_percentile(alone, 0.5) * 1000, 1),
+        "one_at_a_time_p99_ms": round(_percentile(alone, 0.99) * 1000, 1),
         "gateway_transactions": len(made),
         "gateway_transactions_per_invoice_max": max(per_id.values()) if per_id else 0,
     }
