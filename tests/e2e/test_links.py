@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,23 +15,12 @@ from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
-from tests.support.payments import open_invoices_by_customer, synced_payments_suite
-
-
-async def intacct_values(http: aiohttp.ClientSession, admin: str, company: str, obj: str) -> Any:
-    """Every record of ``obj`` in the sandbox company: {RECORDNO: field values}."""
-    async with http.get(f"{admin}/companies/{company}/records/{obj}") as reply:
-        rows = (await reply.json())["records"]
-    return {str(r["recordno"]): r["values"] for r in rows}
-
-
-async def eventually(check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.2)
+from tests.support.payments import (
+    eventually,
+    intacct_values,
+    open_invoices_by_customer,
+    synced_payments_suite,
+)
 
 
 @pytest.mark.timeout(300)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -148,3 +150,19 @@ class Payer:
                 **extra,
             )
         )
+
+
+async def intacct_values(http: aiohttp.ClientSession, admin: str, company: str, obj: str) -> Any:
+    """Every record of ``obj`` in the sandbox company: {RECORDNO: field values}."""
+    async with http.get(f"{admin}/companies/{company}/records/{obj}") as reply:
+        rows = (await reply.json())["records"]
+    return {str(r["recordno"]): r["values"] for r in rows}
+
+
+async def eventually(check: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.2)

@@ -6,12 +6,14 @@ import asyncio
 
 import aiohttp
 
+from arbridge.connector.v1 import connector_pb2_grpc
 from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2_grpc
 from arbridge_payments.charges import Charges, run_recovery
 from arbridge_payments.gateway import CardGateway
 from arbridge_payments.links import Links, LinkSigner
 from arbridge_payments.methods import PaymentMethods
+from arbridge_payments.posting import Posting
 from arbridge_payments.refunds import Refunds
 from arbridge_payments.servicer import PaymentsService
 from arbridge_payments.settings import Settings
@@ -28,6 +30,13 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
     ctx.exit_stack.push_async_callback(http.close)
     channel = service_channel(settings.sync_target, settings.runtime.service_token)
     ctx.exit_stack.push_async_callback(channel.close, None)
+    connector_channel = service_channel(
+        settings.connector_target, settings.runtime.service_token, deadline=120
+    )
+    ctx.exit_stack.push_async_callback(connector_channel.close, None)
+    posting = Posting(
+        ctx.pool, ctx.outbox, connector_pb2_grpc.ConnectorServiceStub(connector_channel)
+    )
     gateway = CardGateway(settings.gateway, http)
     sync = sync_pb2_grpc.SyncServiceStub(channel)
     methods = PaymentMethods(ctx.pool, gateway, sync)
@@ -56,7 +65,7 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
     )
     ctx.grpc.add_service(
         payments_pb2_grpc.add_PaymentsServiceServicer_to_server,
-        PaymentsService(methods, charges, refunds, links),  # type: ignore[abstract]  # v1 methods not built yet answer UNIMPLEMENTED
+        PaymentsService(methods, charges, refunds, links, posting),
         payments_pb2.DESCRIPTOR.services_by_name["PaymentsService"].full_name,
     )
 
@@ -66,6 +75,11 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         )
 
     ctx.add_worker("charge-recovery", recovery)
+
+    async def post_payments(stop: asyncio.Event) -> None:
+        await run_recovery(stop, 1.0, posting.post_due)
+
+    ctx.add_worker("payment-posting", post_payments)
 
 
 def definition(settings: Settings) -> ServiceDefinition:

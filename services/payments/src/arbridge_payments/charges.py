@@ -27,6 +27,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -67,6 +68,7 @@ DECLINES = frozenset(
 )
 SOURCES = ("api", "link", "rule", "intacct_queue")
 MAX_INVOICES = 100
+POSTING_CLOCK_MARGIN = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
@@ -156,9 +158,9 @@ class Charges:
             inserted = await conn.fetchval(
                 "INSERT INTO charges (charge_id, account_id, idempotency_key, request_hash,"
                 " customer_id, source, rule_id, payment_method_id, kind, shopper_id, last4,"
-                " amount_minor, currency, tax_minor, customer_reference, lease_until)"
+                " amount_minor, currency, tax_minor, customer_reference, lease_until, entity_id)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-                " now() + make_interval(secs => $16))"
+                " now() + make_interval(secs => $16), $17)"
                 " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING charge_id",
                 charge_id,
                 request.account_id,
@@ -176,6 +178,7 @@ class Charges:
                 plan.tax,
                 plan.reference,
                 self._lease,
+                plan.entity_id,
             )
             if inserted is None:
                 raced = True
@@ -194,7 +197,7 @@ class Charges:
                     ) from None
                 # Holding the invoices' live slots, check the balance again: a charge
                 # that finished after the plan was made is visible now.
-                taken = await self._unposted(request.account_id, [r for r, _ in plan.parts], conn)
+                taken = await self._unposted(request.account_id, plan.modified, conn)
                 for record_no, amount in plan.parts:
                     if amount > plan.dues[record_no] - taken.get(record_no, 0):
                         raise FailedPrecondition(
@@ -257,7 +260,17 @@ class Charges:
                 "charge each currency separately"
             )
         currency = currencies.pop()
-        pending = await self._unposted(request.account_id, [p.record_no for p in request.invoices])
+        entities = {i.entity_id for i in invoices}
+        if len(entities) != 1:
+            raise InvalidArgument(
+                "the invoices belong to different entities; one payment posts to one entity, "
+                "so charge each entity's invoices separately"
+            )
+        modified = {
+            part.record_no: _modified_at(invoice)
+            for part, invoice in zip(request.invoices, invoices, strict=True)
+        }
+        pending = await self._unposted(request.account_id, modified)
         parts: list[tuple[str, int]] = []
         dues: dict[str, int] = {}
         tax = 0
@@ -318,10 +331,12 @@ class Charges:
             method=method,
             parts=parts,
             dues=dues,
+            modified=modified,
             total=total,
             currency=currency,
             tax=tax,
             reference=", ".join(dict.fromkeys(references))[:64],
+            entity_id=entities.pop(),
         )
 
     async def _invoice(self, account_id: str, record_no: str) -> Any:
@@ -342,19 +357,36 @@ class Charges:
         return reply.invoice
 
     async def _unposted(
-        self, account_id: str, record_nos: list[str], conn: Any = None
+        self, account_id: str, modified: dict[str, datetime | None], conn: Any = None
     ) -> dict[str, int]:
-        """What succeeded charges took from each invoice that Intacct does not show yet."""
+        """What succeeded charges took from each invoice that the AR store does not show yet.
+
+        A payment not posted to Intacct yet is not in the invoice's balance. A posted
+        one is there once the AR store holds a version of the invoice that Intacct
+        modified after the posting was sent (Intacct's times are whole seconds,
+        hence the margin); until then it is counted here.
+        """
         rows = await (conn or self._pool).fetch(
-            "SELECT ci.invoice_record_no, sum(ci.amount_minor)::bigint AS taken"
+            "SELECT ci.invoice_record_no, ci.amount_minor, c.posting_state, c.posting_started_at"
             " FROM charge_invoices ci JOIN charges c USING (charge_id)"
             " WHERE ci.account_id = $1 AND ci.invoice_record_no = ANY($2::text[])"
-            " AND c.phase = 'succeeded' AND c.posting_state <> 'posted'"
-            " GROUP BY ci.invoice_record_no",
+            " AND c.phase = 'succeeded'",
             account_id,
-            record_nos,
+            list(modified),
         )
-        return {r["invoice_record_no"]: int(r["taken"]) for r in rows}
+        taken: dict[str, int] = {}
+        for r in rows:
+            version = modified.get(r["invoice_record_no"])
+            shown = (
+                r["posting_state"] == "posted"
+                and version is not None
+                and r["posting_started_at"] is not None
+                and version >= r["posting_started_at"] - POSTING_CLOCK_MARGIN
+            )
+            if not shown:
+                record_no = r["invoice_record_no"]
+                taken[record_no] = taken.get(record_no, 0) + int(r["amount_minor"])
+        return taken
 
     async def _method(self, request: ChargeRequest) -> asyncpg.Record:
         if request.payment_method_id:
@@ -577,10 +609,20 @@ class _Plan:
     method: asyncpg.Record
     parts: list[tuple[str, int]]
     dues: dict[str, int]
+    modified: dict[str, datetime | None]
+    entity_id: str
     total: int
     currency: str
     tax: int
     reference: str
+
+
+def _modified_at(invoice: Any) -> datetime | None:
+    """When Intacct last modified the AR store's version of the invoice (UTC), if known."""
+    if not invoice.HasField("intacct_modified_at"):
+        return None
+    modified: datetime = invoice.intacct_modified_at.ToDatetime(tzinfo=UTC)
+    return modified
 
 
 def _validate(request: ChargeRequest) -> None:

@@ -1,8 +1,6 @@
 """gRPC handlers of `arbridge.payments.v1.PaymentsService`.
 
-Handlers translate protobuf to domain calls and back and hold no SQL. Methods
-of the v1 contract that this release does not implement yet answer
-UNIMPLEMENTED (the runtime maps the base class's NotImplementedError).
+Handlers translate protobuf to domain calls and back and hold no SQL.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge_payments.charges import ChargeRequest, Charges, ChargeView, InvoicePart
 from arbridge_payments.links import Link, Links
 from arbridge_payments.methods import PaymentMethod, PaymentMethods
+from arbridge_payments.posting import DepositAccount, Posting
 from arbridge_payments.refunds import Refunds
 from arbridge_runtime.errors import FailedPrecondition, InvalidArgument
 from arbridge_runtime.paging import next_page, page_size
@@ -60,6 +59,24 @@ def link_message(link: Link) -> payments_pb2.Link:
     return message
 
 
+def _deposit_message(account: DepositAccount) -> payments_pb2.DepositAccount:
+    message = payments_pb2.DepositAccount(
+        account_id=account.account_id, entity_id=account.entity_id, currency=account.currency
+    )
+    if account.bank_account_id:
+        message.bank_account_id = account.bank_account_id
+    else:
+        message.undeposited_funds_gl_account = account.undeposited_funds_gl_account
+    return message
+
+
+_POSTING = {
+    "pending": payments_pb2.POSTING_STATE_PENDING,
+    "posted": payments_pb2.POSTING_STATE_POSTED,
+    "refused": payments_pb2.POSTING_STATE_REFUSED,
+}
+
+
 def _money(minor: int, currency: str) -> common_pb2.Money:
     return common_pb2.Money(amount_minor=minor, currency=currency)
 
@@ -92,7 +109,8 @@ def charge_message(view: ChargeView) -> payments_pb2.Charge:
         failure_reason=row["failure_reason"],
         failure_code=row["failure_code"],
         refunded=_money(row["refunded_minor"], row["currency"]),
-        posting_state=payments_pb2.POSTING_STATE_PENDING,
+        posting_state=_POSTING[row["posting_state"]],
+        intacct_payment_record_no=row["intacct_payment_record_no"],
         level2=payments_pb2.Level2Data(
             tax_amount=_money(row["tax_minor"], row["currency"]),
             customer_reference=row["customer_reference"],
@@ -126,12 +144,41 @@ class PaymentsService(payments_pb2_grpc.PaymentsServiceServicer):
     """The payments service's gRPC API."""
 
     def __init__(
-        self, methods: PaymentMethods, charges: Charges, refunds: Refunds, links: Links
+        self,
+        methods: PaymentMethods,
+        charges: Charges,
+        refunds: Refunds,
+        links: Links,
+        posting: Posting,
     ) -> None:
         self._methods = methods
         self._charges = charges
         self._refunds = refunds
         self._links = links
+        self._posting = posting
+
+    async def SetDepositAccount(
+        self, request: payments_pb2.SetDepositAccountRequest, context: Any
+    ) -> payments_pb2.SetDepositAccountResponse:
+        given = request.deposit_account
+        saved = await self._posting.set_deposit_account(
+            DepositAccount(
+                account_id=given.account_id,
+                entity_id=given.entity_id,
+                currency=given.currency,
+                bank_account_id=given.bank_account_id,
+                undeposited_funds_gl_account=given.undeposited_funds_gl_account,
+            )
+        )
+        return payments_pb2.SetDepositAccountResponse(deposit_account=_deposit_message(saved))
+
+    async def ListDepositAccounts(
+        self, request: payments_pb2.ListDepositAccountsRequest, context: Any
+    ) -> payments_pb2.ListDepositAccountsResponse:
+        accounts = await self._posting.deposit_accounts(request.account_id)
+        return payments_pb2.ListDepositAccountsResponse(
+            deposit_accounts=[_deposit_message(a) for a in accounts]
+        )
 
     async def CreateLink(
         self, request: payments_pb2.CreateLinkRequest, context: Any

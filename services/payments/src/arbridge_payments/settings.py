@@ -21,6 +21,8 @@ class Settings:
             ``/services/2`` API lives under it), ``ARBRIDGE_CARD_GATEWAY_USERNAME``,
             ``ARBRIDGE_CARD_GATEWAY_PASSWORD`` (a secret) and
             ``ARBRIDGE_CARD_GATEWAY_TIMEOUT`` seconds.
+        connector_target: host:port of the connector, which posts payments to Intacct
+            (``ARBRIDGE_CONNECTOR_TARGET``).
         link_secrets: Secrets that sign payer links (``ARBRIDGE_LINK_SECRET``; several
             comma separated during rotation, the first signs, all verify).
         pay_base_url: Where payers open links (``ARBRIDGE_PAY_BASE_URL``).
@@ -36,6 +38,7 @@ class Settings:
     runtime: RuntimeSettings
     sync_target: str
     gateway: GatewayConfig
+    connector_target: str = "127.0.0.1:50051"
     link_secrets: tuple[str, ...] = ()
     pay_base_url: str = "http://127.0.0.1:8430"
     link_ttl_seconds: int = 30 * 24 * 3600
@@ -54,6 +57,7 @@ class Settings:
         env = EnvReader(environ)
         runtime = RuntimeSettings.read(env, "payments")
         sync_target = env.string("ARBRIDGE_SYNC_TARGET", "127.0.0.1:50052")
+        connector_target = env.string("ARBRIDGE_CONNECTOR_TARGET", "127.0.0.1:50051")
         url = env.url("ARBRIDGE_CARD_GATEWAY_URL", "http://127.0.0.1:8420", ("http", "https"))
         username = env.string("ARBRIDGE_CARD_GATEWAY_USERNAME", "sandbox-api")
         password = env.secret(
@@ -75,6 +79,7 @@ class Settings:
         return cls(
             runtime=runtime,
             sync_target=sync_target,
+            connector_target=connector_target,
             gateway=GatewayConfig(url, username, password, timeout),
             link_secrets=tuple(x.strip() for x in link_secret.split(",") if x.strip()),
             pay_base_url=pay_base,

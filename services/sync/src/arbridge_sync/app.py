@@ -11,7 +11,7 @@ from arbridge_runtime.ingest import Ingestor
 from arbridge_runtime.jetstream import ConsumerSpec
 from arbridge_runtime.service import ServiceContext, ServiceDefinition, run
 from arbridge_runtime.settings import RuntimeSettings
-from arbridge_sync import writeback
+from arbridge_sync import unsynced, writeback
 from arbridge_sync.core import SyncCore
 from arbridge_sync.jobs import DailyScheduler, JobRunner
 from arbridge_sync.servicer import SyncService
@@ -62,6 +62,10 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
     ctx.add_consumer(
         ConsumerSpec("sync-schedule-writeback", "RULES", ("rules.schedule.>",)),
         writeback.on_next_auto_charge,
+    )
+    ctx.add_consumer(
+        ConsumerSpec("sync-payment-refusals", "PAYMENTS", ("payments.payment.refused",)),
+        unsynced.on_payment_refused,
     )
     ctx.add_worker("writeback", writeback.WriteBack(ctx.pool, connector).run)
     ctx.add_worker("sync-jobs", runner.run)

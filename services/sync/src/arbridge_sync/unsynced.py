@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
+
+from arbridge.events.v1 import events_pb2
+from arbridge_runtime.money import from_minor
 
 
 async def record_failure(
@@ -59,4 +63,24 @@ async def resolve(
         state,
         actor,
         note,
+    )
+
+
+async def on_payment_refused(conn: asyncpg.Connection, delivery: Any) -> None:
+    """A payment Intacct refused to take (``payments.payment.refused``) joins the registry.
+
+    The entry is keyed by the charge id (Intacct has no record of the payment)
+    and goes to Intacct; an operator fixes the cause and marks it synced.
+    """
+    event = events_pb2.ChargeChanged.FromString(delivery.data)
+    amount = from_minor(event.amount.amount_minor, event.amount.currency)
+    await record_failure(
+        conn,
+        event.account_id,
+        "ARPYMT",
+        event.charge_id,
+        "to_intacct",
+        f"Intacct refused the payment of charge {event.charge_id} ({amount} "
+        f"{event.amount.currency} from customer {event.customer_id} for invoices "
+        f"{', '.join(event.invoice_record_nos)}): {event.failure_reason}",
     )

@@ -1,0 +1,246 @@
+"""Posting succeeded payments to Intacct as AR payments applied to their invoices.
+
+A worker takes succeeded charges whose posting is pending and due
+(``FOR UPDATE SKIP LOCKED``, so replicas share the work), finds the deposit
+account configured for the charge's entity and currency, and asks the
+connector to post the payment under the charge id as its idempotency key, so
+a retry after a crash or a lost answer posts it once. Transient failures
+(the connector or Intacct unavailable, throttled, no deposit account yet)
+are retried with exponential backoff until Intacct has the payment; a
+refusal by Intacct marks the posting refused with Intacct's reason and
+announces ``payments.payment.refused`` for operators.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from arbridge.common.v1 import ar_pb2, common_pb2
+from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
+from arbridge.events.v1 import events_pb2
+from arbridge_runtime.errors import InvalidArgument
+from arbridge_runtime.jetstream import Outbox
+
+log = structlog.get_logger(__name__)
+
+# Intacct's answer about the payment itself: posting it again gives the same answer.
+REFUSALS = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
+MAX_BACKOFF_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class DepositAccount:
+    account_id: str
+    entity_id: str
+    currency: str
+    bank_account_id: str
+    undeposited_funds_gl_account: str
+
+
+class Posting:
+    """Deposit-account configuration and the posting worker."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        outbox: Outbox,
+        connector: connector_pb2_grpc.ConnectorServiceAsyncStub,
+        *,
+        base_backoff_seconds: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._outbox = outbox
+        self._connector = connector
+        self._backoff = base_backoff_seconds
+
+    async def set_deposit_account(self, account: DepositAccount) -> DepositAccount:
+        if not account.account_id:
+            raise InvalidArgument("deposit_account.account_id must be set")
+        currency = account.currency.upper()
+        if len(currency) != 3 or not currency.isalpha():
+            raise InvalidArgument("deposit_account.currency must be an ISO 4217 code such as USD")
+        if bool(account.bank_account_id) == bool(account.undeposited_funds_gl_account):
+            raise InvalidArgument(
+                "set exactly one of bank_account_id and undeposited_funds_gl_account"
+            )
+        row = await self._pool.fetchrow(
+            "INSERT INTO deposit_accounts (account_id, entity_id, currency, bank_account_id,"
+            " undeposited_funds_gl_account) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (account_id, entity_id, currency) DO UPDATE SET"
+            " bank_account_id = EXCLUDED.bank_account_id,"
+            " undeposited_funds_gl_account = EXCLUDED.undeposited_funds_gl_account,"
+            " updated_at = now()"
+            " RETURNING account_id, entity_id, currency, bank_account_id,"
+            " undeposited_funds_gl_account",
+            account.account_id,
+            account.entity_id,
+            currency,
+            account.bank_account_id,
+            account.undeposited_funds_gl_account,
+        )
+        # Postings that waited for this account are due now.
+        await self._pool.execute(
+            "UPDATE charges SET posting_next_at = now() WHERE account_id = $1"
+            " AND entity_id = $2 AND currency = $3 AND phase = 'succeeded'"
+            " AND posting_state = 'pending'",
+            account.account_id,
+            account.entity_id,
+            currency,
+        )
+        return DepositAccount(**dict(row))
+
+    async def deposit_accounts(self, account_id: str) -> list[DepositAccount]:
+        if not account_id:
+            raise InvalidArgument("account_id must be set")
+        rows = await self._pool.fetch(
+            "SELECT account_id, entity_id, currency, bank_account_id, undeposited_funds_gl_account"
+            " FROM deposit_accounts WHERE account_id = $1 ORDER BY entity_id, currency",
+            account_id,
+        )
+        return [DepositAccount(**dict(r)) for r in rows]
+
+    async def post_due(self, limit: int = 20) -> int:
+        """Posts the due charges it can claim; returns how many it took."""
+        rows = await self._pool.fetch(
+            "UPDATE charges SET posting_next_at = now() + interval '5 minutes',"
+            " posting_started_at = now() WHERE charge_id IN (SELECT charge_id FROM charges"
+            " WHERE phase = 'succeeded'"
+            " AND posting_state = 'pending' AND posting_next_at <= now()"
+            " ORDER BY posting_next_at LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING *",
+            limit,
+        )
+        for row in rows:
+            try:
+                await self._post(row)
+            except Exception:
+                log.exception("posting.failed_unexpectedly", charge_id=row["charge_id"])
+                await self._later(row, "internal error while posting; retrying")
+        return len(rows)
+
+    async def _post(self, charge: asyncpg.Record) -> None:
+        deposit = await self._pool.fetchrow(
+            "SELECT bank_account_id, undeposited_funds_gl_account FROM deposit_accounts"
+            " WHERE account_id = $1 AND entity_id = $2 AND currency = $3",
+            charge["account_id"],
+            charge["entity_id"],
+            charge["currency"],
+        )
+        if deposit is None:
+            entity = charge["entity_id"] or "the top level"
+            await self._later(
+                charge,
+                f"no deposit account for {entity} in {charge['currency']}; "
+                "set one with SetDepositAccount",
+            )
+            return
+        parts = await self._pool.fetch(
+            "SELECT invoice_record_no, amount_minor FROM charge_invoices WHERE charge_id = $1"
+            " ORDER BY invoice_record_no",
+            charge["charge_id"],
+        )
+        currency = charge["currency"]
+        request = connector_pb2.PostArPaymentRequest(
+            account_id=charge["account_id"],
+            idempotency_key=charge["charge_id"],
+            customer_id=charge["customer_id"],
+            amount=common_pb2.Money(amount_minor=charge["amount_minor"], currency=currency),
+            bank_account_id=deposit["bank_account_id"],
+            undeposited_funds_account=deposit["undeposited_funds_gl_account"],
+            payment_method="Credit Card" if charge["kind"] == "card" else "EFT",
+            received_date=charge["updated_at"].date().isoformat(),
+            applications=[
+                ar_pb2.PaymentApplication(
+                    invoice_record_no=p["invoice_record_no"],
+                    amount=common_pb2.Money(amount_minor=p["amount_minor"], currency=currency),
+                )
+                for p in parts
+            ],
+            reference=charge["gateway_transaction_id"],
+            entity_id=charge["entity_id"],
+        )
+        try:
+            reply = await self._connector.PostArPayment(request)
+        except grpc.aio.AioRpcError as err:
+            if err.code() in REFUSALS:
+                await self._refused(charge, str(err.details()))
+            else:
+                await self._later(charge, f"{err.code().name}: {err.details()}")
+            return
+        await self._pool.execute(
+            "UPDATE charges SET posting_state = 'posted', intacct_payment_record_no = $2,"
+            " posting_error = '', posting_attempts = posting_attempts + 1, updated_at = now()"
+            " WHERE charge_id = $1",
+            charge["charge_id"],
+            reply.payment_record_no,
+        )
+        log.info(
+            "posting.posted",
+            charge_id=charge["charge_id"],
+            record_no=reply.payment_record_no,
+            already_posted=reply.already_posted,
+        )
+
+    async def _later(self, charge: asyncpg.Record, reason: str) -> None:
+        attempts = charge["posting_attempts"] + 1
+        delay = min(self._backoff * 2 ** min(attempts - 1, 20), MAX_BACKOFF_SECONDS)
+        await self._pool.execute(
+            "UPDATE charges SET posting_attempts = $2, posting_error = $3,"
+            " posting_next_at = now() + make_interval(secs => $4) WHERE charge_id = $1",
+            charge["charge_id"],
+            attempts,
+            reason,
+            delay,
+        )
+        log.warning("posting.retry_later", charge_id=charge["charge_id"], reason=reason)
+
+    async def _refused(self, charge: asyncpg.Record, reason: str) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE charges SET posting_state = 'refused', posting_error = $2,"
+                " posting_attempts = posting_attempts + 1, updated_at = now()"
+                " WHERE charge_id = $1 RETURNING *",
+                charge["charge_id"],
+                reason,
+            )
+            invoices = await conn.fetch(
+                "SELECT invoice_record_no FROM charge_invoices WHERE charge_id = $1",
+                charge["charge_id"],
+            )
+            await self._outbox.add(
+                conn,
+                "payments.payment.refused",
+                _event(row, [r["invoice_record_no"] for r in invoices]),
+                event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"posting/{charge['charge_id']}/refused"),
+            )
+        log.warning("posting.refused", charge_id=charge["charge_id"], reason=reason)
+
+
+def _event(row: Any, invoices: list[str]) -> events_pb2.ChargeChanged:
+    occurred = Timestamp()
+    occurred.FromDatetime(row["updated_at"])
+    return events_pb2.ChargeChanged(
+        account_id=row["account_id"],
+        charge_id=row["charge_id"],
+        customer_id=row["customer_id"],
+        invoice_record_nos=sorted(invoices),
+        amount=common_pb2.Money(amount_minor=row["amount_minor"], currency=row["currency"]),
+        state="posting_refused",
+        source=row["source"],
+        rule_id=row["rule_id"],
+        failure_reason=row["posting_error"],
+        occurred_at=occurred,
+        idempotency_key=row["idempotency_key"],
+    )

@@ -1,0 +1,184 @@
+"""Succeeded payments posted to the sandbox Intacct as AR payments applied to their invoices."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+
+from arbridge.payments.v1 import payments_pb2
+from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_runtime.grpc_client import service_channel
+from arbridge_runtime.money import to_minor
+from tests.conftest import TOKEN
+from tests.support.payments import (
+    Payer,
+    eventually,
+    intacct_values,
+    open_invoices_by_customer,
+    synced_payments_suite,
+)
+
+
+@pytest.mark.timeout(300)
+async def test_payments_wait_for_a_deposit_account_post_once_and_refusals_stay(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    async with synced_payments_suite(
+        tmp_path, database_url, nats_url, unique, customers=12, invoices=160
+    ) as suite:
+        sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
+        banks = (
+            await sync.ListBankAccounts(sync_pb2.ListBankAccountsRequest(account_id="acme"))
+        ).bank_accounts
+        by_customer = await open_invoices_by_customer(suite, "acme")
+        customer, invoices = next(
+            (c, found)
+            for c, found in by_customer.items()
+            if len(found) >= 4
+            and any(b.currency == found[0].currency for b in banks)
+            and len({(i.currency, i.entity_id) for i in found[:4]}) == 1
+            and found[3].due.amount_minor > 100
+        )
+        pair, single, halves = invoices[:2], invoices[2], invoices[3]
+        currency, entity = pair[0].currency, pair[0].entity_id
+        bank = next(b for b in banks if b.currency == currency)
+        company, admin = suite.sandbox["company_id"], suite.sandbox_admin
+        async with aiohttp.ClientSession() as http:
+            payer = Payer(suite, http, suite.target("payments"))
+            await payer.add_card(customer, "4242424242424242")
+
+            async def current(charge_id: str) -> payments_pb2.Charge:
+                reply = await payer.stub.GetCharge(
+                    payments_pb2.GetChargeRequest(account_id="acme", charge_id=charge_id)
+                )
+                return reply.charge
+
+            async def set_bank(bank_account_id: str) -> payments_pb2.DepositAccount:
+                reply = await payer.stub.SetDepositAccount(
+                    payments_pb2.SetDepositAccountRequest(
+                        deposit_account=payments_pb2.DepositAccount(
+                            account_id="acme",
+                            entity_id=entity,
+                            currency=currency,
+                            bank_account_id=bank_account_id,
+                        )
+                    )
+                )
+                return reply.deposit_account
+
+            # No deposit account for this entity and currency yet: the posting waits.
+            doomed = (
+                await payer.charge("post-1", customer, [(i.record_no, None) for i in pair])
+            ).charge
+            assert doomed.state == payments_pb2.CHARGE_STATE_SUCCEEDED
+            await asyncio.sleep(1.5)
+            assert (await current(doomed.charge_id)).posting_state == (
+                payments_pb2.POSTING_STATE_PENDING
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await payer.stub.SetDepositAccount(
+                    payments_pb2.SetDepositAccountRequest(
+                        deposit_account=payments_pb2.DepositAccount(
+                            account_id="acme", entity_id=entity, currency="dollars"
+                        )
+                    )
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+            # A bank account Intacct does not know: Intacct refuses the payment; the
+            # refusal stays (no automatic retry), even once the account is fixed.
+            await set_bank("NO-SUCH-BANK")
+
+            async def refused() -> bool:
+                state = (await current(doomed.charge_id)).posting_state
+                return state == payments_pb2.POSTING_STATE_REFUSED
+
+            assert await eventually(refused)
+
+            # Sync's unsynced registry shows it, with Intacct's reason.
+            async def registered() -> list[sync_pb2.UnsyncedRecord]:
+                reply = await sync.ListUnsynced(sync_pb2.ListUnsyncedRequest(account_id="acme"))
+                return [r for r in reply.records if r.record_no == doomed.charge_id]
+
+            entries = await eventually(registered)
+            assert len(entries) == 1
+            assert entries[0].direction == sync_pb2.SYNC_DIRECTION_TO_INTACCT
+            assert "Invalid bank account NO-SUCH-BANK" in entries[0].reason
+            saved = await set_bank(bank.bank_account_id)
+            listed = await payer.stub.ListDepositAccounts(
+                payments_pb2.ListDepositAccountsRequest(account_id="acme")
+            )
+            assert list(listed.deposit_accounts) == [saved]
+
+            # A new payment posts, applied to its invoice, once.
+            charge = (await payer.charge("post-2", customer, [(single.record_no, None)])).charge
+
+            async def posted() -> payments_pb2.Charge | None:
+                now = await current(charge.charge_id)
+                return now if now.posting_state == payments_pb2.POSTING_STATE_POSTED else None
+
+            done = await eventually(posted)
+            assert done is not None, "the payment was not posted"
+            record_no = done.intacct_payment_record_no
+            assert record_no
+            payments_in_intacct = await intacct_values(http, admin, company, "ARPYMT")
+            payment = payments_in_intacct[record_no]
+            assert payment["CUSTOMERID"] == customer
+            assert payment["FINANCIALENTITY"] == bank.bank_account_id
+            assert to_minor(payment["TRX_TOTALENTERED"], currency) == charge.amount.amount_minor
+            reference = payment["DOCNUMBER"]  # derived from the charge id by the connector
+            assert (
+                sum(1 for p in payments_in_intacct.values() if p.get("DOCNUMBER") == reference) == 1
+            )
+            sandbox_invoices = await intacct_values(http, admin, company, "ARINVOICE")
+            assert Decimal(sandbox_invoices[single.record_no]["TRX_TOTALDUE"]) == 0
+            for invoice in pair:  # the refused payment was not applied
+                due = sandbox_invoices[invoice.record_no]["TRX_TOTALDUE"]
+                assert to_minor(due, currency) == invoice.due.amount_minor
+            assert (await current(doomed.charge_id)).posting_state == (
+                payments_pb2.POSTING_STATE_REFUSED
+            )
+
+            # The AR store has not seen the posted payment yet (no smart events here):
+            # the charge still counts against the invoice, so it cannot be paid twice.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await payer.charge("post-again", customer, [(single.record_no, None)])
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "no open balance" in str(err.value.details())
+
+            # A part of another invoice is paid and posted; once a sync brings the
+            # invoice's new balance into the AR store, the rest is chargeable, and the
+            # posted part is not counted twice.
+            part = (
+                await payer.charge("post-part", customer, [(halves.record_no, 100)], currency)
+            ).charge
+
+            async def part_posted() -> bool:
+                state = (await current(part.charge_id)).posting_state
+                return state == payments_pb2.POSTING_STATE_POSTED
+
+            assert await eventually(part_posted)
+            estimate = await sync.EstimateSync(sync_pb2.EstimateSyncRequest(account_id="acme"))
+            manual = await sync.StartSync(
+                sync_pb2.StartSyncRequest(
+                    account_id="acme",
+                    kind=sync_pb2.SYNC_KIND_MANUAL,
+                    confirmation_token=estimate.confirmation_token,
+                )
+            )
+
+            async def synced() -> bool:
+                job = await sync.GetSync(
+                    sync_pb2.GetSyncRequest(account_id="acme", sync_id=manual.sync.sync_id)
+                )
+                return job.sync.state == sync_pb2.SYNC_STATE_SUCCEEDED
+
+            assert await eventually(synced, timeout=120)
+            rest = (await payer.charge("post-rest", customer, [(halves.record_no, None)])).charge
+            assert rest.state == payments_pb2.CHARGE_STATE_SUCCEEDED
+            assert rest.amount.amount_minor == halves.due.amount_minor - 100
