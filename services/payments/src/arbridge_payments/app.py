@@ -9,7 +9,7 @@ import aiohttp
 from arbridge.connector.v1 import connector_pb2_grpc
 from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2_grpc
-from arbridge_payments.charges import Charges, run_recovery
+from arbridge_payments.charges import Charges, run_passes
 from arbridge_payments.gateway import CardGateway
 from arbridge_payments.links import Links, LinkSigner
 from arbridge_payments.methods import PaymentMethods
@@ -70,14 +70,14 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
     )
 
     async def recovery(stop: asyncio.Event) -> None:
-        await run_recovery(
+        await run_passes(
             stop, settings.recovery_interval_seconds, charges.recover_once, refunds.recover_once
         )
 
     ctx.add_worker("charge-recovery", recovery)
 
     async def post_payments(stop: asyncio.Event) -> None:
-        await run_recovery(stop, 1.0, posting.post_due)
+        await run_passes(stop, 1.0, posting.post_due)
 
     ctx.add_worker("payment-posting", post_payments)
 

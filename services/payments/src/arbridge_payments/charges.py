@@ -684,17 +684,21 @@ def _event(row: asyncpg.Record, invoices: list[str]) -> events_pb2.ChargeChanged
     )
 
 
-async def run_recovery(
+async def run_passes(
     stop: asyncio.Event, interval: float, *passes: Callable[[], Awaitable[int]]
 ) -> None:
-    """The recovery worker: finishes or fails what a crashed or timed-out driver left."""
+    """A worker loop: runs the passes again at once while they find work, else every ``interval``.
+
+    Used by the recovery worker (charges and refunds a crashed or timed-out
+    driver left) and the posting worker. A pass returns how much it took.
+    """
     while not stop.is_set():
         taken = 0
-        for recovery_pass in passes:
+        for one_pass in passes:
             try:
-                taken += await recovery_pass()
+                taken += await one_pass()
             except (OSError, asyncpg.PostgresError) as err:
-                log.warning("recovery.pass_failed", error=str(err))
+                log.warning("worker.pass_failed", error=str(err))
         if taken:
             continue
         with contextlib.suppress(TimeoutError):
