@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 import sys
-
-from aiohttp import web
 
 from arbridge_cards_sandbox.gateway import TEST_CARDS, Gateway
 from arbridge_cards_sandbox.server import build_app
 from arbridge_runtime.logs import configure_logging
+from arbridge_runtime.standalone import serve_until_signalled, write_ready_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,44 +33,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _write_ready(path: str, info: dict[str, object]) -> None:
-    with open(path + ".tmp", "w") as handle:
-        json.dump(info, handle)
-    os.replace(path + ".tmp", path)
-
-
 async def serve(args: argparse.Namespace) -> int:
     gateway = Gateway(args.merchant_id, args.username, args.password)
-    runner = web.AppRunner(build_app(gateway, args.seed), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    sockets = getattr(site._server, "sockets", None) or []
-    port = sockets[0].getsockname()[1] if sockets else args.port
-    base = f"http://{args.host}:{port}"
-    info = {
-        "base_url": base,
-        "port": port,
-        "merchant_id": args.merchant_id,
-        "username": args.username,
-        "password": args.password,
-        "pid": os.getpid(),
-    }
-    approve = ", ".join(n for n, (_, o) in TEST_CARDS.items() if o == "approve")
-    print(
-        f"card gateway sandbox listening: {base}/services/2/ (hosted fields {base}/hosted-fields)\n"
-        f"  API user {args.username} / {args.password}; merchant {args.merchant_id}\n"
-        f"  approving test cards: {approve}; 4000000000000002 is declined",
-        flush=True,
-    )
-    if args.ready_file:
-        _write_ready(args.ready_file, info)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+
+    def announce(port: int) -> None:
+        base = f"http://{args.host}:{port}"
+        approve = ", ".join(n for n, (_, o) in TEST_CARDS.items() if o == "approve")
+        print(
+            f"card gateway sandbox listening: {base}/services/2/ "
+            f"(hosted fields {base}/hosted-fields)\n"
+            f"  API user {args.username} / {args.password}; merchant {args.merchant_id}\n"
+            f"  approving test cards: {approve}; 4000000000000002 is declined",
+            flush=True,
+        )
+        if args.ready_file:
+            write_ready_file(
+                args.ready_file,
+                {
+                    "base_url": base,
+                    "port": port,
+                    "merchant_id": args.merchant_id,
+                    "username": args.username,
+                    "password": args.password,
+                    "pid": os.getpid(),
+                },
+            )
+
+    await serve_until_signalled(build_app(gateway, args.seed), args.host, args.port, announce)
     return 0
 
 

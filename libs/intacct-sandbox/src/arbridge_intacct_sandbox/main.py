@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 import sys
 
 from aiohttp import web
@@ -15,6 +13,7 @@ from arbridge_intacct_sandbox.generator import GeneratorSpec, make_company
 from arbridge_intacct_sandbox.sandbox import Sandbox
 from arbridge_intacct_sandbox.server import GATEWAY_PATH, build_app
 from arbridge_runtime.logs import configure_logging
+from arbridge_runtime.standalone import serve_until_signalled, write_ready_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,47 +92,36 @@ def build(args: argparse.Namespace) -> tuple[Sandbox, web.Application]:
     return sandbox, build_app(sandbox, default_company)
 
 
-def _write_ready(path: str, info: dict[str, object]) -> None:
-    with open(path + ".tmp", "w") as handle:
-        json.dump(info, handle)
-    os.replace(path + ".tmp", path)
-
-
 async def serve(args: argparse.Namespace) -> int:
     _sandbox, app = build(args)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    sockets = getattr(site._server, "sockets", None) or []
-    port = sockets[0].getsockname()[1] if sockets else args.port
-    endpoint = f"http://{args.host}:{port}{GATEWAY_PATH}"
-    info = {
-        "endpoint": endpoint,
-        "admin": f"http://{args.host}:{port}/sandbox/",
-        "port": port,
-        "sender_id": args.sender_id,
-        "sender_password": args.sender_password,
-        "company_id": args.company_id,
-        "user_id": args.user_id,
-        "user_password": args.user_password,
-        "pid": os.getpid(),
-    }
-    print(
-        f"intacct sandbox listening: {endpoint}\n"
-        f"  sender {args.sender_id} / {args.sender_password}; company {args.company_id}; "
-        f"user {args.user_id} / {args.user_password}\n"
-        f"  admin API {info['admin']} (companies, records, faults, smart-events, stats)",
-        flush=True,
-    )
-    if args.ready_file:
-        _write_ready(args.ready_file, info)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+
+    def announce(port: int) -> None:
+        endpoint = f"http://{args.host}:{port}{GATEWAY_PATH}"
+        admin = f"http://{args.host}:{port}/sandbox/"
+        print(
+            f"intacct sandbox listening: {endpoint}\n"
+            f"  sender {args.sender_id} / {args.sender_password}; company {args.company_id}; "
+            f"user {args.user_id} / {args.user_password}\n"
+            f"  admin API {admin} (companies, records, faults, smart-events, stats)",
+            flush=True,
+        )
+        if args.ready_file:
+            write_ready_file(
+                args.ready_file,
+                {
+                    "endpoint": endpoint,
+                    "admin": admin,
+                    "port": port,
+                    "sender_id": args.sender_id,
+                    "sender_password": args.sender_password,
+                    "company_id": args.company_id,
+                    "user_id": args.user_id,
+                    "user_password": args.user_password,
+                    "pid": os.getpid(),
+                },
+            )
+
+    await serve_until_signalled(app, args.host, args.port, announce)
     return 0
 
 

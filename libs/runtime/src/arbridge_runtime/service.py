@@ -18,7 +18,6 @@ streams and a ``build`` function that registers servicers and workers);
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -26,7 +25,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -52,6 +50,7 @@ from arbridge_runtime.jetstream import (
 from arbridge_runtime.logs import configure_logging
 from arbridge_runtime.metrics import ServiceMetrics
 from arbridge_runtime.settings import RuntimeSettings, SettingsError
+from arbridge_runtime.standalone import write_ready_file
 
 log = structlog.get_logger(__name__)
 
@@ -115,13 +114,6 @@ async def _startup_checks(ctx: ServiceContext) -> None:
     await ctx.js.account_info()
     for check in ctx.startup_checks:
         await check()
-
-
-def _write_ready_file(path: str, info: dict[str, Any]) -> None:
-    target = Path(path)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info))
-    tmp.replace(target)
 
 
 async def serve(
@@ -212,7 +204,7 @@ async def serve(
         )
         ready_file = os.environ.get("ARBRIDGE_READY_FILE")
         if ready_file:
-            _write_ready_file(
+            write_ready_file(
                 ready_file,
                 {
                     "service": settings.service,
