@@ -33,6 +33,18 @@ class IntacctObject:
     generic_update: bool = True
 
 
+# Checking and savings accounts are read the same way.
+_BANK_ACCOUNT_FIELDS = (
+    "RECORDNO",
+    "BANKACCOUNTID",
+    "BANKNAME",
+    "GLACCOUNTNO",
+    "CURRENCY",
+    "STATUS",
+    "MEGAENTITYID",
+    "WHENMODIFIED",
+)
+
 OBJECTS: dict[int, IntacctObject] = {
     common_pb2.OBJECT_TYPE_CUSTOMER: IntacctObject(
         "CUSTOMER",
@@ -123,32 +135,14 @@ OBJECTS: dict[int, IntacctObject] = {
     ),
     common_pb2.OBJECT_TYPE_CHECKING_ACCOUNT: IntacctObject(
         "CHECKINGACCOUNT",
-        (
-            "RECORDNO",
-            "BANKACCOUNTID",
-            "BANKNAME",
-            "GLACCOUNTNO",
-            "CURRENCY",
-            "STATUS",
-            "MEGAENTITYID",
-            "WHENMODIFIED",
-        ),
+        _BANK_ACCOUNT_FIELDS,
         id_field="BANKACCOUNTID",
         generic_create=False,
         generic_update=False,
     ),
     common_pb2.OBJECT_TYPE_SAVINGS_ACCOUNT: IntacctObject(
         "SAVINGSACCOUNT",
-        (
-            "RECORDNO",
-            "BANKACCOUNTID",
-            "BANKNAME",
-            "GLACCOUNTNO",
-            "CURRENCY",
-            "STATUS",
-            "MEGAENTITYID",
-            "WHENMODIFIED",
-        ),
+        _BANK_ACCOUNT_FIELDS,
         id_field="BANKACCOUNTID",
         generic_create=False,
         generic_update=False,

@@ -31,13 +31,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.events.v1 import events_pb2
-from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge.sync.v1 import sync_pb2_grpc
+from arbridge_payments.arstore import get_invoice
 from arbridge_payments.gateway import (
     CardGateway,
     GatewayRefused,
@@ -51,7 +51,6 @@ from arbridge_runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Unavailable,
 )
 from arbridge_runtime.faults import NO_FAULTS, FaultInjector
 from arbridge_runtime.jetstream import Outbox
@@ -251,7 +250,15 @@ class Charges:
 
     async def _plan(self, request: ChargeRequest) -> _Plan:
         invoices = await asyncio.gather(
-            *(self._invoice(request.account_id, part.record_no) for part in request.invoices)
+            *(
+                get_invoice(
+                    self._sync,
+                    request.account_id,
+                    part.record_no,
+                    "retry with the same idempotency_key",
+                )
+                for part in request.invoices
+            )
         )
         currencies = {i.currency for i in invoices}
         if len(currencies) != 1:
@@ -338,23 +345,6 @@ class Charges:
             reference=", ".join(dict.fromkeys(references))[:64],
             entity_id=entities.pop(),
         )
-
-    async def _invoice(self, account_id: str, record_no: str) -> Any:
-        try:
-            reply = await self._sync.GetInvoice(
-                sync_pb2.GetInvoiceRequest(account_id=account_id, record_no=record_no)
-            )
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(
-                    f"invoice {record_no!r} is not in the AR store of account {account_id!r}; "
-                    "check the RECORDNO, or sync the account if the invoice is new"
-                ) from None
-            raise Unavailable(
-                f"the sync service could not be asked about invoice {record_no!r} "
-                f"({err.code().name}); retry with the same idempotency_key"
-            ) from None
-        return reply.invoice
 
     async def _unposted(
         self, account_id: str, modified: dict[str, datetime | None], conn: Any = None

@@ -27,13 +27,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from arbridge.common.v1 import ar_pb2
 from arbridge.events.v1 import events_pb2
-from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
-from arbridge_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from arbridge.sync.v1 import sync_pb2_grpc
+from arbridge_payments.arstore import get_customer, get_invoice
+from arbridge_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from arbridge_runtime.jetstream import Outbox
 
 KINDS = ("payment", "pay_balance", "payment_method")
@@ -173,39 +173,13 @@ class Links:
             await self._announce(conn, link, link.url)
         return link
 
-    async def _ask(self, call: Any, what: str, account_id: str) -> Any:
-        try:
-            return await call
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(
-                    f"{what} is not in the AR store of account {account_id!r}; check the id, "
-                    "or sync the account if it is new in Intacct"
-                ) from None
-            raise Unavailable(
-                f"the sync service could not be asked about {what} ({err.code().name}); retry"
-            ) from None
-
     async def _check_target(
         self, account_id: str, customer_id: str, invoice_record_no: str
     ) -> None:
-        await self._ask(
-            self._sync.GetCustomer(
-                sync_pb2.GetCustomerRequest(account_id=account_id, customer_id=customer_id)
-            ),
-            f"customer {customer_id!r}",
-            account_id,
-        )
+        await get_customer(self._sync, account_id, customer_id)
         if not invoice_record_no:
             return
-        reply = await self._ask(
-            self._sync.GetInvoice(
-                sync_pb2.GetInvoiceRequest(account_id=account_id, record_no=invoice_record_no)
-            ),
-            f"invoice {invoice_record_no!r}",
-            account_id,
-        )
-        invoice = reply.invoice
+        invoice = await get_invoice(self._sync, account_id, invoice_record_no)
         if invoice.customer_id != customer_id:
             raise InvalidArgument(
                 f"invoice {invoice_record_no} belongs to customer {invoice.customer_id!r}, "

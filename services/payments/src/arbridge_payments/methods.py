@@ -23,10 +23,10 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import grpc
 import structlog
 
-from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge.sync.v1 import sync_pb2_grpc
+from arbridge_payments.arstore import get_customer
 from arbridge_payments.gateway import (
     CARD,
     CardGateway,
@@ -88,23 +88,6 @@ class PaymentMethods:
         self._gateway = gateway
         self._sync = sync
 
-    async def _customer_name(self, account_id: str, customer_id: str) -> str:
-        try:
-            reply = await self._sync.GetCustomer(
-                sync_pb2.GetCustomerRequest(account_id=account_id, customer_id=customer_id)
-            )
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(
-                    f"customer {customer_id!r} is not in the AR store of account {account_id!r}; "
-                    "check the id, or sync the account if the customer is new in Intacct"
-                ) from None
-            raise Unavailable(
-                f"the sync service could not be asked about customer {customer_id!r} "
-                f"({err.code().name}); retry"
-            ) from None
-        return str(reply.customer.name)
-
     async def add_card(
         self,
         *,
@@ -133,7 +116,7 @@ class PaymentMethods:
         answered = await self._answered(account_id, request_keys, request_hash)
         if answered is not None:
             return answered
-        name = await self._customer_name(account_id, customer_id)
+        name = (await get_customer(self._sync, account_id, customer_id)).name
         source = await self._gateway_call(self._gateway.token_source(card_token))
         if source.kind != CARD or len(source.last4) != 4 or not source.fingerprint:
             raise InvalidArgument(
