@@ -508,7 +508,7 @@ class Charges:
                 await self._outbox.add(
                     conn,
                     f"payments.charge.{phase}",
-                    _event(done, [r["invoice_record_no"] for r in invoices]),
+                    charge_event(done, [r["invoice_record_no"] for r in invoices]),
                     event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"charge/{row['charge_id']}/{phase}"),
                 )
         if done is not None:
@@ -656,7 +656,17 @@ def _outcome(transaction: Transaction) -> tuple[str, str, str]:
     return ("failed", transaction.status.upper(), f"the gateway reports {transaction.status}")
 
 
-def _event(row: asyncpg.Record, invoices: list[str]) -> events_pb2.ChargeChanged:
+def charge_event(
+    row: Any,
+    invoices: Sequence[str],
+    *,
+    state: str = "",
+    amount_minor: int | None = None,
+    failure_reason: str | None = None,
+    idempotency_key: str = "",
+) -> events_pb2.ChargeChanged:
+    """A ``ChargeChanged`` event from a charge row; refunds and postings override the parts
+    that are theirs (state, amount, reason, key)."""
     occurred = Timestamp()
     occurred.FromDatetime(row["updated_at"])
     return events_pb2.ChargeChanged(
@@ -664,13 +674,16 @@ def _event(row: asyncpg.Record, invoices: list[str]) -> events_pb2.ChargeChanged
         charge_id=row["charge_id"],
         customer_id=row["customer_id"],
         invoice_record_nos=sorted(invoices),
-        amount=common_pb2.Money(amount_minor=row["amount_minor"], currency=row["currency"]),
-        state=row["phase"],
+        amount=common_pb2.Money(
+            amount_minor=row["amount_minor"] if amount_minor is None else amount_minor,
+            currency=row["currency"],
+        ),
+        state=state or row["phase"],
         source=row["source"],
         rule_id=row["rule_id"],
-        failure_reason=row["failure_reason"],
+        failure_reason=row["failure_reason"] if failure_reason is None else failure_reason,
         occurred_at=occurred,
-        idempotency_key=row["idempotency_key"],
+        idempotency_key=idempotency_key or row["idempotency_key"],
     )
 
 

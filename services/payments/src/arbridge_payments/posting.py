@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import grpc
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
-from arbridge.events.v1 import events_pb2
+from arbridge_payments.charges import charge_event
 from arbridge_runtime.errors import InvalidArgument
 from arbridge_runtime.jetstream import Outbox
 
@@ -222,25 +220,12 @@ class Posting:
             await self._outbox.add(
                 conn,
                 "payments.payment.refused",
-                _event(row, [r["invoice_record_no"] for r in invoices]),
+                charge_event(
+                    row,
+                    [r["invoice_record_no"] for r in invoices],
+                    state="posting_refused",
+                    failure_reason=row["posting_error"],
+                ),
                 event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"posting/{charge['charge_id']}/refused"),
             )
         log.warning("posting.refused", charge_id=charge["charge_id"], reason=reason)
-
-
-def _event(row: Any, invoices: list[str]) -> events_pb2.ChargeChanged:
-    occurred = Timestamp()
-    occurred.FromDatetime(row["updated_at"])
-    return events_pb2.ChargeChanged(
-        account_id=row["account_id"],
-        charge_id=row["charge_id"],
-        customer_id=row["customer_id"],
-        invoice_record_nos=sorted(invoices),
-        amount=common_pb2.Money(amount_minor=row["amount_minor"], currency=row["currency"]),
-        state="posting_refused",
-        source=row["source"],
-        rule_id=row["rule_id"],
-        failure_reason=row["posting_error"],
-        occurred_at=occurred,
-        idempotency_key=row["idempotency_key"],
-    )

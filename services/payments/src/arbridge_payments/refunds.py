@@ -18,11 +18,8 @@ from typing import Any
 
 import asyncpg
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from arbridge.common.v1 import common_pb2
-from arbridge.events.v1 import events_pb2
-from arbridge_payments.charges import Charges, ChargeView
+from arbridge_payments.charges import Charges, ChargeView, charge_event
 from arbridge_payments.gateway import (
     CardGateway,
     GatewayRefused,
@@ -261,25 +258,16 @@ class Refunds:
                 "SELECT invoice_record_no FROM charge_invoices WHERE charge_id = $1",
                 charge["charge_id"],
             )
-            occurred = Timestamp()
-            occurred.FromDatetime(row["updated_at"])
+            full = row["refunded_minor"] >= row["amount_minor"]
             await self._outbox.add(
                 conn,
                 "payments.charge.refunded",
-                events_pb2.ChargeChanged(
-                    account_id=row["account_id"],
-                    charge_id=row["charge_id"],
-                    customer_id=row["customer_id"],
-                    invoice_record_nos=sorted(r["invoice_record_no"] for r in invoices),
-                    amount=common_pb2.Money(
-                        amount_minor=refund["amount_minor"], currency=row["currency"]
-                    ),
-                    state="refunded"
-                    if row["refunded_minor"] >= row["amount_minor"]
-                    else ("partially_refunded"),
-                    source=row["source"],
-                    rule_id=row["rule_id"],
-                    occurred_at=occurred,
+                charge_event(
+                    row,
+                    [r["invoice_record_no"] for r in invoices],
+                    state="refunded" if full else "partially_refunded",
+                    amount_minor=refund["amount_minor"],
+                    failure_reason="",
                     idempotency_key=refund["idempotency_key"],
                 ),
                 event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"refund/{refund['refund_id']}"),
