@@ -123,10 +123,7 @@ class PaymentMethods:
                 "gateway_token holds no card yet; the payer must submit the hosted fields first"
             )
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
-                f"{account_id}\x1f{customer_id}",
-            )
+            await _lock_customer(conn, account_id, customer_id)
             # A concurrent request with this key may have finished while we waited.
             answered = await self._answered(account_id, request_keys, request_hash, conn)
             if answered is not None:
@@ -177,12 +174,7 @@ class PaymentMethods:
                 customer_id,
             )
             if make_default and has_default:
-                await conn.execute(
-                    "UPDATE payment_methods SET is_default = false WHERE account_id = $1"
-                    " AND customer_id = $2 AND is_default AND removed_at IS NULL",
-                    account_id,
-                    customer_id,
-                )
+                await _clear_default(conn, account_id, customer_id)
             row = await conn.fetchrow(
                 "INSERT INTO payment_methods (payment_method_id, account_id, customer_id, kind,"
                 " shopper_id, brand, last4, exp_month, exp_year, fingerprint, is_default)"
@@ -281,19 +273,11 @@ class PaymentMethods:
     async def set_default(self, account_id: str, payment_method_id: str) -> PaymentMethod:
         method = await self.get(account_id, payment_method_id)
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
-                f"{account_id}\x1f{method.customer_id}",
-            )
+            await _lock_customer(conn, account_id, method.customer_id)
             return await self._make_default(conn, method)
 
     async def _make_default(self, conn: Any, method: PaymentMethod) -> PaymentMethod:
-        await conn.execute(
-            "UPDATE payment_methods SET is_default = false WHERE account_id = $1"
-            " AND customer_id = $2 AND is_default AND removed_at IS NULL",
-            method.account_id,
-            method.customer_id,
-        )
+        await _clear_default(conn, method.account_id, method.customer_id)
         row = await conn.fetchrow(
             "UPDATE payment_methods SET is_default = true WHERE payment_method_id = $1"
             f" AND removed_at IS NULL RETURNING {_COLUMNS}",
@@ -307,10 +291,7 @@ class PaymentMethods:
         """Removes a method from use; a removed default passes to the newest remaining method."""
         method = await self.get(account_id, payment_method_id)
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
-                f"{account_id}\x1f{method.customer_id}",
-            )
+            await _lock_customer(conn, account_id, method.customer_id)
             removed = await conn.fetchval(
                 "UPDATE payment_methods SET removed_at = now(), is_default = false"
                 " WHERE payment_method_id = $1 AND removed_at IS NULL RETURNING true",
@@ -346,3 +327,20 @@ class PaymentMethods:
 def _merchant_shopper_id(account_id: str, customer_id: str) -> str:
     """Our id for the customer at the gateway: stable, opaque, within the gateway's limits."""
     return hashlib.sha256(f"{account_id}\x1f{customer_id}".encode()).hexdigest()[:32]
+
+
+async def _clear_default(conn: Any, account_id: str, customer_id: str) -> None:
+    """Unmarks the customer's default (before another method becomes it, in one transaction)."""
+    await conn.execute(
+        "UPDATE payment_methods SET is_default = false WHERE account_id = $1"
+        " AND customer_id = $2 AND is_default AND removed_at IS NULL",
+        account_id,
+        customer_id,
+    )
+
+
+async def _lock_customer(conn: Any, account_id: str, customer_id: str) -> None:
+    """Serialises changes to one customer's methods until the transaction ends."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", f"{account_id}\x1f{customer_id}"
+    )
