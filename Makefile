@@ -10,7 +10,7 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := libs/protos/src/arbridge/py.typed
 NPM_STAMP := node_modules/.package-lock.json
 
-.PHONY: help setup gen fmt lint typecheck test test-fast run bench clean
+.PHONY: help setup gen fmt lint typecheck browser test test-fast run bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,12 +42,15 @@ lint: setup $(NPM_STAMP) ## buf lint the protos, ruff the Python
 typecheck: gen ## mypy (strict) over our code, using the generated stubs
 	$(VENV)/bin/mypy
 
-test: gen lint typecheck ## lint, typecheck and every test against real PostgreSQL, NATS and gRPC
+browser: ## install Debian's headless Chromium for the pay-page browser tests (once)
+	bash scripts/ensure_chromium.sh
+
+test: gen lint typecheck browser ## lint, typecheck and every test against real PostgreSQL, NATS and gRPC
 	$(PY) -m pytest tests; code=$$?
 	if [ $$code -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi
 	exit $$code
 
-test-fast: gen ## the tests only, without lint and typecheck
+test-fast: gen browser ## the tests only, without lint and typecheck
 	$(PY) -m pytest tests -x -q
 
 run: gen ## run every service with embedded PostgreSQL/NATS when none is given; Ctrl-C stops all

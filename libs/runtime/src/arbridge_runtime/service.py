@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from aiohttp import web
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
@@ -94,6 +95,17 @@ class ServiceContext:
 
     def add_worker(self, name: str, worker: Worker) -> None:
         self.workers.append((name, worker))
+
+    async def serve_http(self, app: web.Application, host: str, port: int) -> int:
+        """Serves a public HTTP application until the service stops; returns the bound port
+        (``port`` 0 picks a free one)."""
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self.exit_stack.push_async_callback(runner.cleanup)
+        sockets = getattr(site._server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
 
 
 @dataclass(frozen=True)

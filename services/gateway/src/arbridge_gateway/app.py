@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from arbridge_gateway.edge import Edge
 from arbridge_gateway.settings import Settings
 from arbridge_runtime import streams
@@ -23,13 +21,7 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         publish_timeout=settings.publish_timeout,
     )
     edge = Edge(ingestor=ingestor, metrics=ctx.metrics, ready=lambda: ctx.nats.is_connected)
-    runner = web.AppRunner(edge.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.public_host, settings.public_port)
-    await site.start()
-    ctx.exit_stack.push_async_callback(runner.cleanup)
-    sockets = getattr(site._server, "sockets", None) or []
-    port = sockets[0].getsockname()[1] if sockets else settings.public_port
+    port = await ctx.serve_http(edge.app(), settings.public_host, settings.public_port)
     ctx.ready_info["public_port"] = port
     ctx.listen_lines.append(f"webhooks http://{settings.public_host}:{port}/v1/intacct/...")
 

@@ -13,6 +13,7 @@ from arbridge_payments.charges import Charges, run_passes
 from arbridge_payments.gateway import CardGateway
 from arbridge_payments.links import Links, LinkSigner
 from arbridge_payments.methods import PaymentMethods
+from arbridge_payments.pages import PageConfig, PayPages
 from arbridge_payments.posting import Posting
 from arbridge_payments.refunds import Refunds
 from arbridge_payments.servicer import PaymentsService
@@ -63,6 +64,17 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         LinkSigner(settings.link_secrets, settings.pay_base_url),
         settings.link_ttl_seconds,
     )
+    pages = PayPages(
+        PageConfig(settings.pay_base_url, settings.gateway_public_url or settings.gateway.base_url),
+        links,
+        charges,
+        methods,
+        gateway,
+        sync,
+    )
+    pay_port = await ctx.serve_http(pages.app(), settings.pay_host, settings.pay_port)
+    ctx.ready_info["pay_port"] = pay_port
+    ctx.listen_lines.append(f"pay pages http://{settings.pay_host}:{pay_port}/l/...")
     ctx.grpc.add_service(
         payments_pb2_grpc.add_PaymentsServiceServicer_to_server,
         PaymentsService(methods, charges, refunds, links, posting),

@@ -90,6 +90,7 @@ class ChargeRequest:
     expected_currency: str = ""
     source: str = "api"
     rule_id: str = ""
+    link_id: str = ""
 
     def fingerprint(self) -> str:
         """What makes two requests under one key the same request."""
@@ -103,6 +104,8 @@ class ChargeRequest:
             "source": self.source,
             "rule": self.rule_id,
         }
+        if self.link_id:  # only when set, so keys recorded before links keep their hashes
+            body["link"] = self.link_id
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -157,9 +160,9 @@ class Charges:
             inserted = await conn.fetchval(
                 "INSERT INTO charges (charge_id, account_id, idempotency_key, request_hash,"
                 " customer_id, source, rule_id, payment_method_id, kind, shopper_id, last4,"
-                " amount_minor, currency, tax_minor, customer_reference, lease_until, entity_id)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-                " now() + make_interval(secs => $16), $17)"
+                " amount_minor, currency, tax_minor, customer_reference, lease_until, entity_id,"
+                " link_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
+                " $15, now() + make_interval(secs => $16), $17, $18)"
                 " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING charge_id",
                 charge_id,
                 request.account_id,
@@ -178,6 +181,7 @@ class Charges:
                 plan.reference,
                 self._lease,
                 plan.entity_id,
+                request.link_id,
             )
             if inserted is None:
                 raced = True
@@ -345,6 +349,27 @@ class Charges:
             reference=", ".join(dict.fromkeys(references))[:64],
             entity_id=entities.pop(),
         )
+
+    async def open_balances(
+        self, account_id: str, invoices: Sequence[ar_pb2.Invoice]
+    ) -> dict[str, int]:
+        """What is left to pay on each invoice: its balance in the AR store less what
+        succeeded charges took that Intacct does not show yet (what a payer may pay)."""
+        taken = await self._unposted(account_id, {i.record_no: _modified_at(i) for i in invoices})
+        return {
+            i.record_no: max(0, i.due.amount_minor - taken.get(i.record_no, 0)) for i in invoices
+        }
+
+    async def recent_link_declines(self, link_id: str, hours: int = 1) -> int:
+        """Declined charges made through a link in the last ``hours`` (pay pages stop a
+        link that is being used to test cards)."""
+        count: int = await self._pool.fetchval(
+            "SELECT count(*) FROM charges WHERE link_id = $1 AND phase = 'declined'"
+            " AND created_at > now() - make_interval(hours => $2)",
+            link_id,
+            hours,
+        )
+        return count
 
     async def _unposted(
         self, account_id: str, modified: dict[str, datetime | None], conn: Any = None

@@ -218,6 +218,30 @@ class CardGateway:
                 f"the card gateway could not be reached for {method} {path}: {type(err).__name__}"
             ) from None
 
+    async def new_token(self) -> str:
+        """A fresh hosted-fields token for a payer's browser to enter a card or account into."""
+        headers = {"Accept": "application/json", "Authorization": self._authorization}
+        url = self._config.base_url.rstrip("/") + "/services/2/payment-fields-tokens"
+        try:
+            async with self._http.post(
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=self._config.timeout)
+            ) as reply:
+                if reply.status >= 500:
+                    raise GatewayUnavailable(
+                        f"the card gateway answered HTTP {reply.status} to a token request"
+                    )
+                if reply.status >= 400:
+                    raise _refusal(reply.status, await reply.json(content_type=None))
+                location = reply.headers.get("Location", "")
+        except (TimeoutError, aiohttp.ClientError, ValueError) as err:
+            raise GatewayUnavailable(
+                f"the card gateway could not give a hosted-fields token: {type(err).__name__}"
+            ) from None
+        token = location.rstrip("/").rsplit("/", 1)[-1]
+        if not token:
+            raise GatewayUnavailable("the card gateway's token answer had no Location")
+        return token
+
     async def token_source(self, card_token: str) -> Source:
         """The card a payer entered into a hosted-fields token, before it is vaulted."""
         return _source_from_card(

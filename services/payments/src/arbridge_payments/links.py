@@ -60,6 +60,15 @@ class Link:
         return self.revoked_at is None and self.expires_at > datetime.now(UTC)
 
 
+class LinkRefused(Exception):
+    """A link a payer opened that is not honoured; ``reason`` is ``invalid``, ``expired`` or
+    ``revoked`` (the page tells the payer which, and what to do)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class LinkSigner:
     """Builds and checks link tokens; ``secrets[0]`` signs, every secret verifies."""
 
@@ -237,6 +246,30 @@ class Links:
                 link.invoice_record_no,
             )
             await self._announce(conn, link, self._link(successor).url if successor else "")
+        return link
+
+    async def resolve(self, token: str) -> Link:
+        """The link a payer's token names, if it is honoured; LinkRefused says why not.
+
+        The signature is checked against the row's account and kind, so a token
+        cannot be moved to another account or kind; expiry is in the signed token
+        and revocation in the row.
+        """
+        link_id = LinkSigner.link_id_of(token)
+        row = None
+        if link_id.startswith("lk_") and len(link_id) <= 64:
+            row = await self._pool.fetchrow(
+                f"SELECT {_COLUMNS} FROM links WHERE link_id = $1", link_id
+            )
+        if row is None:
+            raise LinkRefused("invalid")
+        try:
+            self._signer.check(token, row["account_id"], row["kind"])
+        except ValueError as err:
+            raise LinkRefused("expired" if str(err) == "expired" else "invalid") from None
+        link = self._link(row)
+        if link.revoked_at is not None:
+            raise LinkRefused("revoked")
         return link
 
     async def _announce(self, conn: Any, link: Link, url: str) -> None:

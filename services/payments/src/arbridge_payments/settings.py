@@ -25,7 +25,12 @@ class Settings:
             (``ARBRIDGE_CONNECTOR_TARGET``).
         link_secrets: Secrets that sign payer links (``ARBRIDGE_LINK_SECRET``; several
             comma separated during rotation, the first signs, all verify).
-        pay_base_url: Where payers open links (``ARBRIDGE_PAY_BASE_URL``).
+        pay_base_url: Where payers open links (``ARBRIDGE_PAY_BASE_URL``): the public
+            address of the hosted pay pages.
+        pay_host, pay_port: Where the pay pages listen (``ARBRIDGE_PAY_HOST``,
+            ``ARBRIDGE_PAY_PORT``; 0 picks a free port).
+        gateway_public_url: Where payers' browsers reach the gateway's hosted fields
+            (``ARBRIDGE_CARD_GATEWAY_PUBLIC_URL``; the gateway URL when unset).
         link_ttl_seconds: Lifetime of a link created without one
             (``ARBRIDGE_LINK_TTL_SECONDS``).
         charge_lease_seconds: How long a charge belongs to the request driving it
@@ -41,6 +46,9 @@ class Settings:
     connector_target: str = "127.0.0.1:50051"
     link_secrets: tuple[str, ...] = ()
     pay_base_url: str = "http://127.0.0.1:8430"
+    pay_host: str = "127.0.0.1"
+    pay_port: int = 8430
+    gateway_public_url: str = ""
     link_ttl_seconds: int = 30 * 24 * 3600
     charge_lease_seconds: float = 45.0
     recovery_interval_seconds: float = 5.0
@@ -70,6 +78,9 @@ class Settings:
             min_length=32,
         )
         pay_base = env.url("ARBRIDGE_PAY_BASE_URL", "http://127.0.0.1:8430", ("http", "https"))
+        pay_host = env.string("ARBRIDGE_PAY_HOST", "127.0.0.1")
+        pay_port = env.integer("ARBRIDGE_PAY_PORT", 8430, minimum=0, maximum=65535)
+        gateway_public = env.url("ARBRIDGE_CARD_GATEWAY_PUBLIC_URL", url, ("http", "https"))
         link_ttl = env.integer(
             "ARBRIDGE_LINK_TTL_SECONDS", 30 * 24 * 3600, minimum=60, maximum=366 * 24 * 3600
         )
@@ -83,6 +94,9 @@ class Settings:
             gateway=GatewayConfig(url, username, password, timeout),
             link_secrets=tuple(x.strip() for x in link_secret.split(",") if x.strip()),
             pay_base_url=pay_base,
+            pay_host=pay_host,
+            pay_port=pay_port,
+            gateway_public_url=gateway_public,
             link_ttl_seconds=link_ttl,
             charge_lease_seconds=lease,
             recovery_interval_seconds=recovery,

@@ -1,0 +1,96 @@
+// arbridge pay pages. Loaded from this origin only (the pages' CSP forbids inline code).
+// The card number never passes through here: the hosted-fields frame belongs to the card
+// gateway, and this script only asks it to submit and waits for "ready" (or an error).
+"use strict";
+
+(function () {
+  const form = document.getElementById("pay-form") || document.getElementById("method-form");
+  if (!form) return;
+  const frame = document.getElementById("hosted-fields");
+  const message = document.getElementById("message");
+  const button = document.getElementById("pay-button");
+  const gatewayOrigin = form.dataset.gatewayOrigin;
+  const exponent = Number(form.dataset.exponent || "2");
+  let cardReady = false;
+  let submitting = false;
+
+  function chosenMethod() {
+    const checked = form.querySelector('input[name="method"]:checked');
+    return checked ? checked.value : "new-card";
+  }
+
+  function showNewCard() {
+    const box = document.getElementById("new-card");
+    if (box) box.hidden = chosenMethod() !== "new-card";
+  }
+
+  // Text like "1,234.50" to integer minor units, or null when it is not an amount.
+  function toMinor(text) {
+    const clean = text.replace(/[,\s]/g, "");
+    const match = /^(\d+)(?:\.(\d*))?$/.exec(clean);
+    if (!match) return null;
+    const fraction = (match[2] || "");
+    if (fraction.length > exponent) return null;
+    return Number(match[1]) * 10 ** exponent + Number((fraction + "0".repeat(exponent)).slice(0, exponent) || "0");
+  }
+
+  function fromMinor(minor) {
+    const whole = Math.floor(minor / 10 ** exponent).toLocaleString("en-US");
+    if (exponent === 0) return whole;
+    return whole + "." + String(minor % 10 ** exponent).padStart(exponent, "0");
+  }
+
+  function updateTotal() {
+    const output = document.getElementById("total");
+    if (!output) return;
+    let total = 0;
+    for (const row of form.querySelectorAll("tbody tr")) {
+      const box = row.querySelector('input[name="invoice"][type="checkbox"]');
+      const amount = row.querySelector("input.amount");
+      if (box && !box.checked) continue;
+      const minor = amount ? toMinor(amount.value) : null;
+      if (minor === null) { output.textContent = "—"; return; }
+      total += minor;
+    }
+    output.textContent = fromMinor(total);
+    if (button && form.id === "pay-form") button.textContent = "Pay " + fromMinor(total) + " " + form.dataset.currency;
+  }
+
+  function busy(on) {
+    submitting = on;
+    if (!button) return;
+    button.disabled = on;
+    button.setAttribute("aria-busy", on ? "true" : "false");
+  }
+
+  window.addEventListener("message", (event) => {
+    if (event.origin !== gatewayOrigin || !event.data) return;
+    if (event.data.type === "hosted-fields-ready") {
+      cardReady = true;
+      message.textContent = "";
+      form.submit(); // a plain submit: the handler below does not run again
+    } else if (event.data.type === "hosted-fields-error") {
+      busy(false);
+      message.textContent = "Check your card details: " + event.data.message;
+      if (frame) frame.focus();
+    }
+  });
+
+  form.addEventListener("submit", (event) => {
+    if (submitting) { event.preventDefault(); return; }
+    if (chosenMethod() === "new-card" && !cardReady && frame) {
+      event.preventDefault();
+      busy(true);
+      message.textContent = "Checking your card details…";
+      frame.contentWindow.postMessage({ type: "hosted-fields-submit" }, gatewayOrigin);
+      return;
+    }
+    busy(true);
+    message.textContent = "Processing your payment…";
+  });
+
+  form.addEventListener("change", () => { showNewCard(); updateTotal(); });
+  form.addEventListener("input", updateTotal);
+  showNewCard();
+  updateTotal();
+})();
