@@ -26,6 +26,7 @@ an hour stops taking cards for a while (card testing).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import secrets
@@ -46,7 +47,7 @@ from arbridge_payments.charges import MAX_INVOICES, ChargeRequest, Charges, Char
 from arbridge_payments.gateway import CardGateway, GatewayRefused, GatewayUnavailable
 from arbridge_payments.links import Link, LinkRefused, Links
 from arbridge_payments.methods import PaymentMethod, PaymentMethods
-from arbridge_runtime.errors import Conflict, DomainError, Unavailable
+from arbridge_runtime.errors import Conflict, DomainError, NotFound, Unavailable
 from arbridge_runtime.money import from_minor, to_minor
 
 log = structlog.get_logger(__name__)
@@ -161,6 +162,14 @@ class PayPages:
                     )
                 else:
                     response = exc
+            except Exception:
+                log.exception("pay_page.failed", path=request.path.split("/l/")[0])
+                response = self._page(
+                    500,
+                    "Something went wrong",
+                    "<p>We could not finish this request. If you were paying, open the link "
+                    "again before paying again: it shows whether the payment went through.</p>",
+                )
         gateway = self._config.gateway_origin
         response.headers["Content-Security-Policy"] = (
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
@@ -464,6 +473,7 @@ for future payments by default</label></fieldset>
         for invoice in invoices:
             if invoice.customer_id != link.customer_id:
                 raise PageError(422, "The invoices chosen are not valid. Reload the page.")
+        balances = await self._charges.open_balances(link.account_id, invoices)
         amounts: list[InvoicePart] = []
         for (record_no, text), invoice in zip(parts, invoices, strict=True):
             currency = invoice.currency
@@ -478,6 +488,18 @@ for future payments by default</label></fieldset>
                 ) from None
             if minor <= 0:
                 raise PageError(422, f"The amount for invoice {number} must be more than zero.")
+            due = balances.get(record_no, 0)
+            if minor > due:
+                raise PageError(
+                    422,
+                    f"The amount for invoice {number} is more than is due on it "
+                    f"({_amount(due, currency)} {currency}).",
+                )
+            if minor < due and not invoice.allow_partial_payment:
+                raise PageError(
+                    422,
+                    f"Invoice {number} is paid in full only: {_amount(due, currency)} {currency}.",
+                )
             amounts.append(InvoicePart(record_no, minor, currency))
         method_id = "" if new_card else method_choice
         discard = False
@@ -522,7 +544,8 @@ for future payments by default</label></fieldset>
             raise PageError(422, _plain(err.message)) from None
         finally:
             if discard:
-                await self._methods.remove(link.account_id, method_id)
+                with contextlib.suppress(NotFound):  # a resent form removed it already
+                    await self._methods.remove(link.account_id, method_id)
         return view
 
     async def save_method(self, request: web.Request) -> web.Response:
