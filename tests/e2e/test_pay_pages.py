@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, ViewportSize, expect
 
 from arbridge.payments.v1 import payments_pb2
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
@@ -32,7 +32,7 @@ from tests.support.payments import (
     synced_payments_suite,
 )
 
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 async def _open(browser: Browser, url: str, problems: list[str]) -> tuple[Page, Any]:
@@ -282,7 +282,7 @@ async def test_payers_pay_by_card_across_invoices_after_a_decline_and_save_a_met
                     http, suite.sandbox_admin, suite.sandbox["company_id"], "ARINVOICE"
                 )
                 done = all(
-                    by_customer_due(found, record_no, paid_minor, by_customer)
+                    _due_went_down(found, record_no, paid_minor, by_customer)
                     for record_no, paid_minor in paid.items()
                 )
                 return found if done else None
@@ -297,13 +297,13 @@ async def test_payers_pay_by_card_across_invoices_after_a_decline_and_save_a_met
             assert len(ours) == 4
 
 
-def by_customer_due(
+def _due_went_down(
     found: dict[str, Any], record_no: str, paid_minor: int, by_customer: dict[str, list[Any]]
 ) -> bool:
     """Whether Intacct's due on the invoice went down by what the pages took."""
     invoice = next(i for found_ in by_customer.values() for i in found_ if i.record_no == record_no)
     due = to_minor(str(found[record_no]["TRX_TOTALDUE"]), invoice.currency)
-    return due == invoice.due.amount_minor - paid_minor
+    return bool(due == invoice.due.amount_minor - paid_minor)
 
 
 def _shown(minor: int, currency: str) -> str:
