@@ -55,7 +55,7 @@ async def _open(browser: Browser, url: str, problems: list[str]) -> tuple[Page, 
 
 
 async def _enter_card(page: Page, number: str) -> None:
-    fields = page.frame_locator("#hosted-fields")
+    fields = page.frame_locator("#fields-new-card")
     await fields.locator("#cc").fill(number)
     await fields.locator("#exp").fill("11/31")
     await fields.locator("#cvv").fill("737")
@@ -204,7 +204,7 @@ async def test_payers_pay_by_card_across_invoices_after_a_decline_and_save_a_met
                 assert reached[0] == ""  # the skip link comes first
                 assert {f"pay-{i.record_no}" for i in invoices} <= set(reached)
                 assert f"amount-{chosen[0].record_no}" in reached
-                assert reached.index("hosted-fields") < reached.index("pay-button")
+                assert reached.index("fields-new-card") < reached.index("pay-button")
                 for extra in invoices[3:]:
                     await page.locator(f"#pay-{extra.record_no}").uncheck()
                 await _enter_card(page, "4242424242424242")
@@ -228,7 +228,9 @@ async def test_payers_pay_by_card_across_invoices_after_a_decline_and_save_a_met
                 )
                 await _enter_card(page, "378282246310005")
                 await page.locator("#pay-button").click()
-                await expect(page.get_by_role("heading", level=1)).to_have_text("Card saved")
+                await expect(page.get_by_role("heading", level=1)).to_have_text(
+                    "Payment method saved"
+                )
                 methods = (
                     await payer.stub.ListPaymentMethods(
                         payments_pb2.ListPaymentMethodsRequest(

@@ -161,11 +161,12 @@ async def test_payment_methods_add_dedupe_default_remove(
                     payments_pb2.AddPaymentMethodRequest(
                         account_id="acme",
                         customer_id=first,
-                        gateway_token="t",
+                        gateway_token=await card_token(http, suite, VISA),
                         type=common_pb2.PAYMENT_METHOD_TYPE_ACH,
                     )
                 )
-            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "holds a card, not the bank account" in str(err.value.details())
             # Another account cannot see or touch these methods.
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await payments.RemovePaymentMethod(

@@ -32,8 +32,10 @@ async def synced_payments_suite(
     invoices: int,
     service_extra: dict[str, str] | None = None,
     timeout: float = 180.0,
+    services: tuple[str, ...] = ("connector", "sync", "payments"),
 ) -> AsyncIterator[Suite]:
-    """Both sandboxes, connector, sync and payments, with account "acme" connected and synced."""
+    """Both sandboxes, connector, sync and payments (and any other ``services``), with
+    account "acme" connected and synced."""
     with running_suite(
         tmp_path,
         database_url,
@@ -41,7 +43,7 @@ async def synced_payments_suite(
         namespace,
         customers=customers,
         invoices=invoices,
-        services=("connector", "sync", "payments"),
+        services=services,
         service_extra=service_extra,
     ) as suite:
         initial = await connect_and_sync(suite, "acme", timeout=timeout)
@@ -60,6 +62,23 @@ async def empty_token(http: aiohttp.ClientSession, suite: Suite) -> str:
     ) as reply:
         assert reply.status == 201
         return reply.headers["Location"].rsplit("/", 1)[1]
+
+
+async def bank_token(
+    http: aiohttp.ClientSession, suite: Suite, account: str, routing: str = "011000015"
+) -> str:
+    """A hosted-fields token holding a US bank account, as the payer's browser makes one."""
+    token = await empty_token(http, suite)
+    async with http.put(
+        suite.cards["base_url"] + f"/services/2/payment-fields-tokens/{token}",
+        json={
+            "routingNumber": routing,
+            "accountNumber": account,
+            "accountType": "CONSUMER_CHECKING",
+        },
+    ) as reply:
+        assert reply.status == 200, await reply.text()
+    return token
 
 
 async def card_token(http: aiohttp.ClientSession, suite: Suite, number: str) -> str:

@@ -48,7 +48,7 @@ class Rig:
         shopper = await self.adapter.create_shopper(
             merchant_shopper_id=key, name="Ada Lovelace", idempotency_key=f"shopper-{key}"
         )
-        await self.adapter.add_card(shopper.shopper_id, await self.token(number))
+        await self.adapter.add_source(shopper.shopper_id, await self.token(number), "card")
         return shopper.shopper_id
 
 
@@ -83,7 +83,7 @@ async def test_token_shopper_and_card_charge_in_minor_units(rig: Rig) -> None:
         merchant_shopper_id="c1", name="Ada Lovelace", idempotency_key="shopper-c1"
     )
     assert again.shopper_id == first.shopper_id, "the same key gives the same shopper"
-    vaulted = await rig.adapter.add_card(first.shopper_id, token)
+    vaulted = await rig.adapter.add_source(first.shopper_id, token, "card")
     assert [s.fingerprint for s in vaulted.sources] == [source.fingerprint]
     charged = await rig.adapter.charge(
         kind=CARD,

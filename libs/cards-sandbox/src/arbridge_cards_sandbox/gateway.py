@@ -35,8 +35,14 @@ DECLINES = {
     "EXPIRED_CARD": ("14003", "The card has expired."),
     "CALL_ISSUER": ("14004", "The issuer asks the cardholder to call it."),
 }
-# ACH routing 011000015 with an account ending 0000 is returned later (R01).
+# An ACH debit from an account ending 0000 is returned later (R01, insufficient funds).
 ACH_FAILING_ACCOUNT_SUFFIX = "0000"
+ACCOUNT_TYPES = (
+    "CONSUMER_CHECKING",
+    "CONSUMER_SAVINGS",
+    "CORPORATE_CHECKING",
+    "CORPORATE_SAVINGS",
+)
 
 
 class GatewayError(Exception):
@@ -175,7 +181,7 @@ class Gateway:
         self.username = username
         self.password = password
         self.shoppers: dict[int, Shopper] = {}
-        self.tokens: dict[str, Card | None] = {}
+        self.tokens: dict[str, Card | Bank | None] = {}
         self.transactions: dict[str, Transaction] = {}
         self.by_merchant_id: dict[str, str] = {}
         self.idempotency: dict[str, tuple[str, int, dict[str, Any]]] = {}
@@ -217,16 +223,46 @@ class Gateway:
         self.tokens[token] = card
         return card
 
-    def token_card(self, token: str) -> Card:
-        card = self.tokens.get(token)
-        if card is None:
+    def fill_bank_token(
+        self, token: str, routing_number: str, account_number: str, account_type: str
+    ) -> Bank:
+        """A bank account (ACH) entered into the hosted fields."""
+        if token not in self.tokens:
+            raise GatewayError(
+                400, "EXPIRED_TOKEN", "14040", "The hosted-fields token is unknown or expired."
+            )
+        routing = routing_number.strip()
+        account = account_number.strip()
+        if len(routing) != 9 or not routing.isdigit() or not _aba_valid(routing):
+            raise GatewayError(
+                400, "INVALID_ECP", "10010", "The routing number is not a valid ABA number."
+            )
+        if not account.isdigit() or not 4 <= len(account) <= 17:
+            raise GatewayError(
+                400, "INVALID_ECP", "10010", "The account number must be 4 to 17 digits."
+            )
+        kind = account_type.upper()
+        if kind not in ACCOUNT_TYPES:
+            raise GatewayError(
+                400,
+                "INVALID_ECP",
+                "10010",
+                f"accountType must be one of {', '.join(ACCOUNT_TYPES)}.",
+            )
+        bank = Bank(account, routing, kind)
+        self.tokens[token] = bank
+        return bank
+
+    def token_source(self, token: str) -> Card | Bank:
+        source = self.tokens.get(token)
+        if source is None:
             raise GatewayError(
                 404,
                 "EXPIRED_TOKEN",
                 "14040",
-                "The hosted-fields token is unknown, expired, used or has no card yet.",
+                "The hosted-fields token is unknown, expired, used or has nothing entered yet.",
             )
-        return card
+        return source
 
     def create_shopper(self, body: dict[str, Any]) -> Shopper:
         with self._lock:
@@ -254,28 +290,38 @@ class Gateway:
             )
         return shopper
 
+    def _take_token(self, token: str, kind: type[Card] | type[Bank]) -> Card | Bank:
+        source = self.tokens.get(token)
+        if not isinstance(source, kind):
+            what = "card" if kind is Card else "bank account"
+            raise GatewayError(
+                400,
+                "EXPIRED_TOKEN",
+                "14040",
+                f"The hosted-fields token is unknown, expired or holds no {what}.",
+            )
+        del self.tokens[token]
+        return source
+
     def _add_sources(self, shopper: Shopper, sources: dict[str, Any]) -> None:
         for info in sources.get("creditCardInfo") or []:
-            token = str(info.get("pfToken", ""))
-            card = self.tokens.get(token)
-            if card is None:
-                raise GatewayError(
-                    400,
-                    "EXPIRED_TOKEN",
-                    "14040",
-                    "The hosted-fields token is unknown, expired or has no card.",
-                )
-            del self.tokens[token]
+            card = self._take_token(str(info.get("pfToken", "")), Card)
+            assert isinstance(card, Card)
             if all(c.fingerprint != card.fingerprint for c in shopper.cards):
                 shopper.cards.append(card)
         for info in sources.get("ecpDetails") or []:
-            ecp = info.get("ecp") or {}
-            account, routing = str(ecp.get("accountNumber", "")), str(ecp.get("routingNumber", ""))
-            if not account.isdigit() or not routing.isdigit() or len(routing) != 9:
-                raise GatewayError(
-                    400, "INVALID_ECP", "10010", "The bank account details are not valid."
-                )
-            bank = Bank(account, routing, str(ecp.get("accountType", "CONSUMER_CHECKING")))
+            if info.get("pfToken"):
+                bank = self._take_token(str(info["pfToken"]), Bank)
+                assert isinstance(bank, Bank)
+            else:
+                ecp = info.get("ecp") or {}
+                account = str(ecp.get("accountNumber", ""))
+                routing = str(ecp.get("routingNumber", ""))
+                if not account.isdigit() or not routing.isdigit() or len(routing) != 9:
+                    raise GatewayError(
+                        400, "INVALID_ECP", "10010", "The bank account details are not valid."
+                    )
+                bank = Bank(account, routing, str(ecp.get("accountType", "CONSUMER_CHECKING")))
             if all(b.fingerprint != bank.fingerprint for b in shopper.banks):
                 shopper.banks.append(bank)
 
@@ -376,6 +422,12 @@ class Gateway:
             )
         transaction.refunded += amount
         return transaction
+
+
+def _aba_valid(routing: str) -> bool:
+    """The ABA routing number checksum (weights 3, 7, 1)."""
+    weights = (3, 7, 1) * 3
+    return sum(int(d) * w for d, w in zip(routing, weights, strict=True)) % 10 == 0
 
 
 def _brand(digits: str) -> str:

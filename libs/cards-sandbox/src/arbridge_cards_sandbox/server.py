@@ -24,7 +24,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from arbridge_cards_sandbox.gateway import Gateway, GatewayError, Transaction
+from arbridge_cards_sandbox.gateway import Card, Gateway, GatewayError, Transaction
 
 log = structlog.get_logger(__name__)
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -143,23 +143,39 @@ def _cors(response: web.StreamResponse) -> web.StreamResponse:
 
 
 async def fill_token(request: web.Request) -> web.StreamResponse:
+    """What the hosted fields send from the payer's browser: a card, or a bank account."""
     body = await _json(request)
+    gateway = request.app[GATEWAY]
+    token = request.match_info["token"]
     try:
-        card = request.app[GATEWAY].fill_token(
-            request.match_info["token"],
-            str(body.get("ccNumber", "")),
-            str(body.get("expDate", "")),
-            str(body.get("cvv", "")),
-        )
+        if "accountNumber" in body or "routingNumber" in body:
+            bank = gateway.fill_bank_token(
+                token,
+                str(body.get("routingNumber", "")),
+                str(body.get("accountNumber", "")),
+                str(body.get("accountType", "CONSUMER_CHECKING")),
+            )
+            answer = {"publicAccountNumber": bank.public()["publicAccountNumber"]}
+        else:
+            card = gateway.fill_token(
+                token,
+                str(body.get("ccNumber", "")),
+                str(body.get("expDate", "")),
+                str(body.get("cvv", "")),
+            )
+            answer = {"cardLastFourDigits": card.last4, "ccType": card.brand}
     except GatewayError as err:
         return _cors(_error(err))
-    return _cors(web.json_response({"cardLastFourDigits": card.last4, "ccType": card.brand}))
+    return _cors(web.json_response(answer))
 
 
 async def token_info(request: web.Request) -> web.Response:
-    """The card behind a filled token (merchant API): brand, last four, expiry, fingerprint."""
-    card = request.app[GATEWAY].token_card(request.match_info["token"])
-    return web.json_response(card.public())
+    """What a filled token holds (merchant API): a card's brand, last four, expiry and
+    fingerprint, or a bank account's masked numbers, type and fingerprint under ``ecp``."""
+    source = request.app[GATEWAY].token_source(request.match_info["token"])
+    if isinstance(source, Card):
+        return web.json_response(source.public())
+    return web.json_response({"ecp": source.public()})
 
 
 async def token_preflight(_request: web.Request) -> web.StreamResponse:

@@ -21,6 +21,7 @@ from arbridge_payments.settings import Settings
 from arbridge_runtime import streams
 from arbridge_runtime.db import load_migrations
 from arbridge_runtime.grpc_client import service_channel
+from arbridge_runtime.jetstream import ConsumerSpec
 from arbridge_runtime.service import ServiceContext, ServiceDefinition, run
 from arbridge_runtime.settings import RuntimeSettings
 
@@ -47,6 +48,7 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         gateway,
         sync,
         lease_seconds=settings.charge_lease_seconds,
+        settle_poll_seconds=settings.settle_poll_seconds,
         faults=ctx.faults,
     )
     refunds = Refunds(
@@ -83,10 +85,19 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
 
     async def recovery(stop: asyncio.Event) -> None:
         await run_passes(
-            stop, settings.recovery_interval_seconds, charges.recover_once, refunds.recover_once
+            stop,
+            settings.recovery_interval_seconds,
+            charges.recover_once,
+            refunds.recover_once,
+            charges.settle_due,
         )
 
     ctx.add_worker("charge-recovery", recovery)
+    # Card-gateway notifications (ACH settled or returned) through the webhook gateway.
+    ctx.add_consumer(
+        ConsumerSpec("payments-gateway-notifications", "CARD_EVENTS", ("cards.notifications.>",)),
+        charges.on_gateway_notification,
+    )
 
     async def post_payments(stop: asyncio.Event) -> None:
         await run_passes(stop, 1.0, posting.post_due)

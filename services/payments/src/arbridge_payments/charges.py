@@ -4,6 +4,7 @@ A charge is a row keyed by (account, idempotency key) that moves through
 recorded phases (see ``migrations/0002_charges.sql``)::
 
     record (pending) -> mark processing -> gateway -> finish (succeeded | declined | failed)
+    ACH: ... -> gateway -> settling -> (notification or look-up) -> succeeded | failed
 
 Each arrow is its own committed step, so a crash anywhere leaves a row that
 says what to do next: ``pending`` was never sent and is sent; ``processing``
@@ -11,6 +12,12 @@ may have been sent and is first looked up at the gateway by our charge id
 (the gateway's merchant transaction id) and only re-sent, under the same id
 and idempotency key, when the gateway has no such transaction. The gateway
 refuses a second transaction under one merchant id, so no path charges twice.
+
+An ACH debit is accepted first and settles days later: the charge waits in
+``settling`` (still holding its invoices) until a gateway notification, or a
+periodic look-up when notifications are lost, finds it settled or returned.
+Only a settled payment is posted to Intacct, so a returned debit never needs
+reversing there.
 
 The partial unique index on ``charge_invoices`` allows one unfinished charge
 per invoice; the amount is checked against the invoice's open balance in the
@@ -24,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import secrets
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -128,6 +136,7 @@ class Charges:
         sync: sync_pb2_grpc.SyncServiceAsyncStub,
         *,
         lease_seconds: float = 30.0,
+        settle_poll_seconds: float = 3600.0,
         faults: FaultInjector = NO_FAULTS,
     ) -> None:
         self._pool = pool
@@ -135,6 +144,7 @@ class Charges:
         self._gateway = gateway
         self._sync = sync
         self._lease = lease_seconds
+        self._settle_poll = settle_poll_seconds
         self._faults = faults
 
     # The request ---------------------------------------------------------------------
@@ -374,7 +384,8 @@ class Charges:
     async def _unposted(
         self, account_id: str, modified: dict[str, datetime | None], conn: Any = None
     ) -> dict[str, int]:
-        """What succeeded charges took from each invoice that the AR store does not show yet.
+        """What succeeded (or settling) charges took from each invoice that the AR store
+        does not show yet.
 
         A payment not posted to Intacct yet is not in the invoice's balance. A posted
         one is there once the AR store holds a version of the invoice that Intacct
@@ -385,7 +396,7 @@ class Charges:
             "SELECT ci.invoice_record_no, ci.amount_minor, c.posting_state, c.posting_started_at"
             " FROM charge_invoices ci JOIN charges c USING (charge_id)"
             " WHERE ci.account_id = $1 AND ci.invoice_record_no = ANY($2::text[])"
-            " AND c.phase = 'succeeded'",
+            " AND c.phase IN ('succeeded', 'settling')",
             account_id,
             list(modified),
         )
@@ -430,8 +441,6 @@ class Charges:
                     f"customer {request.customer_id!r} has no default payment method; "
                     "add one or pass payment_method_id"
                 )
-        if method["kind"] != "card":
-            raise FailedPrecondition("only card payment methods can be charged in this release")
         return method
 
     # Driving a charge to its end ------------------------------------------------------
@@ -513,22 +522,30 @@ class Charges:
         transaction: Transaction | None,
     ) -> ChargeView:
         phase, code, reason = outcome
+        from_phases = ["settling"] if row["phase"] == "settling" else ["pending", "processing"]
         async with self._pool.acquire() as conn, conn.transaction():
             done = await conn.fetchrow(
                 "UPDATE charges SET phase = $2, failure_code = $3, failure_reason = $4,"
-                " gateway_transaction_id = $5, lease_until = NULL, updated_at = now()"
-                " WHERE charge_id = $1 AND phase IN ('pending', 'processing') RETURNING *",
+                " gateway_transaction_id = COALESCE(NULLIF($5, ''), gateway_transaction_id),"
+                " lease_until = NULL, updated_at = now(),"
+                " settle_check_at = CASE WHEN $2 = 'settling'"
+                " THEN now() + make_interval(secs => $7) END"
+                " WHERE charge_id = $1 AND phase = ANY($6::text[]) RETURNING *",
                 row["charge_id"],
                 phase,
                 code,
                 reason,
                 transaction.transaction_id if transaction else "",
+                from_phases,
+                self._settle_poll,
             )
             if done is not None:
+                # A settling debit keeps its invoices until it settles or is returned.
                 invoices = await conn.fetch(
-                    "UPDATE charge_invoices SET live = false WHERE charge_id = $1"
+                    "UPDATE charge_invoices SET live = (live AND $2) WHERE charge_id = $1"
                     " RETURNING invoice_record_no",
                     row["charge_id"],
+                    phase == "settling",
                 )
                 await self._outbox.add(
                     conn,
@@ -566,6 +583,43 @@ class Charges:
             except Exception:
                 log.exception("charge.recovery_failed", charge_id=row["charge_id"])
         return len(rows)
+
+    # ACH settlement ------------------------------------------------------------------
+
+    async def settle_due(self, limit: int = 50) -> int:
+        """Looks up settling debits whose check is due (a notification came, or the poll
+        interval passed) and finishes those the gateway settled or returned."""
+        rows = await self._pool.fetch(
+            "UPDATE charges SET settle_check_at = now() + make_interval(secs => $2)"
+            " WHERE charge_id IN (SELECT charge_id FROM charges"
+            " WHERE phase = 'settling' AND settle_check_at <= now()"
+            " ORDER BY settle_check_at LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING *",
+            limit,
+            self._settle_poll,
+        )
+        for row in rows:
+            transaction = await self._lookup_quietly(row["charge_id"], row["kind"])
+            if transaction is None or transaction.status.upper() == "PENDING":
+                continue
+            await self._finish(row, _outcome(transaction), transaction)
+        return len(rows)
+
+    async def on_gateway_notification(self, conn: Any, delivery: Any) -> None:
+        """A card-gateway notification (through the webhook gateway) names a transaction:
+        its charge, if settling, is looked up now. The notification is only a hint; what
+        the charge becomes is what the gateway's API says, so a forged one changes nothing.
+        """
+        event = events_pb2.CardGatewayNotificationReceived.FromString(delivery.data)
+        charge_id = _notified_charge(event.body, event.content_type)
+        if not charge_id:
+            log.info("gateway_notification.ignored", account_id=event.account_id)
+            return
+        await conn.execute(
+            "UPDATE charges SET settle_check_at = now() WHERE account_id = $1"
+            " AND charge_id = $2 AND phase = 'settling'",
+            event.account_id,
+            charge_id,
+        )
 
     # Reading --------------------------------------------------------------------------
 
@@ -674,11 +728,35 @@ def _validate(request: ChargeRequest) -> None:
 
 
 def _outcome(transaction: Transaction) -> tuple[str, str, str]:
-    if transaction.status == "success":
+    status = transaction.status.lower()
+    if status == "success":
         return ("succeeded", "", "")
-    if transaction.status == "declined":
+    if status == "pending":
+        return ("settling", "", "")
+    if status == "declined":
         return ("declined", "DECLINED", "The card was declined.")
-    return ("failed", transaction.status.upper(), f"the gateway reports {transaction.status}")
+    if status == "returned":
+        return (
+            "failed",
+            "ACH_RETURNED",
+            "The bank returned the debit; no money was collected.",
+        )
+    return ("failed", status.upper(), f"The gateway reports the payment as {status}.")
+
+
+def _notified_charge(body: bytes, content_type: str) -> str:
+    """Our charge id (the merchant transaction id) in a gateway notification, if any."""
+    try:
+        if "json" in content_type:
+            data = json.loads(body)
+            value = data.get("merchantTransactionId", "") if isinstance(data, dict) else ""
+        else:
+            form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+            value = (form.get("merchantTransactionId") or [""])[0]
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    value = str(value)
+    return value if value.startswith("ch_") and len(value) <= 64 else ""
 
 
 def charge_event(

@@ -242,11 +242,13 @@ class CardGateway:
             raise GatewayUnavailable("the card gateway's token answer had no Location")
         return token
 
-    async def token_source(self, card_token: str) -> Source:
-        """The card a payer entered into a hosted-fields token, before it is vaulted."""
-        return _source_from_card(
-            await self._call("GET", f"/services/2/payment-fields-tokens/{card_token}")
-        )
+    async def token_source(self, token: str) -> Source:
+        """The card or bank account a payer entered into a hosted-fields token, before it
+        is vaulted."""
+        data = await self._call("GET", f"/services/2/payment-fields-tokens/{token}")
+        if isinstance(data.get("ecp"), dict):
+            return _source_from_ecp(data["ecp"])
+        return _source_from_card(data)
 
     async def create_shopper(
         self, *, merchant_shopper_id: str, name: str, idempotency_key: str
@@ -265,12 +267,14 @@ class CardGateway:
         )
         return _shopper(data)
 
-    async def add_card(self, shopper_id: str, card_token: str) -> Shopper:
-        """Vaults a hosted-fields card token on a shopper (the token is used up)."""
+    async def add_source(self, shopper_id: str, token: str, kind: str) -> Shopper:
+        """Vaults the card or bank account of a hosted-fields token on a shopper (the token
+        is used up)."""
+        sources = "creditCardInfo" if kind == CARD else "ecpDetails"
         data = await self._call(
             "PUT",
             f"/services/2/vaulted-shoppers/{shopper_id}",
-            {"paymentSources": {"creditCardInfo": [{"pfToken": card_token}]}},
+            {"paymentSources": {sources: [{"pfToken": token}]}},
         )
         return _shopper(data)
 

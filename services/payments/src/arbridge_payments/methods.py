@@ -1,10 +1,12 @@
 """Stored payment methods: add from a hosted-fields token, list, set default, remove.
 
-A method is a reference to a source vaulted at the card gateway. Adding one:
+A method is a reference to a source vaulted at the card gateway: a card or an
+ACH bank account, both entered by the payer into the gateway's hosted fields
+(arbridge never sees the numbers). Adding one:
 
-1. the token's card is read from the gateway (brand, last four, expiry,
-   fingerprint); if the customer already has that card on file, that method is
-   the answer and nothing is vaulted twice;
+1. the token's card or account is read from the gateway (brand, last four,
+   expiry or account type, fingerprint); if the customer already has it on
+   file, that method is the answer and nothing is vaulted twice;
 2. the customer's vaulted shopper is created once, under an idempotency key
    derived from the account and customer, so a retry after a crash finds the
    same shopper;
@@ -88,24 +90,27 @@ class PaymentMethods:
         self._gateway = gateway
         self._sync = sync
 
-    async def add_card(
+    async def add(
         self,
         *,
         account_id: str,
         customer_id: str,
-        card_token: str,
+        token: str,
         make_default: bool,
         idempotency_key: str = "",
+        kind: str = "",
     ) -> tuple[PaymentMethod, bool]:
-        """Stores the card behind a hosted-fields token; returns (method, already_on_file).
+        """Stores the card or bank account behind a hosted-fields token; returns
+        (method, already_on_file). ``kind`` (``card`` or ``ach``), when given, is what
+        the token must hold.
 
         A retry with the same idempotency key (or, without one, the same token)
         answers with the method the first request stored.
         """
-        _require(account_id=account_id, customer_id=customer_id, gateway_token=card_token)
+        _require(account_id=account_id, customer_id=customer_id, gateway_token=token)
         if len(idempotency_key) > 255:
             raise InvalidArgument("idempotency_key is at most 255 characters")
-        token_hash = hashlib.sha256(card_token.encode()).hexdigest()
+        token_hash = hashlib.sha256(token.encode()).hexdigest()
         # The token is single use, so it names the request too; both keys are remembered.
         request_keys = [f"token:{token_hash}"]
         if idempotency_key:
@@ -117,10 +122,17 @@ class PaymentMethods:
         if answered is not None:
             return answered
         name = (await get_customer(self._sync, account_id, customer_id)).name
-        source = await self._gateway_call(self._gateway.token_source(card_token))
-        if source.kind != CARD or len(source.last4) != 4 or not source.fingerprint:
+        source = await self._gateway_call(self._gateway.token_source(token))
+        if len(source.last4) != 4 or not source.fingerprint:
             raise InvalidArgument(
-                "gateway_token holds no card yet; the payer must submit the hosted fields first"
+                "gateway_token holds no card or bank account yet; the payer must submit the "
+                "hosted fields first"
+            )
+        if kind and source.kind != kind:
+            held = "a card" if source.kind == CARD else "a bank account"
+            raise InvalidArgument(
+                f"gateway_token holds {held}, not the {'card' if kind == CARD else 'bank account'}"
+                " the request's type asks for; send the matching type or none"
             )
         async with self._pool.acquire() as conn, conn.transaction():
             await _lock_customer(conn, account_id, customer_id)
@@ -164,9 +176,13 @@ class PaymentMethods:
                     customer_id,
                     shopper_id,
                 )
-            vaulted = await self._gateway_call(self._gateway.add_card(shopper_id, card_token))
+            vaulted = await self._gateway_call(
+                self._gateway.add_source(shopper_id, token, source.kind)
+            )
             if all(s.fingerprint != source.fingerprint for s in vaulted.sources):
-                raise Unavailable("the card gateway did not vault the card; retry with a new token")
+                raise Unavailable(
+                    "the card gateway did not vault the payment method; retry with a new token"
+                )
             has_default = await conn.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM payment_methods WHERE account_id = $1"
                 " AND customer_id = $2 AND is_default AND removed_at IS NULL)",
@@ -177,12 +193,13 @@ class PaymentMethods:
                 await _clear_default(conn, account_id, customer_id)
             row = await conn.fetchrow(
                 "INSERT INTO payment_methods (payment_method_id, account_id, customer_id, kind,"
-                " shopper_id, brand, last4, exp_month, exp_year, fingerprint, is_default)"
-                " VALUES ($1, $2, $3, 'card', $4, $5, $6, $7, $8, $9, $10)"
+                " shopper_id, brand, last4, exp_month, exp_year, fingerprint, is_default,"
+                " bank_account_type) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                 f" RETURNING {_COLUMNS}",
                 "pm_" + secrets.token_hex(12),
                 account_id,
                 customer_id,
+                source.kind,
                 shopper_id,
                 source.brand,
                 source.last4,
@@ -190,6 +207,7 @@ class PaymentMethods:
                 source.exp_year,
                 source.fingerprint,
                 make_default or not has_default,
+                source.bank_account_type,
             )
             method = PaymentMethod.from_row(row)
             await self._remember(conn, account_id, request_keys, request_hash, method, False)

@@ -56,6 +56,15 @@ STATIC = resources.files("arbridge_payments") / "static"
 STATIC_TYPES = {"pay.css": "text/css", "pay.js": "text/javascript"}
 ATTEMPT = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MAX_LINK_DECLINES_PER_HOUR = 5
+# New methods a payer can enter: the form's radio value -> its hidden token field, and
+# (label, kind, what the frame holds). ACH debits are offered for USD invoices only.
+NEW_CARD_ONLY = ("new-card",)
+NEW_SOURCES = ("new-card", "new-bank")
+TOKEN_FIELDS = {"new-card": "card_token", "new-bank": "bank_token"}
+NEW_SOURCE_TEXT = {
+    "new-card": ("A new card", "card", "Card details"),
+    "new-bank": ("A US bank account (ACH debit)", "ach", "Bank account details"),
+}
 REFUSALS = {
     "invalid": (
         404,
@@ -255,11 +264,11 @@ class PayPages:
                 f"<p>There is nothing due on {_e(what)} right now. Thank you.</p>",
                 customer=customer.name,
             )
+        currency = payable[0].currency
         try:
-            card_token = await self._gateway.new_token()
+            tokens = await self._new_tokens(NEW_SOURCES if currency == "USD" else NEW_CARD_ONLY)
         except (GatewayRefused, GatewayUnavailable):
             return self._unavailable()
-        currency = payable[0].currency
         single = link.kind == "payment"
         rows = []
         for invoice in payable:
@@ -271,7 +280,6 @@ class PayPages:
       data-gateway-origin="{_e(self._config.gateway_origin)}"
       data-currency="{_e(currency)}" data-exponent="{_exp(currency)}">
 <input type="hidden" name="attempt" value="{_e(secrets.token_urlsafe(18))}">
-<input type="hidden" name="card_token" value="{_e(card_token)}">
 <div class="table-wrap"><table class="invoices">
 <caption>{"Invoice" if single else "Invoices to pay"}</caption>
 <thead><tr>{"" if single else '<th scope="col">Pay</th>'}<th scope="col">Invoice</th>
@@ -280,7 +288,7 @@ class PayPages:
 <tbody>{"".join(rows)}</tbody></table></div>
 <p class="total">Total to pay:
 <output id="total" for="pay-form">{_e(_amount(total, currency))}</output> {_e(currency)}</p>
-{self._methods_fieldset(methods, card_token)}
+{self._methods_fieldset("Pay with", methods, tokens, save=True)}
 <p id="message" class="message" role="alert" aria-live="assertive">{_e(message)}</p>
 <button type="submit" id="pay-button" class="primary">Pay now</button>
 </form>"""
@@ -319,7 +327,20 @@ class PayPages:
             f'inputmode="decimal" autocomplete="off" value="{_e(amount)}"{locked}></td></tr>'
         )
 
-    def _methods_fieldset(self, methods: list[PaymentMethod], card_token: str) -> str:
+    async def _new_tokens(self, choices: tuple[str, ...]) -> dict[str, str]:
+        """A fresh hosted-fields token for each way to enter a new method."""
+        return {choice: await self._gateway.new_token() for choice in choices}
+
+    def _methods_fieldset(
+        self,
+        legend: str,
+        methods: list[PaymentMethod],
+        tokens: dict[str, str],
+        *,
+        save: bool,
+    ) -> str:
+        """Radios for the stored methods and each new kind, with a hosted-fields frame per
+        new kind (shown when chosen) and its token in a hidden field."""
         options = []
         for index, method in enumerate(methods):
             options.append(
@@ -327,23 +348,34 @@ class PayPages:
                 f'value="{_e(method.payment_method_id)}" {"checked" if index == 0 else ""}> '
                 f"{_e(_describe(method))}</label>"
             )
-        new_checked = "" if methods else "checked"
-        options.append(
-            f'<label class="choice"><input type="radio" name="method" value="new-card" '
-            f"{new_checked}> A new card</label>"
+        frames = []
+        for index, (choice, token) in enumerate(tokens.items()):
+            label, kind, title = NEW_SOURCE_TEXT[choice]
+            checked = "checked" if not methods and index == 0 else ""
+            options.append(
+                f'<label class="choice"><input type="radio" name="method" value="{choice}" '
+                f"{checked}> {label}</label>"
+            )
+            src = (
+                f"{self._config.gateway_public_url.rstrip('/')}/hosted-fields"
+                f"?token={token}&kind={kind}"
+            )
+            frames.append(
+                f'<div class="new-source" id="{choice}" data-method="{choice}">'
+                f'<input type="hidden" name="{TOKEN_FIELDS[choice]}" value="{_e(token)}">'
+                f'<iframe id="fields-{choice}" class="hosted-fields" src="{_e(src)}" '
+                f'title="{title} (entered securely with our payment processor)" '
+                'sandbox="allow-scripts allow-same-origin allow-forms"></iframe></div>'
+            )
+        keep = (
+            '<div id="save-new"><label class="choice"><input type="checkbox" name="save" '
+            'value="1"> Save it for future payments</label></div>'
+            if save
+            else ""
         )
-        return f"""<fieldset class="methods"><legend>Pay with</legend>{"".join(options)}
-<div id="new-card" class="new-card">
-{self._hosted_fields(card_token)}
-<label class="choice"><input type="checkbox" name="save" value="1"> Save this card for
-future payments</label></div></fieldset>"""
-
-    def _hosted_fields(self, card_token: str) -> str:
-        src = f"{self._config.gateway_public_url.rstrip('/')}/hosted-fields?token={card_token}"
         return (
-            f'<iframe id="hosted-fields" class="hosted-fields" src="{_e(src)}" '
-            'title="Card details (entered securely with our payment processor)" '
-            'sandbox="allow-scripts allow-same-origin allow-forms"></iframe>'
+            f'<fieldset class="methods"><legend>{_e(legend)}</legend>{"".join(options)}'
+            f"{''.join(frames)}{keep}</fieldset>"
         )
 
     async def _method_page(
@@ -352,7 +384,7 @@ future payments</label></div></fieldset>"""
         try:
             customer = await get_customer(self._sync, link.account_id, link.customer_id)
             methods = await self._methods.for_customer(link.account_id, link.customer_id)
-            card_token = await self._gateway.new_token()
+            tokens = await self._new_tokens(NEW_SOURCES)
         except (DomainError, GatewayRefused, GatewayUnavailable):
             return self._unavailable()
         on_file = "".join(f"<li>{_e(_describe(m))}</li>" for m in methods)
@@ -360,14 +392,11 @@ future payments</label></div></fieldset>"""
         body = f"""{on_file_block}
 <form method="post" action="/l/{_e(token)}/method" id="method-form" class="pay"
       data-gateway-origin="{_e(self._config.gateway_origin)}">
-<input type="hidden" name="card_token" value="{_e(card_token)}">
-<input type="hidden" name="method" value="new-card">
-<fieldset class="methods"><legend>Add a card</legend>
-<div id="new-card" class="new-card">{self._hosted_fields(card_token)}</div>
+{self._methods_fieldset("Add a card or bank account", [], tokens, save=False)}
 <label class="choice"><input type="checkbox" name="make_default" value="1" checked> Use it
-for future payments by default</label></fieldset>
+for future payments by default</label>
 <p id="message" class="message" role="alert" aria-live="assertive">{_e(message)}</p>
-<button type="submit" id="pay-button" class="primary">Save card</button>
+<button type="submit" id="pay-button" class="primary">Save</button>
 </form>"""
         return self._page(status, "Save a payment method", body, customer=customer.name)
 
@@ -461,9 +490,9 @@ for future payments by default</label></fieldset>
             text = str(form.get(f"amount_{record_no}", "")).strip().replace(",", "")
             text = text.lstrip("$€£¥").strip()
             parts.append((record_no, text))
-        method_choice = str(form.get("method", ""))
+        method_choice = str(form.get("method", "")) or "new-card"
         save = form.get("save") == "1"
-        new_card = method_choice in ("new-card", "")
+        new_source = method_choice in TOKEN_FIELDS
         try:
             invoices = [await get_invoice(self._sync, link.account_id, r) for r, _ in parts]
         except DomainError as err:
@@ -501,22 +530,21 @@ for future payments by default</label></fieldset>
                     f"Invoice {number} is paid in full only: {_amount(due, currency)} {currency}.",
                 )
             amounts.append(InvoicePart(record_no, minor, currency))
-        method_id = "" if new_card else method_choice
+        method_id = "" if new_source else method_choice
         discard = False
-        if new_card:
-            card_token = str(form.get("card_token", ""))
+        if new_source:
+            what = NEW_SOURCE_TEXT[method_choice][2].lower()
             try:
-                method, already = await self._methods.add_card(
+                method, already = await self._methods.add(
                     account_id=link.account_id,
                     customer_id=link.customer_id,
-                    card_token=card_token,
+                    token=str(form.get(TOKEN_FIELDS[method_choice], "")),
                     make_default=save,
+                    kind=NEW_SOURCE_TEXT[method_choice][1],
                 )
             except DomainError as err:
                 raise PageError(
-                    422,
-                    "Enter your card details in the card fields, then pay. "
-                    f"({_plain(err.message)})",
+                    422, f"Enter your {what}, then pay. ({_plain(err.message)})"
                 ) from None
             method_id = method.payment_method_id
             # Vaulted only to be charged when the payer did not ask to keep it (a card
@@ -556,24 +584,30 @@ for future payments by default</label></fieldset>
             raise web.HTTPNotFound()
         token = request.match_info["token"]
         form = await request.post()
+        choice = str(form.get("method", "")) or "new-card"
+        if choice not in TOKEN_FIELDS:
+            return await self._method_page(
+                link, token, status=422, message="Choose a card or a bank account to save."
+            )
         try:
-            method, already = await self._methods.add_card(
+            method, already = await self._methods.add(
                 account_id=link.account_id,
                 customer_id=link.customer_id,
-                card_token=str(form.get("card_token", "")),
+                token=str(form.get(TOKEN_FIELDS[choice], "")),
                 make_default=form.get("make_default") == "1",
+                kind=NEW_SOURCE_TEXT[choice][1],
             )
         except DomainError as err:
             return await self._method_page(
                 link,
                 token,
                 status=422,
-                message=f"The card was not saved: {_plain(err.message)}",
+                message=f"Nothing was saved: {_plain(err.message)}",
             )
         said = "was already on file" if already else "is saved"
         return self._page(
             200,
-            "Card saved",
+            "Payment method saved",
             f'<p class="done" role="status">{_e(_describe(method))} {said}. '
             "You can close this page.</p>",
         )
@@ -609,11 +643,14 @@ for future payments by default</label></fieldset>
         refresh = phase in ("pending", "processing")
         title = {
             "succeeded": "Payment received",
+            "settling": "Payment submitted",
             "declined": "Payment declined",
             "failed": "Payment not taken",
         }.get(phase, "Confirming your payment")
         status_text = {
             "succeeded": "Thank you. Your payment was received.",
+            "settling": "Thank you. Your bank payment was submitted; bank debits take a few "
+            "business days to clear, and the invoice shows it as paid once it has.",
             "declined": f"Your card was declined: {row['failure_reason']} No money was taken.",
             "failed": f"We could not take this payment: {row['failure_reason']} "
             "No money was taken.",
@@ -623,7 +660,7 @@ for future payments by default</label></fieldset>
             "by itself; there is no need to pay again.",
         )
         when = row["created_at"].astimezone(UTC).strftime("%d %b %Y %H:%M UTC")
-        tone = "done" if phase == "succeeded" else "message"
+        tone = "done" if phase in ("succeeded", "settling") else "message"
         back = "the invoice" if link.kind == "payment" else "your invoices"
         body = f"""<p class="{tone}" role="status">{_e(status_text)}</p>
 <dl class="receipt">

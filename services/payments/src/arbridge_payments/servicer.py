@@ -14,13 +14,14 @@ from arbridge_payments.links import Link, Links
 from arbridge_payments.methods import PaymentMethod, PaymentMethods
 from arbridge_payments.posting import DepositAccount, Posting
 from arbridge_payments.refunds import Refunds
-from arbridge_runtime.errors import FailedPrecondition, InvalidArgument
+from arbridge_runtime.errors import InvalidArgument
 from arbridge_runtime.paging import next_page, page_size
 
 _TYPES = {"card": common_pb2.PAYMENT_METHOD_TYPE_CARD, "ach": common_pb2.PAYMENT_METHOD_TYPE_ACH}
 _STATES = {
     "pending": payments_pb2.CHARGE_STATE_PENDING,
     "processing": payments_pb2.CHARGE_STATE_PROCESSING,
+    "settling": payments_pb2.CHARGE_STATE_SETTLING,
     "succeeded": payments_pb2.CHARGE_STATE_SUCCEEDED,
     "declined": payments_pb2.CHARGE_STATE_DECLINED,
     "failed": payments_pb2.CHARGE_STATE_FAILED,
@@ -292,22 +293,20 @@ class PaymentsService(payments_pb2_grpc.PaymentsServiceServicer):
     async def AddPaymentMethod(
         self, request: payments_pb2.AddPaymentMethodRequest, context: Any
     ) -> payments_pb2.AddPaymentMethodResponse:
-        if request.type == common_pb2.PAYMENT_METHOD_TYPE_ACH:
-            raise FailedPrecondition(
-                "ACH bank accounts are not added through the API yet; "
-                "add a card (type PAYMENT_METHOD_TYPE_CARD)"
-            )
-        if request.type not in (
-            common_pb2.PAYMENT_METHOD_TYPE_CARD,
-            common_pb2.PAYMENT_METHOD_TYPE_UNSPECIFIED,
-        ):
+        kinds = {
+            common_pb2.PAYMENT_METHOD_TYPE_UNSPECIFIED: "",
+            common_pb2.PAYMENT_METHOD_TYPE_CARD: "card",
+            common_pb2.PAYMENT_METHOD_TYPE_ACH: "ach",
+        }
+        if request.type not in kinds:
             raise InvalidArgument(f"type {request.type} is not a payment method type")
-        method, on_file = await self._methods.add_card(
+        method, on_file = await self._methods.add(
             account_id=request.account_id,
             customer_id=request.customer_id,
-            card_token=request.gateway_token,
+            token=request.gateway_token,
             make_default=request.make_default,
             idempotency_key=request.idempotency_key,
+            kind=kinds[request.type],
         )
         return payments_pb2.AddPaymentMethodResponse(
             payment_method=method_message(method), already_on_file=on_file

@@ -38,6 +38,8 @@ class Settings:
             (``ARBRIDGE_PAYMENTS_CHARGE_LEASE_SECONDS``); above the gateway timeout.
         recovery_interval_seconds: How often the recovery worker looks for
             charges left unfinished (``ARBRIDGE_PAYMENTS_RECOVERY_SECONDS``).
+        settle_poll_seconds: How often a settling ACH debit is looked up at the gateway
+            when no notification says it ended (``ARBRIDGE_PAYMENTS_ACH_POLL_SECONDS``).
     """
 
     runtime: RuntimeSettings
@@ -52,6 +54,7 @@ class Settings:
     link_ttl_seconds: int = 30 * 24 * 3600
     charge_lease_seconds: float = 45.0
     recovery_interval_seconds: float = 5.0
+    settle_poll_seconds: float = 3600.0
 
     def __repr__(self) -> str:
         return (
@@ -86,6 +89,7 @@ class Settings:
         )
         lease = env.number("ARBRIDGE_PAYMENTS_CHARGE_LEASE_SECONDS", 45.0, minimum=0.5)
         recovery = env.number("ARBRIDGE_PAYMENTS_RECOVERY_SECONDS", 5.0, minimum=0.1)
+        settle_poll = env.number("ARBRIDGE_PAYMENTS_ACH_POLL_SECONDS", 3600.0, minimum=0.5)
         env.check()
         return cls(
             runtime=runtime,
@@ -100,4 +104,5 @@ class Settings:
             link_ttl_seconds=link_ttl,
             charge_lease_seconds=lease,
             recovery_interval_seconds=recovery,
+            settle_poll_seconds=settle_poll,
         )

@@ -6,22 +6,29 @@
 (function () {
   const form = document.getElementById("pay-form") || document.getElementById("method-form");
   if (!form) return;
-  const frame = document.getElementById("hosted-fields");
   const message = document.getElementById("message");
   const button = document.getElementById("pay-button");
   const gatewayOrigin = form.dataset.gatewayOrigin;
   const exponent = Number(form.dataset.exponent || "2");
-  let cardReady = false;
+  let readyFor = null; // the new method whose hosted fields reported a filled token
   let submitting = false;
 
   function chosenMethod() {
     const checked = form.querySelector('input[name="method"]:checked');
-    return checked ? checked.value : "new-card";
+    return checked ? checked.value : "";
   }
 
-  function showNewCard() {
-    const box = document.getElementById("new-card");
-    if (box) box.hidden = chosenMethod() !== "new-card";
+  // The frame of a new card or bank account when one is chosen, else null.
+  function chosenFrame() {
+    const box = form.querySelector('.new-source[data-method="' + chosenMethod() + '"]');
+    return box ? box.querySelector("iframe") : null;
+  }
+
+  function showChosen() {
+    const chosen = chosenMethod();
+    for (const box of form.querySelectorAll(".new-source")) box.hidden = box.dataset.method !== chosen;
+    const save = document.getElementById("save-new");
+    if (save) save.hidden = chosenFrame() === null;
   }
 
   // Text like "1,234.50" to integer minor units, or null when it is not an amount.
@@ -65,32 +72,36 @@
 
   window.addEventListener("message", (event) => {
     if (event.origin !== gatewayOrigin || !event.data) return;
+    const frame = chosenFrame();
+    if (!frame || event.source !== frame.contentWindow) return;
     if (event.data.type === "hosted-fields-ready") {
-      cardReady = true;
+      readyFor = chosenMethod();
       message.textContent = "";
+      busy(true);
       form.submit(); // a plain submit: the handler below does not run again
     } else if (event.data.type === "hosted-fields-error") {
       busy(false);
-      message.textContent = "Check your card details: " + event.data.message;
-      if (frame) frame.focus();
+      message.textContent = "Check the details you entered: " + event.data.message;
+      frame.focus();
     }
   });
 
   form.addEventListener("submit", (event) => {
     if (submitting) { event.preventDefault(); return; }
-    if (chosenMethod() === "new-card" && !cardReady && frame) {
+    const frame = chosenFrame();
+    if (frame && readyFor !== chosenMethod()) {
       event.preventDefault();
       busy(true);
-      message.textContent = "Checking your card details…";
+      message.textContent = "Checking the details you entered…";
       frame.contentWindow.postMessage({ type: "hosted-fields-submit" }, gatewayOrigin);
       return;
     }
     busy(true);
-    message.textContent = "Processing your payment…";
+    message.textContent = form.id === "pay-form" ? "Processing your payment…" : "Saving…";
   });
 
-  form.addEventListener("change", () => { showNewCard(); updateTotal(); });
+  form.addEventListener("change", () => { showChosen(); updateTotal(); });
   form.addEventListener("input", updateTotal);
-  showNewCard();
+  showChosen();
   updateTotal();
 })();
