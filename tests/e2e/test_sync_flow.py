@@ -181,7 +181,7 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
                     account_id=ACCOUNT, gateway_base_url=suite.gateway_base
                 )
             )
-            assert len(setup.events) == 18
+            assert len(setup.events) == 20  # 3 per AR object, add and set of the queue
             assert "Platform Services > Smart Events" in setup.document
             for spec in setup.events:
                 await _admin(

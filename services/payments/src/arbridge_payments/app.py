@@ -15,6 +15,7 @@ from arbridge_payments.links import Links, LinkSigner
 from arbridge_payments.methods import PaymentMethods
 from arbridge_payments.pages import PageConfig, PayPages
 from arbridge_payments.posting import Posting
+from arbridge_payments.queue import ChargeQueue
 from arbridge_payments.refunds import Refunds
 from arbridge_payments.servicer import PaymentsService
 from arbridge_payments.settings import Settings
@@ -104,6 +105,26 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
 
     ctx.add_worker("payment-posting", post_payments)
 
+    queue = ChargeQueue(
+        ctx.pool,
+        charges,
+        connector_pb2_grpc.ConnectorServiceStub(connector_channel),
+        poll_seconds=settings.queue_poll_seconds,
+    )
+    ctx.add_consumer(
+        ConsumerSpec("payments-accounts", "CONNECTOR", ("connector.account.>",)),
+        queue.on_account_connection,
+    )
+    ctx.add_consumer(
+        ConsumerSpec("payments-charge-queue", "SYNC", ("sync.charge_queue.>",)),
+        queue.on_queue_event,
+    )
+
+    async def charge_queue(stop: asyncio.Event) -> None:
+        await run_passes(stop, 1.0, queue.poll_due)
+
+    ctx.add_worker("charge-queue", charge_queue)
+
 
 def definition(settings: Settings) -> ServiceDefinition:
     async def build_with_settings(ctx: ServiceContext) -> None:
@@ -114,7 +135,9 @@ def definition(settings: Settings) -> ServiceDefinition:
         migrations=load_migrations("arbridge_payments", "payments"),
         streams=(
             streams.CARD_EVENTS,
+            streams.CONNECTOR,
             streams.AR,
+            streams.SYNC,
             streams.PAYMENTS,
         ),
         build=build_with_settings,

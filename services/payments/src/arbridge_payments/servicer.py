@@ -117,6 +117,7 @@ def charge_message(view: ChargeView) -> payments_pb2.Charge:
             customer_reference=row["customer_reference"],
         ),
         rule_id=row["rule_id"],
+        idempotency_key=row["idempotency_key"],
     )
     message.created_at.FromDatetime(row["created_at"])
     message.updated_at.FromDatetime(row["updated_at"])

@@ -38,6 +38,8 @@ class Settings:
             (``ARBRIDGE_PAYMENTS_CHARGE_LEASE_SECONDS``); above the gateway timeout.
         recovery_interval_seconds: How often the recovery worker looks for
             charges left unfinished (``ARBRIDGE_PAYMENTS_RECOVERY_SECONDS``).
+        queue_poll_seconds: How often each account's Intacct charge queue is read
+            besides the reads Intacct events trigger (``ARBRIDGE_PAYMENTS_QUEUE_POLL_SECONDS``).
         settle_poll_seconds: How often a settling ACH debit is looked up at the gateway
             when no notification says it ended (``ARBRIDGE_PAYMENTS_ACH_POLL_SECONDS``).
     """
@@ -55,6 +57,7 @@ class Settings:
     charge_lease_seconds: float = 45.0
     recovery_interval_seconds: float = 5.0
     settle_poll_seconds: float = 3600.0
+    queue_poll_seconds: float = 300.0
 
     def __repr__(self) -> str:
         return (
@@ -90,6 +93,7 @@ class Settings:
         lease = env.number("ARBRIDGE_PAYMENTS_CHARGE_LEASE_SECONDS", 45.0, minimum=0.5)
         recovery = env.number("ARBRIDGE_PAYMENTS_RECOVERY_SECONDS", 5.0, minimum=0.1)
         settle_poll = env.number("ARBRIDGE_PAYMENTS_ACH_POLL_SECONDS", 3600.0, minimum=0.5)
+        queue_poll = env.number("ARBRIDGE_PAYMENTS_QUEUE_POLL_SECONDS", 300.0, minimum=0.5)
         env.check()
         return cls(
             runtime=runtime,
@@ -105,4 +109,5 @@ class Settings:
             charge_lease_seconds=lease,
             recovery_interval_seconds=recovery,
             settle_poll_seconds=settle_poll,
+            queue_poll_seconds=queue_poll,
         )

@@ -23,6 +23,8 @@ from arbridge_sync.mapping import Unmappable
 from arbridge_sync.objects import BY_NAME, SYNCED, Synced, read_fields
 from arbridge_sync.unsynced import record_failure, resolve
 
+# The charge-queue custom object (BlueSnapARQueue): its events go to payments.
+CHARGE_QUEUE_OBJECT = "bluesnaparqueue"
 log = structlog.get_logger(__name__)
 
 TRANSIENT = {
@@ -101,6 +103,15 @@ class SyncCore:
         except BadEvent as exc:
             raise PoisonMessage(str(exc)) from None
         synced = BY_NAME.get(event.object)
+        if synced is None and event.object.lower() == CHARGE_QUEUE_OBJECT:
+            # Not AR data: payments owns the charge queue; tell it to read the queue now.
+            changed = events_pb2.ChargeQueueChanged(
+                account_id=account_id,
+                record_no=event.record_no or event.fields.get("id", ""),
+            )
+            changed.occurred_at.GetCurrentTime()
+            await self.outbox.add(conn, "sync.charge_queue.changed", changed)
+            return
         if synced is None:
             log.info("intacct_event_ignored", object=event.object, account_id=account_id)
             return
@@ -283,4 +294,40 @@ class SyncCore:
                     f"    {template}",
                     "",
                 ]
+        lines += [
+            "## Charge queue (only with Platform Services and the arbridge application)",
+            "",
+            "Charges requested inside Intacct are read at once when these two exist; "
+            "without them they are read every few minutes. Skip them in a company without "
+            "Platform Services.",
+            "",
+        ]
+        for action in ("add", "set"):
+            template = (
+                f"<intacct-event><object>{CHARGE_QUEUE_OBJECT}</object><action>{action}"
+                f"</action><record><RECORDNO>{{!{CHARGE_QUEUE_OBJECT}.id!}}</RECORDNO>"
+                # What changed goes in too: the gateway stores identical bodies once.
+                f"<status>{{!{CHARGE_QUEUE_OBJECT}.status!}}</status>"
+                f"<whenmodified>{{!{CHARGE_QUEUE_OBJECT}.whenmodified!}}</whenmodified>"
+                "</record></intacct-event>"
+            )
+            spec = sync_pb2.SmartEventSpec(
+                name=f"arbridge-charge-queue-{action}",
+                object=CHARGE_QUEUE_OBJECT,
+                actions=[action],
+                url=url,
+                content_type="application/xml",
+                body_template=template,
+            )
+            specs.append(spec)
+            lines += [
+                f"### {spec.name}",
+                f"- object: {CHARGE_QUEUE_OBJECT}",
+                f"- event: {action}",
+                f"- URL: {url}",
+                "- body:",
+                "",
+                f"    {template}",
+                "",
+            ]
         return sync_pb2.GetSmartEventSetupResponse(events=specs, document="\n".join(lines))
