@@ -27,9 +27,11 @@ from tests.conftest import TOKEN
 from tests.support.browser import headless_chromium
 from tests.support.payments import (
     Payer,
+    arbridge_logs,
     bank_token,
     eventually,
     intacct_values,
+    leaks,
     open_invoices_by_customer,
     synced_payments_suite,
 )
@@ -125,10 +127,10 @@ async def test_ach_debits_settle_by_notification_are_returned_and_ignore_forged_
         async with aiohttp.ClientSession() as http:
             payer = Payer(suite, http, suite.target("payments"))
             (customer, invoices), (other, other_invoices) = await _usd_setup(suite, payer, 2)
-            method = await _add_bank(payer, customer, "123456789")
+            method = await _add_bank(payer, customer, "7392046789")
             assert method.type == common_pb2.PAYMENT_METHOD_TYPE_ACH
             assert (method.last4, method.bank_account_type) == ("6789", "checking")
-            again = await _add_bank(payer, customer, "123456789")
+            again = await _add_bank(payer, customer, "7392046789")
             assert again.payment_method_id == method.payment_method_id  # same account, once
 
             # A debit the gateway has not settled: a forged "settled" notification
@@ -235,13 +237,13 @@ async def test_a_payer_pays_by_bank_account_and_a_lost_notification_is_found_by_
             await expect(page.locator("#new-card")).to_be_hidden()
             fields = page.frame_locator("#fields-new-bank")
             await fields.locator("#routing").fill("011000015")
-            await fields.locator("#account").fill("000123456789")
+            await fields.locator("#account").fill("000739204689")
             await page.get_by_role("checkbox", name="Save it for future payments").check()
             await page.locator("#pay-button").click()
             await expect(page.get_by_role("heading", level=1)).to_have_text(
                 "Payment submitted", timeout=20_000
             )
-            await expect(page.locator("main")).to_contain_text("Bank account ending 6789")
+            await expect(page.locator("main")).to_contain_text("Bank account ending 4689")
         charges = await payer.stub.ListCharges(
             payments_pb2.ListChargesRequest(account_id="acme", customer_id=customer)
         )
@@ -255,5 +257,9 @@ async def test_a_payer_pays_by_bank_account_and_a_lost_notification_is_found_by_
             payments_pb2.ListPaymentMethodsRequest(account_id="acme", customer_id=customer)
         )
         assert [(m.type, m.last4) for m in methods.payment_methods] == [
-            (common_pb2.PAYMENT_METHOD_TYPE_ACH, "6789")
+            (common_pb2.PAYMENT_METHOD_TYPE_ACH, "4689")
         ]
+        # The account numbers went from the browser (or test) to the gateway only.
+        numbers = ["000739204689", "7392046789"]
+        leaked = await leaks(database_url, f"{unique}_payments", arbridge_logs(suite), numbers)
+        assert leaked == []

@@ -25,9 +25,11 @@ from tests.conftest import TOKEN
 from tests.support.browser import headless_chromium
 from tests.support.payments import (
     Payer,
+    arbridge_logs,
     eventually,
     gateway_transactions,
     intacct_values,
+    leaks,
     open_invoices_by_customer,
     synced_payments_suite,
 )
@@ -297,6 +299,18 @@ async def test_payers_pay_by_card_across_invoices_after_a_decline_and_save_a_met
                 p for p in arpayments.values() if str(p.get("DOCNUMBER", "")).startswith("ARB-")
             ]
             assert len(ours) == 4
+
+            # The card numbers went from the browser to the gateway only: none is in any
+            # table of payments (events included, through its outbox) or any arbridge log.
+            entered = [
+                "4111111111111111",
+                "4000000000009995",
+                "5555555555554444",
+                "4242424242424242",
+                "378282246310005",
+            ]
+            leaked = await leaks(database_url, f"{unique}_payments", arbridge_logs(suite), entered)
+            assert leaked == []
 
 
 def _due_went_down(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from arbridge.common.v1 import common_pb2
 from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -185,3 +186,31 @@ async def eventually(check: Any, timeout: float = 30.0) -> Any:
         if value or time.monotonic() > deadline:
             return value
         await asyncio.sleep(0.2)
+
+
+async def leaks(database_url: str, schema: str, logs: str, numbers: list[str]) -> list[str]:
+    """Where any of ``numbers`` (card or bank account numbers a test entered) appears in
+    a table of ``schema`` or in ``logs``; empty when arbridge kept none of them."""
+    found: list[str] = []
+    conn = await asyncpg.connect(database_url)
+    try:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+            schema,
+        )
+        for table in tables:
+            rows = await conn.fetch(
+                f'SELECT t::text AS row FROM "{schema}"."{table["table_name"]}" t'
+            )
+            dump = "\n".join(r["row"] for r in rows)
+            found += [f"{number} in {table['table_name']}" for number in numbers if number in dump]
+    finally:
+        await conn.close()
+    found += [f"{number} in a log" for number in numbers if number in logs]
+    return found
+
+
+def arbridge_logs(suite: Suite) -> str:
+    """The logs of arbridge's own processes (not the sandboxes, which play Intacct and the
+    card gateway and so may hold what arbridge must not)."""
+    return "\n".join(process.logs() for name, process in suite.processes.items() if name != "cards")

@@ -43,6 +43,8 @@ def service_env(
             "ARBRIDGE_GATEWAY_PORT": "0",
             "ARBRIDGE_CARD_GATEWAY_PASSWORD": "sandbox-api-password",
             "ARBRIDGE_LINK_SECRET": "test-link-secret-0123456789abcdef0123",
+            # Pay pages on a free port; tests that open them set a port and base URL.
+            "ARBRIDGE_PAY_PORT": "0",
         }
     )
     env.update(extra)

@@ -106,6 +106,8 @@ def running_suite(
                 extra["ARBRIDGE_CONNECTOR_TARGET"] = suite.target("connector")
             if "sync" in suite.processes:
                 extra["ARBRIDGE_SYNC_TARGET"] = suite.target("sync")
+            if "payments" in suite.processes:
+                extra["ARBRIDGE_PAYMENTS_TARGET"] = suite.target("payments")
             if suite.cards:
                 extra["ARBRIDGE_CARD_GATEWAY_URL"] = suite.cards["base_url"]
                 extra["ARBRIDGE_CARD_GATEWAY_USERNAME"] = suite.cards["username"]

@@ -9,7 +9,7 @@ import aiohttp
 from arbridge.connector.v1 import connector_pb2_grpc
 from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2_grpc
-from arbridge_payments.charges import Charges, run_passes
+from arbridge_payments.charges import Charges
 from arbridge_payments.gateway import CardGateway
 from arbridge_payments.links import Links, LinkSigner
 from arbridge_payments.methods import PaymentMethods
@@ -25,6 +25,7 @@ from arbridge_runtime.grpc_client import service_channel
 from arbridge_runtime.jetstream import ConsumerSpec
 from arbridge_runtime.service import ServiceContext, ServiceDefinition, run
 from arbridge_runtime.settings import RuntimeSettings
+from arbridge_runtime.workers import run_passes
 
 
 async def build(settings: Settings, ctx: ServiceContext) -> None:
@@ -42,7 +43,7 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
     )
     gateway = CardGateway(settings.gateway, http)
     sync = sync_pb2_grpc.SyncServiceStub(channel)
-    methods = PaymentMethods(ctx.pool, gateway, sync)
+    methods = PaymentMethods(ctx.pool, gateway, sync, ctx.outbox)
     charges = Charges(
         ctx.pool,
         ctx.outbox,

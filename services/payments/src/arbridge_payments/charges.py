@@ -27,13 +27,12 @@ AR store less what succeeded charges not yet posted to Intacct took.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import secrets
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -788,24 +787,3 @@ def charge_event(
         occurred_at=occurred,
         idempotency_key=idempotency_key or row["idempotency_key"],
     )
-
-
-async def run_passes(
-    stop: asyncio.Event, interval: float, *passes: Callable[[], Awaitable[int]]
-) -> None:
-    """A worker loop: runs the passes again at once while they find work, else every ``interval``.
-
-    Used by the recovery worker (charges and refunds a crashed or timed-out
-    driver left) and the posting worker. A pass returns how much it took.
-    """
-    while not stop.is_set():
-        taken = 0
-        for one_pass in passes:
-            try:
-                taken += await one_pass()
-            except (OSError, asyncpg.PostgresError) as err:
-                log.warning("worker.pass_failed", error=str(err))
-        if taken:
-            continue
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)

@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from arbridge.events.v1 import events_pb2
 from arbridge.sync.v1 import sync_pb2_grpc
 from arbridge_payments.arstore import get_customer
 from arbridge_payments.gateway import (
@@ -42,6 +43,7 @@ from arbridge_runtime.errors import (
     NotFound,
     Unavailable,
 )
+from arbridge_runtime.jetstream import Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -84,11 +86,16 @@ class PaymentMethods:
     """The payment-method part of the payments service."""
 
     def __init__(
-        self, pool: asyncpg.Pool, gateway: CardGateway, sync: sync_pb2_grpc.SyncServiceAsyncStub
+        self,
+        pool: asyncpg.Pool,
+        gateway: CardGateway,
+        sync: sync_pb2_grpc.SyncServiceAsyncStub,
+        outbox: Outbox,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
         self._sync = sync
+        self._outbox = outbox
 
     async def add(
         self,
@@ -211,6 +218,7 @@ class PaymentMethods:
             )
             method = PaymentMethod.from_row(row)
             await self._remember(conn, account_id, request_keys, request_hash, method, False)
+            await self._announce(conn, account_id, customer_id)
         log.info(
             "payment_method.added",
             account_id=account_id,
@@ -315,6 +323,8 @@ class PaymentMethods:
                 " WHERE payment_method_id = $1 AND removed_at IS NULL RETURNING true",
                 payment_method_id,
             )
+            if removed:
+                await self._announce(conn, account_id, method.customer_id)
             if removed and method.is_default:
                 await conn.execute(
                     "UPDATE payment_methods SET is_default = true WHERE payment_method_id = ("
@@ -324,6 +334,27 @@ class PaymentMethods:
                     account_id,
                     method.customer_id,
                 )
+
+    async def _announce(self, conn: Any, account_id: str, customer_id: str) -> None:
+        """``payments.method.changed`` with the types the customer has on file now (the
+        caller holds the customer's lock, so versions follow the changes)."""
+        rows = await conn.fetch(
+            "SELECT DISTINCT kind FROM payment_methods WHERE account_id = $1"
+            " AND customer_id = $2 AND removed_at IS NULL ORDER BY kind",
+            account_id,
+            customer_id,
+        )
+        version = await conn.fetchval(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1e6)::bigint"
+        )
+        event = events_pb2.PaymentMethodsChanged(
+            account_id=account_id,
+            customer_id=customer_id,
+            types=[r["kind"] for r in rows],
+            version=version,
+        )
+        event.occurred_at.GetCurrentTime()
+        await self._outbox.add(conn, "payments.method.changed", event)
 
     @staticmethod
     async def _gateway_call(call: Any) -> Any:

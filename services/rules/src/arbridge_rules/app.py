@@ -2,22 +2,63 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from arbridge.payments.v1 import payments_pb2_grpc
 from arbridge.rules.v1 import rules_pb2, rules_pb2_grpc
+from arbridge.sync.v1 import sync_pb2_grpc
+from arbridge_rules.explain import Insight
+from arbridge_rules.rules import RuleStore
+from arbridge_rules.scheduler import Scheduler
 from arbridge_rules.servicer import RulesService
 from arbridge_rules.settings import Settings
 from arbridge_runtime import streams
 from arbridge_runtime.db import load_migrations
+from arbridge_runtime.grpc_client import service_channel
+from arbridge_runtime.jetstream import ConsumerSpec
 from arbridge_runtime.service import ServiceContext, ServiceDefinition, run
 from arbridge_runtime.settings import RuntimeSettings
+from arbridge_runtime.workers import run_passes
 
 
 async def build(settings: Settings, ctx: ServiceContext) -> None:
     """Registers the service's gRPC API, consumers and workers on the runtime."""
+    sync_channel = service_channel(settings.sync_target, settings.runtime.service_token)
+    ctx.exit_stack.push_async_callback(sync_channel.close, None)
+    payments_channel = service_channel(
+        settings.payments_target, settings.runtime.service_token, deadline=150
+    )
+    ctx.exit_stack.push_async_callback(payments_channel.close, None)
+    store = RuleStore(ctx.pool)
+    scheduler = Scheduler(
+        ctx.pool,
+        ctx.outbox,
+        sync_pb2_grpc.SyncServiceStub(sync_channel),
+        payments_pb2_grpc.PaymentsServiceStub(payments_channel),
+        lease_seconds=settings.lease_seconds,
+        faults=ctx.faults,
+    )
     ctx.grpc.add_service(
         rules_pb2_grpc.add_RulesServiceServicer_to_server,
-        RulesService(),  # type: ignore[abstract]  # v1 methods not built yet answer UNIMPLEMENTED
+        RulesService(store, Insight(ctx.pool, scheduler, store)),
         rules_pb2.DESCRIPTOR.services_by_name["RulesService"].full_name,
     )
+    for durable, stream, subjects, handler in (
+        ("rules-accounts", "CONNECTOR", ("connector.account.>",), scheduler.on_account),
+        ("rules-customers", "AR", ("ar.customer.>",), scheduler.on_customer),
+        ("rules-invoices", "AR", ("ar.invoice.>",), scheduler.on_invoice),
+        ("rules-methods", "PAYMENTS", ("payments.method.>",), scheduler.on_methods),
+    ):
+        ctx.add_consumer(ConsumerSpec(durable, stream, subjects, batch=64), handler)
+
+    async def charging(stop: asyncio.Event) -> None:
+        await run_passes(stop, settings.tick_seconds, scheduler.charge_due)
+
+    async def reevaluating(stop: asyncio.Event) -> None:
+        await run_passes(stop, settings.tick_seconds, scheduler.reevaluate_due)
+
+    ctx.add_worker("auto-charges", charging)
+    ctx.add_worker("reevaluation", reevaluating)
 
 
 def definition(settings: Settings) -> ServiceDefinition:
@@ -27,11 +68,7 @@ def definition(settings: Settings) -> ServiceDefinition:
     return ServiceDefinition(
         name="rules",
         migrations=load_migrations("arbridge_rules", "rules"),
-        streams=(
-            streams.AR,
-            streams.PAYMENTS,
-            streams.RULES,
-        ),
+        streams=(streams.CONNECTOR, streams.AR, streams.PAYMENTS, streams.RULES),
         build=build_with_settings,
     )
 

@@ -14,14 +14,36 @@ class Settings:
 
     Attributes:
         runtime: The settings every service shares (database, NATS, ports, token).
+        sync_target: host:port of sync, which the invoice is read again from before a
+            charge (``ARBRIDGE_SYNC_TARGET``).
+        payments_target: host:port of payments, which makes the charges
+            (``ARBRIDGE_PAYMENTS_TARGET``).
+        lease_seconds: How long a claimed charge belongs to its worker before another
+            replica may take it (``ARBRIDGE_RULES_LEASE_SECONDS``); above a charge's
+            longest time at payments.
+        tick_seconds: How often due charges are looked for (``ARBRIDGE_RULES_TICK_SECONDS``).
     """
 
     runtime: RuntimeSettings
+    sync_target: str = "127.0.0.1:50052"
+    payments_target: str = "127.0.0.1:50053"
+    lease_seconds: float = 150.0
+    tick_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Reads and validates the settings; raises SettingsError listing every problem."""
         env = EnvReader(environ)
         runtime = RuntimeSettings.read(env, "rules")
+        sync_target = env.string("ARBRIDGE_SYNC_TARGET", "127.0.0.1:50052")
+        payments_target = env.string("ARBRIDGE_PAYMENTS_TARGET", "127.0.0.1:50053")
+        lease = env.number("ARBRIDGE_RULES_LEASE_SECONDS", 150.0, minimum=1.0)
+        tick = env.number("ARBRIDGE_RULES_TICK_SECONDS", 1.0, minimum=0.05)
         env.check()
-        return cls(runtime=runtime)
+        return cls(
+            runtime=runtime,
+            sync_target=sync_target,
+            payments_target=payments_target,
+            lease_seconds=lease,
+            tick_seconds=tick,
+        )

@@ -1,0 +1,703 @@
+"""Evaluation on every event, the durable schedule, and charging when a scheduled time comes.
+
+Mirrors: invoices and customers from `ar.*`, the payment-method types on file
+from `payments.method.changed`, time zones from `connector.account.*`. Each
+event evaluates the invoices it touches (in the consumer's transaction, so a
+redelivered event changes nothing twice) and writes the result to
+`schedule`, one row per invoice; a change of an invoice's next auto charge is
+published as `rules.schedule.changed` (sync writes it back to Intacct).
+
+Charging (`charge_due`): due rows are claimed with `FOR UPDATE SKIP LOCKED`
+and a lease, so replicas never take the same row at once. Before the first
+call for an attempt the invoice is read again from sync and the rules are
+decided again; then the attempt is recorded with its idempotency key
+(`rule:{account}:{invoice}:{rule}:{scheduled local date}:{attempt}`) and
+amount, and payments is asked to charge. A crash anywhere leaves either a
+`scheduled` row or a `charging` row whose lease lapses: the next claim finds
+the recorded attempt and asks payments again with the same key and amount, so
+payments answers with the charge it made (or makes it once). A payer paying
+the same invoice through a link holds the invoice's live slot at payments;
+the rule's charge is then refused as in progress and tried again shortly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import asyncpg
+import grpc
+import structlog
+
+from arbridge.common.v1 import ar_pb2, common_pb2
+from arbridge.events.v1 import events_pb2
+from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
+from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_rules import engine
+from arbridge_rules.rules import RuleStore, spec
+from arbridge_runtime.faults import NO_FAULTS, FaultInjector
+from arbridge_runtime.jetstream import Outbox
+
+log = structlog.get_logger(__name__)
+
+STATES = {
+    ar_pb2.INVOICE_STATE_OPEN: "open",
+    ar_pb2.INVOICE_STATE_PARTIALLY_PAID: "partially_paid",
+    ar_pb2.INVOICE_STATE_PAID: "paid",
+    ar_pb2.INVOICE_STATE_VOID: "void",
+    ar_pb2.INVOICE_STATE_DRAFT: "draft",
+}
+SOURCES = {
+    common_pb2.INVOICE_SOURCE_SALES_INVOICE: "sales_invoice",
+    common_pb2.INVOICE_SOURCE_AR_INVOICE: "ar_invoice",
+}
+IN_PROGRESS_RETRY = timedelta(minutes=2)
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class Facts:
+    account_id: str
+    invoice: engine.InvoiceFacts
+    customer: engine.CustomerFacts | None
+    zone: ZoneInfo
+    changed_at: datetime
+
+
+def zone_of(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _date(text: str) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def invoice_facts(row: asyncpg.Record) -> engine.InvoiceFacts:
+    return engine.InvoiceFacts(
+        record_no=row["record_no"],
+        customer_id=row["customer_id"],
+        currency=row["currency"],
+        total_minor=row["total_minor"],
+        due_minor=row["due_minor"],
+        state=row["state"],
+        term_name=row["term_name"],
+        entity_id=row["entity_id"],
+        source=row["source"],
+        invoice_date=row["invoice_date"],
+        due_date=row["due_date"],
+        number=row["invoice_number"],
+        excluded=row["excluded"],
+    )
+
+
+def attempt_key(row: Any) -> str:
+    return (
+        f"rule:{row['account_id']}:{row['invoice_record_no']}:{row['rule_id']}:"
+        f"{row['scheduled_for']}:{row['attempt']}"
+    )
+
+
+class Scheduler:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        outbox: Outbox,
+        sync: sync_pb2_grpc.SyncServiceAsyncStub,
+        payments: payments_pb2_grpc.PaymentsServiceAsyncStub,
+        *,
+        lease_seconds: float = 60.0,
+        faults: FaultInjector = NO_FAULTS,
+    ) -> None:
+        self._pool = pool
+        self._outbox = outbox
+        self._sync = sync
+        self._payments = payments
+        self._lease = lease_seconds
+        self._faults = faults
+
+    # Mirrors (consumers) ------------------------------------------------------------
+
+    async def on_account(self, conn: Any, delivery: Any) -> None:
+        event = events_pb2.AccountConnectionChanged.FromString(delivery.data)
+        await conn.execute(
+            "INSERT INTO accounts (account_id, time_zone, connected) VALUES ($1, $2, $3)"
+            " ON CONFLICT (account_id) DO UPDATE SET time_zone = EXCLUDED.time_zone,"
+            " connected = EXCLUDED.connected, updated_at = now()",
+            event.account_id,
+            event.time_zone or "UTC",
+            event.connected,
+        )
+
+    async def on_customer(self, conn: Any, delivery: Any) -> None:
+        event = events_pb2.CustomerChanged.FromString(delivery.data)
+        customer = event.customer
+        if event.change == events_pb2.CHANGE_TYPE_DELETED:
+            await conn.execute(
+                "DELETE FROM customers WHERE account_id = $1 AND customer_id = $2",
+                customer.account_id,
+                customer.customer_id,
+            )
+        else:
+            applied = await conn.fetchval(
+                "INSERT INTO customers (account_id, customer_id, groups, version)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, customer_id) DO UPDATE"
+                " SET groups = EXCLUDED.groups, version = EXCLUDED.version"
+                " WHERE customers.version <= EXCLUDED.version RETURNING true",
+                customer.account_id,
+                customer.customer_id,
+                list(customer.groups),
+                customer.version,
+            )
+            if not applied:
+                return
+        await self.evaluate_customer(conn, customer.account_id, customer.customer_id)
+
+    async def on_methods(self, conn: Any, delivery: Any) -> None:
+        event = events_pb2.PaymentMethodsChanged.FromString(delivery.data)
+        applied = await conn.fetchval(
+            "INSERT INTO customer_methods (account_id, customer_id, types, version)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, customer_id) DO UPDATE"
+            " SET types = EXCLUDED.types, version = EXCLUDED.version"
+            " WHERE customer_methods.version <= EXCLUDED.version RETURNING true",
+            event.account_id,
+            event.customer_id,
+            list(event.types),
+            event.version,
+        )
+        if applied:
+            await self.evaluate_customer(conn, event.account_id, event.customer_id)
+
+    async def on_invoice(self, conn: Any, delivery: Any) -> None:
+        event = events_pb2.InvoiceChanged.FromString(delivery.data)
+        invoice = event.invoice
+        occurred = (
+            event.occurred_at.ToDatetime(tzinfo=UTC)
+            if event.HasField("occurred_at")
+            else datetime.now(UTC)
+        )
+        if event.change == events_pb2.CHANGE_TYPE_DELETED:
+            await conn.execute(
+                "DELETE FROM invoices WHERE account_id = $1 AND record_no = $2",
+                invoice.account_id,
+                invoice.record_no,
+            )
+            await self._clear(
+                conn, invoice.account_id, invoice.record_no, "the invoice was deleted"
+            )
+            return
+        if not await self.store_invoice(conn, invoice, occurred):
+            return  # an older version than the one held
+        await self.evaluate_invoice(conn, invoice.account_id, invoice.record_no)
+
+    async def store_invoice(self, conn: Any, invoice: ar_pb2.Invoice, changed_at: datetime) -> bool:
+        applied = await conn.fetchval(
+            "INSERT INTO invoices (account_id, record_no, invoice_number, customer_id, currency,"
+            " total_minor, due_minor, state, term_name, entity_id, source, invoice_date,"
+            " due_date, version, changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
+            " $11, $12, $13, $14, $15) ON CONFLICT (account_id, record_no) DO UPDATE SET"
+            " invoice_number = EXCLUDED.invoice_number, customer_id = EXCLUDED.customer_id,"
+            " currency = EXCLUDED.currency, total_minor = EXCLUDED.total_minor,"
+            " due_minor = EXCLUDED.due_minor, state = EXCLUDED.state,"
+            " term_name = EXCLUDED.term_name, entity_id = EXCLUDED.entity_id,"
+            " source = EXCLUDED.source, invoice_date = EXCLUDED.invoice_date,"
+            " due_date = EXCLUDED.due_date, version = EXCLUDED.version,"
+            " changed_at = EXCLUDED.changed_at WHERE invoices.version <= EXCLUDED.version"
+            " RETURNING true",
+            invoice.account_id,
+            invoice.record_no,
+            invoice.invoice_number,
+            invoice.customer_id,
+            invoice.currency,
+            invoice.total.amount_minor,
+            invoice.due.amount_minor,
+            STATES.get(invoice.state, "open"),
+            invoice.term_name,
+            invoice.entity_id,
+            SOURCES.get(invoice.source, "ar_invoice"),
+            _date(invoice.invoice_date),
+            _date(invoice.due_date),
+            invoice.version,
+            changed_at,
+        )
+        return bool(applied)
+
+    # Evaluation ---------------------------------------------------------------------
+
+    async def facts(self, conn: Any, account_id: str, record_no: str) -> Facts | None:
+        row = await conn.fetchrow(
+            "SELECT i.*, a.time_zone, c.groups, m.types, o.customer_id IS NOT NULL AS opted_out,"
+            " c.customer_id IS NOT NULL AS known"
+            " FROM invoices i LEFT JOIN accounts a USING (account_id)"
+            " LEFT JOIN customers c ON c.account_id = i.account_id"
+            " AND c.customer_id = i.customer_id"
+            " LEFT JOIN customer_methods m ON m.account_id = i.account_id"
+            " AND m.customer_id = i.customer_id"
+            " LEFT JOIN autopay_opt_outs o ON o.account_id = i.account_id"
+            " AND o.customer_id = i.customer_id"
+            " WHERE i.account_id = $1 AND i.record_no = $2",
+            account_id,
+            record_no,
+        )
+        if row is None:
+            return None
+        customer = engine.CustomerFacts(
+            customer_id=row["customer_id"],
+            groups=frozenset(row["groups"] or ()),
+            auto_pay=not row["opted_out"],
+            method_types=frozenset(row["types"] or ()),
+        )
+        return Facts(
+            account_id,
+            invoice_facts(row),
+            customer,
+            zone_of(row["time_zone"]),
+            row["changed_at"],
+        )
+
+    async def evaluate_customer(self, conn: Any, account_id: str, customer_id: str) -> None:
+        rows = await conn.fetch(
+            "SELECT record_no FROM invoices WHERE account_id = $1 AND customer_id = $2",
+            account_id,
+            customer_id,
+        )
+        rules = await RuleStore.specs(conn, account_id)
+        for row in rows:
+            await self.evaluate_invoice(conn, account_id, row["record_no"], rules)
+
+    async def evaluate_invoice(
+        self,
+        conn: Any,
+        account_id: str,
+        record_no: str,
+        rules: list[engine.RuleSpec] | None = None,
+    ) -> engine.Decision | None:
+        facts = await self.facts(conn, account_id, record_no)
+        if facts is None:
+            return None
+        if rules is None:
+            rules = await RuleStore.specs(conn, account_id)
+        decision = engine.decide(rules, facts.invoice, facts.customer, facts.zone, facts.changed_at)
+        await self._apply(conn, facts, decision)
+        return decision
+
+    async def _apply(self, conn: Any, facts: Facts, decision: engine.Decision) -> None:
+        invoice = facts.invoice
+        account_id = facts.account_id
+        row = await conn.fetchrow(
+            "SELECT * FROM schedule WHERE account_id = $1 AND invoice_record_no = $2 FOR UPDATE",
+            account_id,
+            invoice.record_no,
+        )
+        if row is not None and row["state"] in ("charging", "done", "stopped"):
+            return  # being charged, charged, or given up on: evaluation does not move it
+        if not decision.charges:
+            if row is not None and row["state"] == "scheduled":
+                await self._clear(conn, account_id, invoice.record_no, decision.summary)
+            return
+        assert decision.rule is not None
+        assert decision.charge_at is not None
+        same_rule = row is not None and row["rule_id"] == decision.rule.rule_id
+        attempt = row["attempt"] if same_rule and row is not None else 1
+        charge_at = decision.charge_at
+        if same_rule and row is not None and attempt > 1 and row["charge_at"] is not None:
+            charge_at = row["charge_at"]  # waiting for a retry: its time stands
+        scheduled_for = charge_at.astimezone(facts.zone).date()
+        if same_rule and row is not None and attempt > 1 and row["scheduled_for"] is not None:
+            scheduled_for = row["scheduled_for"]
+        changed = (
+            row is None
+            or row["state"] != "scheduled"
+            or row["charge_at"] != charge_at
+            or row["rule_id"] != decision.rule.rule_id
+        )
+        await conn.execute(
+            "INSERT INTO schedule (account_id, invoice_record_no, customer_id, rule_id, state,"
+            " charge_at, scheduled_for, amount_minor, currency, attempt, note)"
+            " VALUES ($1, $2, $3, $4, 'scheduled', $5, $6, $7, $8, $9, '')"
+            " ON CONFLICT (account_id, invoice_record_no) DO UPDATE SET"
+            " customer_id = EXCLUDED.customer_id, rule_id = EXCLUDED.rule_id,"
+            " state = 'scheduled', charge_at = EXCLUDED.charge_at,"
+            " scheduled_for = EXCLUDED.scheduled_for, amount_minor = EXCLUDED.amount_minor,"
+            " currency = EXCLUDED.currency, attempt = EXCLUDED.attempt, note = '',"
+            " updated_at = now()",
+            account_id,
+            invoice.record_no,
+            invoice.customer_id,
+            decision.rule.rule_id,
+            charge_at,
+            scheduled_for,
+            decision.amount_minor,
+            invoice.currency,
+            attempt,
+        )
+        if changed:
+            await self._announce(conn, account_id, invoice.record_no, invoice.customer_id)
+
+    async def _clear(self, conn: Any, account_id: str, record_no: str, note: str) -> None:
+        row = await conn.fetchrow(
+            "UPDATE schedule SET state = 'cleared', charge_at = NULL, note = $3,"
+            " lease_until = NULL, updated_at = now() WHERE account_id = $1"
+            " AND invoice_record_no = $2 AND state IN ('scheduled', 'charging')"
+            " RETURNING customer_id",
+            account_id,
+            record_no,
+            note[:500],
+        )
+        if row is not None:
+            await self._announce(conn, account_id, record_no, row["customer_id"])
+
+    async def _announce(self, conn: Any, account_id: str, record_no: str, customer_id: str) -> None:
+        """``rules.schedule.changed``: the invoice's next auto charge and the customer's."""
+        row = await conn.fetchrow(
+            "SELECT charge_at, rule_id FROM schedule WHERE account_id = $1"
+            " AND invoice_record_no = $2 AND state = 'scheduled'",
+            account_id,
+            record_no,
+        )
+        earliest = await conn.fetchval(
+            "SELECT min(charge_at) FROM schedule WHERE account_id = $1 AND customer_id = $2"
+            " AND state = 'scheduled'",
+            account_id,
+            customer_id,
+        )
+        event = events_pb2.NextAutoChargeChanged(
+            account_id=account_id,
+            invoice_record_no=record_no,
+            customer_id=customer_id,
+            rule_id=row["rule_id"] if row else "",
+        )
+        if row is not None and row["charge_at"] is not None:
+            event.next_charge_at.FromDatetime(row["charge_at"])
+        if earliest is not None:
+            event.customer_next_charge_at.FromDatetime(earliest)
+        await self._outbox.add(conn, "rules.schedule.changed", event)
+
+    async def reevaluate_due(self) -> int:
+        """Evaluates again every invoice of accounts whose rules changed; returns how many."""
+        accounts = await self._pool.fetch(
+            "SELECT account_id, reevaluate_requested_at FROM accounts"
+            " WHERE reevaluate_requested_at IS NOT NULL LIMIT 10"
+        )
+        done = 0
+        for account in accounts:
+            account_id = account["account_id"]
+            after = ""
+            while True:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    rows = await conn.fetch(
+                        "SELECT record_no FROM invoices WHERE account_id = $1 AND record_no > $2"
+                        " ORDER BY record_no LIMIT $3",
+                        account_id,
+                        after,
+                        BATCH,
+                    )
+                    rules = await RuleStore.specs(conn, account_id)
+                    for row in rows:
+                        await self.evaluate_invoice(conn, account_id, row["record_no"], rules)
+                done += len(rows)
+                if len(rows) < BATCH:
+                    break
+                after = rows[-1]["record_no"]
+            await self._pool.execute(
+                "UPDATE accounts SET reevaluate_requested_at = NULL WHERE account_id = $1"
+                " AND reevaluate_requested_at = $2",
+                account_id,
+                account["reevaluate_requested_at"],
+            )
+        return done
+
+    # Charging -----------------------------------------------------------------------
+
+    async def charge_due(self, limit: int = 20) -> int:
+        """Claims due charges (and charges whose claimer died) and drives each; returns how
+        many it took."""
+        rows = await self._pool.fetch(
+            "UPDATE schedule SET state = 'charging',"
+            " lease_until = now() + make_interval(secs => $2), updated_at = now()"
+            " WHERE (account_id, invoice_record_no) IN (SELECT account_id, invoice_record_no"
+            " FROM schedule WHERE (state = 'scheduled' AND charge_at <= now())"
+            " OR (state = 'charging' AND lease_until < now())"
+            " ORDER BY charge_at LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING *",
+            limit,
+            self._lease,
+        )
+        for row in rows:
+            self._faults.hit("rules.after_claim")
+            try:
+                await self._drive(row)
+            except Exception:
+                log.exception(
+                    "rules.charge_failed",
+                    account_id=row["account_id"],
+                    invoice=row["invoice_record_no"],
+                )
+        return len(rows)
+
+    async def _drive(self, row: asyncpg.Record) -> None:
+        account_id, record_no = row["account_id"], row["invoice_record_no"]
+        attempt = await self._pool.fetchrow(
+            "SELECT * FROM attempts WHERE account_id = $1 AND invoice_record_no = $2"
+            " AND attempt = $3 AND rule_id = $4",
+            account_id,
+            record_no,
+            row["attempt"],
+            row["rule_id"],
+        )
+        if attempt is None:
+            amount = await self._recheck(row)
+            if amount is None:
+                return
+            key = attempt_key(row)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO attempts (account_id, invoice_record_no, attempt, rule_id,"
+                    " idempotency_key, amount_minor, currency) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                    " ON CONFLICT DO NOTHING",
+                    account_id,
+                    record_no,
+                    row["attempt"],
+                    row["rule_id"],
+                    key,
+                    amount,
+                    row["currency"],
+                )
+            attempt = await self._pool.fetchrow(
+                "SELECT * FROM attempts WHERE account_id = $1 AND invoice_record_no = $2"
+                " AND attempt = $3 AND rule_id = $4",
+                account_id,
+                record_no,
+                row["attempt"],
+                row["rule_id"],
+            )
+            self._faults.hit("rules.after_attempt")
+        if attempt["outcome"] != "pending":
+            await self._record(row, attempt, None, None)
+            return
+        try:
+            reply = await self._payments.ChargeInvoices(
+                payments_pb2.ChargeInvoicesRequest(
+                    account_id=account_id,
+                    idempotency_key=attempt["idempotency_key"],
+                    customer_id=row["customer_id"],
+                    invoices=[
+                        payments_pb2.InvoiceAmount(
+                            invoice_record_no=record_no,
+                            amount=common_pb2.Money(
+                                amount_minor=attempt["amount_minor"], currency=attempt["currency"]
+                            ),
+                        )
+                    ],
+                    source=payments_pb2.CHARGE_SOURCE_RULE,
+                    rule_id=row["rule_id"],
+                ),
+                timeout=120,
+            )
+        except grpc.aio.AioRpcError as err:
+            await self._refused(row, attempt, err)
+            return
+        self._faults.hit("rules.after_charge")
+        await self._record(row, attempt, reply.charge, None)
+
+    async def _recheck(self, row: asyncpg.Record) -> int | None:
+        """Reads the invoice again from sync and decides again; the amount to charge, or None
+        when the row was rescheduled or cleared instead."""
+        account_id, record_no = row["account_id"], row["invoice_record_no"]
+        try:
+            fresh = (
+                await self._sync.GetInvoice(
+                    sync_pb2.GetInvoiceRequest(account_id=account_id, record_no=record_no),
+                    timeout=30,
+                )
+            ).invoice
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await self._clear(conn, account_id, record_no, "the invoice no longer exists")
+                return None
+            await self._release(row, f"the AR store could not be read ({err.code().name})")
+            return None
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self.store_invoice(conn, fresh, datetime.now(UTC))
+            facts = await self.facts(conn, account_id, record_no)
+            if facts is None:
+                return None
+            rules = await RuleStore.specs(conn, account_id)
+            # The invoice's own change time decides "on creation" timing, as at scheduling.
+            stored = await conn.fetchval(
+                "SELECT changed_at FROM invoices WHERE account_id = $1 AND record_no = $2",
+                account_id,
+                record_no,
+            )
+            decision = engine.decide(rules, facts.invoice, facts.customer, facts.zone, stored)
+            if not decision.charges or decision.rule is None:
+                await self._clear(conn, account_id, record_no, decision.summary)
+                return None
+            if decision.rule.rule_id != row["rule_id"]:
+                # Another rule decides now: schedule afresh under it.
+                await conn.execute(
+                    "UPDATE schedule SET state = 'scheduled', lease_until = NULL"
+                    " WHERE account_id = $1 AND invoice_record_no = $2",
+                    account_id,
+                    record_no,
+                )
+                await self._apply(conn, facts, decision)
+                return None
+            amount = decision.amount_minor
+            if row["attempt"] > 1:
+                return amount
+            assert decision.charge_at is not None
+            if decision.charge_at > datetime.now(UTC) + timedelta(minutes=1):
+                await conn.execute(
+                    "UPDATE schedule SET state = 'scheduled', lease_until = NULL, charge_at = $3"
+                    " WHERE account_id = $1 AND invoice_record_no = $2",
+                    account_id,
+                    record_no,
+                    decision.charge_at,
+                )
+                await self._announce(conn, account_id, record_no, row["customer_id"])
+                return None
+        return amount
+
+    async def _release(
+        self, row: asyncpg.Record, note: str, after: timedelta | None = None
+    ) -> None:
+        """Puts a claimed row back on the schedule (now, or ``after`` from now)."""
+        await self._pool.execute(
+            "UPDATE schedule SET state = 'scheduled', lease_until = NULL, note = $3,"
+            " charge_at = CASE WHEN $4::interval IS NULL THEN charge_at ELSE now() + $4 END,"
+            " updated_at = now() WHERE account_id = $1 AND invoice_record_no = $2"
+            " AND state = 'charging'",
+            row["account_id"],
+            row["invoice_record_no"],
+            note[:500],
+            after,
+        )
+
+    async def _refused(self, row: asyncpg.Record, attempt: asyncpg.Record, err: Any) -> None:
+        code = err.code()
+        if code == grpc.StatusCode.ABORTED:
+            # The invoice is being paid (a payer through a link, or this attempt still in
+            # flight): look again shortly, under the same key.
+            await self._release(
+                row, f"a payment of the invoice is in progress: {err.details()}", IN_PROGRESS_RETRY
+            )
+            return
+        if code in (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.NOT_FOUND,
+        ):
+            await self._record(row, attempt, None, str(err.details()))
+            return
+        # Unavailable, deadline, internal: the outcome is unknown; the lease lapses and the
+        # next claim asks again with the same key.
+        log.warning(
+            "rules.charge_unknown",
+            account_id=row["account_id"],
+            invoice=row["invoice_record_no"],
+            code=code.name,
+        )
+
+    async def _record(
+        self,
+        row: asyncpg.Record,
+        attempt: asyncpg.Record,
+        charge: payments_pb2.Charge | None,
+        refusal: str | None,
+    ) -> None:
+        """Writes the attempt's outcome and moves the schedule: done, a retry, or stopped."""
+        account_id, record_no = row["account_id"], row["invoice_record_no"]
+        if charge is not None and charge.state in (
+            payments_pb2.CHARGE_STATE_PENDING,
+            payments_pb2.CHARGE_STATE_PROCESSING,
+        ):
+            return  # payments is still finding out; the lease lapses and we ask again
+        if charge is not None:
+            succeeded = charge.state in (
+                payments_pb2.CHARGE_STATE_SUCCEEDED,
+                payments_pb2.CHARGE_STATE_SETTLING,
+                payments_pb2.CHARGE_STATE_REFUNDED,
+                payments_pb2.CHARGE_STATE_PARTIALLY_REFUNDED,
+            )
+            outcome = "succeeded" if succeeded else "failed"
+            reason = "" if succeeded else charge.failure_reason or "the charge failed"
+            charge_id = charge.charge_id
+        elif refusal is not None:
+            outcome, reason, charge_id = "failed", refusal, ""
+        else:
+            outcome, reason, charge_id = (
+                attempt["outcome"],
+                attempt["failure_reason"],
+                attempt["charge_id"],
+            )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE attempts SET outcome = $5, failure_reason = $6, charge_id = $7"
+                " WHERE account_id = $1 AND invoice_record_no = $2 AND attempt = $3"
+                " AND rule_id = $4",
+                account_id,
+                record_no,
+                attempt["attempt"],
+                attempt["rule_id"],
+                outcome,
+                reason[:1000],
+                charge_id,
+            )
+            if outcome == "succeeded":
+                await conn.execute(
+                    "UPDATE schedule SET state = 'done', lease_until = NULL, note = $3,"
+                    " updated_at = now() WHERE account_id = $1 AND invoice_record_no = $2",
+                    account_id,
+                    record_no,
+                    f"charged by charge {charge_id}",
+                )
+            else:
+                rule_row = await conn.fetchrow(
+                    "SELECT * FROM rules WHERE rule_id = $1", attempt["rule_id"]
+                )
+                rule = spec(rule_row) if rule_row is not None else None
+                failed_at = datetime.now(UTC)
+                retry_at = engine.retry_time(rule, failed_at, attempt["attempt"]) if rule else None
+                if retry_at is None:
+                    await conn.execute(
+                        "UPDATE schedule SET state = 'stopped', lease_until = NULL,"
+                        " charge_at = NULL, note = $3, updated_at = now()"
+                        " WHERE account_id = $1 AND invoice_record_no = $2",
+                        account_id,
+                        record_no,
+                        f"stopped after attempt {attempt['attempt']}: {reason}"[:500],
+                    )
+                else:
+                    zone = zone_of(
+                        await conn.fetchval(
+                            "SELECT time_zone FROM accounts WHERE account_id = $1", account_id
+                        )
+                    )
+                    await conn.execute(
+                        "UPDATE schedule SET state = 'scheduled', lease_until = NULL,"
+                        " charge_at = $3, scheduled_for = $4, attempt = $5, note = $6,"
+                        " updated_at = now() WHERE account_id = $1 AND invoice_record_no = $2",
+                        account_id,
+                        record_no,
+                        retry_at,
+                        retry_at.astimezone(zone).date(),
+                        attempt["attempt"] + 1,
+                        f"retry after attempt {attempt['attempt']} failed: {reason}"[:500],
+                    )
+            await self._announce(conn, account_id, record_no, row["customer_id"])
+        log.info(
+            "rules.attempt_finished",
+            account_id=account_id,
+            invoice=record_no,
+            attempt=attempt["attempt"],
+            outcome=outcome,
+            charge_id=charge_id,
+        )

@@ -1,0 +1,320 @@
+"""Auto-payment rules end to end: an invoice created in Intacct is charged once by its rule.
+
+The chain is the real one: the sandbox Intacct's smart event -> webhook
+gateway -> sync (AR store, `ar.invoice.created`) -> rules (evaluation,
+schedule, charge) -> payments -> card gateway sandbox -> posted back to
+Intacct as an applied AR payment.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import grpc
+import pytest
+
+from arbridge.payments.v1 import payments_pb2
+from arbridge.rules.v1 import rules_pb2, rules_pb2_grpc
+from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_runtime.grpc_client import service_channel
+from arbridge_runtime.money import to_minor
+from tests.conftest import TOKEN
+from tests.support.payments import (
+    Payer,
+    eventually,
+    gateway_transactions,
+    intacct_values,
+    open_invoices_by_customer,
+    synced_payments_suite,
+)
+from tests.support.suite import Suite
+
+SERVICES = ("connector", "sync", "payments", "gateway", "rules")
+
+
+async def _smart_events(http: aiohttp.ClientSession, suite: Suite) -> None:
+    """The smart events of the set-up document, installed in the sandbox company."""
+    sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
+    setup = await sync.GetSmartEventSetup(
+        sync_pb2.GetSmartEventSetupRequest(account_id="acme", gateway_base_url=suite.gateway_base)
+    )
+    for spec in setup.events:
+        async with http.post(
+            f"{suite.sandbox_admin}/companies/{suite.sandbox['company_id']}/smart-events",
+            json={
+                "object": spec.object,
+                "actions": list(spec.actions),
+                "url": spec.url,
+                "body_template": spec.body_template,
+                "content_type": spec.content_type,
+            },
+        ) as reply:
+            assert reply.status in (200, 201), await reply.text()
+
+
+async def _create_invoice(
+    http: aiohttp.ClientSession, suite: Suite, customer: str, amount: str, number: str
+) -> str:
+    """An AR invoice created in the Intacct UI; returns its RECORDNO."""
+    due = date.today() + timedelta(days=30)
+    body = (
+        f"<create_invoice><customerid>{customer}</customerid>"
+        f"<datedue><year>{due.year}</year><month>{due.month}</month><day>{due.day}</day>"
+        f"</datedue><invoiceno>{number}</invoiceno><invoiceitems><lineitem>"
+        f"<glaccountno>4000</glaccountno><amount>{amount}</amount></lineitem>"
+        "</invoiceitems></create_invoice>"
+    )
+    async with http.post(
+        f"{suite.sandbox_admin}/companies/{suite.sandbox['company_id']}/ui",
+        data=body,
+        headers={"Content-Type": "application/xml"},
+    ) as reply:
+        text = await reply.text()
+        assert reply.status == 200, text
+        data = await reply.json()
+    match = re.search(r"<key>(\d+)</key>", str(data.get("body", "")))
+    assert match, text
+    return match.group(1)
+
+
+async def _deposit_everywhere(payer: Payer, suite: Suite) -> None:
+    sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
+    banks = (
+        await sync.ListBankAccounts(sync_pb2.ListBankAccountsRequest(account_id="acme"))
+    ).bank_accounts
+    by_currency = {b.currency: b for b in banks}
+    entities = sorted(
+        {
+            i.entity_id
+            for found in (await open_invoices_by_customer(suite, "acme")).values()
+            for i in found
+        }
+    )
+    for currency, bank in by_currency.items():
+        for entity in entities:
+            await payer.stub.SetDepositAccount(
+                payments_pb2.SetDepositAccountRequest(
+                    deposit_account=payments_pb2.DepositAccount(
+                        account_id="acme",
+                        entity_id=entity,
+                        currency=currency,
+                        bank_account_id=bank.bank_account_id,
+                    )
+                )
+            )
+
+
+def _rule(name: str, currency: str, **extra: Any) -> rules_pb2.Rule:
+    return rules_pb2.Rule(
+        account_id="acme",
+        name=name,
+        enabled=True,
+        priority=extra.pop("priority", 10),
+        conditions=rules_pb2.Conditions(currencies=[currency], **extra.pop("conditions", {})),
+        timing=rules_pb2.Timing(trigger=rules_pb2.TIMING_TRIGGER_ON_CREATE_OR_UPDATE),
+        amount=rules_pb2.AmountPolicy(mode=rules_pb2.AMOUNT_MODE_OPEN_BALANCE),
+        **extra,
+    )
+
+
+async def _customers_with_currency(suite: Suite) -> list[tuple[str, str]]:
+    """(customer id, currency) of customers whose invoices are in one currency with a bank."""
+    sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
+    banks = {
+        b.currency
+        for b in (
+            await sync.ListBankAccounts(sync_pb2.ListBankAccountsRequest(account_id="acme"))
+        ).bank_accounts
+    }
+    found = []
+    for customer, invoices in sorted((await open_invoices_by_customer(suite, "acme")).items()):
+        currencies = {i.currency for i in invoices}
+        if len(currencies) == 1 and currencies <= banks:
+            found.append((customer, currencies.pop()))
+    return found
+
+
+@pytest.mark.timeout(420)
+async def test_an_invoice_created_in_intacct_is_charged_by_its_rule_and_explained(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    async with (
+        synced_payments_suite(
+            tmp_path,
+            database_url,
+            nats_url,
+            unique,
+            customers=12,
+            invoices=120,
+            services=SERVICES,
+            service_extra={"ARBRIDGE_RULES_TICK_SECONDS": "0.2"},
+        ) as suite,
+        aiohttp.ClientSession() as http,
+    ):
+        rules = rules_pb2_grpc.RulesServiceStub(service_channel(suite.target("rules"), TOKEN))
+        payer = Payer(suite, http, suite.target("payments"))
+        await _smart_events(http, suite)
+        await _deposit_everywhere(payer, suite)
+        candidates = await _customers_with_currency(suite)
+        (good, currency), (bad, bad_currency), (opted, _) = candidates[:3]
+        await payer.add_card(good, "4242424242424242")
+        await payer.add_card(bad, "4000000000000002")  # declines
+        await payer.add_card(opted, "4242424242424242")
+
+        # Bad rules are refused with every problem named.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await rules.CreateRule(
+                rules_pb2.CreateRuleRequest(
+                    rule=rules_pb2.Rule(
+                        account_id="acme",
+                        timing=rules_pb2.Timing(time_of_day="25:00"),
+                        retry=rules_pb2.RetryPolicy(retry_after_days=[0]),
+                    )
+                )
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for words in ("name must be", "timing.trigger", "HH:MM", "retry_after_days"):
+            assert words in str(err.value.details())
+
+        rule = (
+            await rules.CreateRule(
+                rules_pb2.CreateRuleRequest(
+                    rule=_rule(
+                        "charge new invoices",
+                        currency,
+                        conditions={"customer_ids": [good, opted]},
+                    )
+                )
+            )
+        ).rule
+        retrying = (
+            await rules.CreateRule(
+                rules_pb2.CreateRuleRequest(
+                    rule=_rule(
+                        "retry twice",
+                        bad_currency,
+                        priority=20,
+                        conditions={"customer_ids": [bad]},
+                        retry=rules_pb2.RetryPolicy(retry_after_days=[3, 5]),
+                    )
+                )
+            )
+        ).rule
+        await rules.SetCustomerAutoPay(
+            rules_pb2.SetCustomerAutoPayRequest(account_id="acme", customer_id=opted, enabled=False)
+        )
+        # Existing invoices are not swept up by a new "on creation" rule.
+        old = (await open_invoices_by_customer(suite, "acme"))[good][0]
+        explained = await rules.ExplainInvoice(
+            rules_pb2.ExplainInvoiceRequest(account_id="acme", invoice_record_no=old.record_no)
+        )
+        assert explained.outcome == rules_pb2.EXPLANATION_OUTCOME_WILL_NOT_CHARGE
+        assert "passed before the rule was created" in explained.verdicts[0].detail
+
+        # Three invoices created in Intacct now.
+        started = time.monotonic()
+        created = await _create_invoice(http, suite, good, "123.45", f"RULE-{unique}-1")
+        declined = await _create_invoice(http, suite, bad, "67.89", f"RULE-{unique}-2")
+        skipped = await _create_invoice(http, suite, opted, "10.00", f"RULE-{unique}-3")
+
+        async def applied() -> bool:
+            found = await intacct_values(
+                http, suite.sandbox_admin, suite.sandbox["company_id"], "ARINVOICE"
+            )
+            return to_minor(found[created]["TRX_TOTALDUE"], currency) == 0
+
+        assert await eventually(applied, timeout=60), "the auto charge was not applied in Intacct"
+        lag = time.monotonic() - started
+        print(f"Intacct change to applied payment: {lag * 1000:.0f} ms")
+        charges = (
+            await payer.stub.ListCharges(
+                payments_pb2.ListChargesRequest(account_id="acme", invoice_record_no=created)
+            )
+        ).charges
+        assert len(charges) == 1
+        assert charges[0].source == payments_pb2.CHARGE_SOURCE_RULE
+        assert charges[0].rule_id == rule.rule_id
+        assert charges[0].amount.amount_minor == to_minor("123.45", currency)
+        explained = await rules.ExplainInvoice(
+            rules_pb2.ExplainInvoiceRequest(account_id="acme", invoice_record_no=created)
+        )
+        assert explained.outcome == rules_pb2.EXPLANATION_OUTCOME_CHARGED
+        assert charges[0].charge_id in explained.summary
+        assert [a.succeeded for a in explained.attempts] == [True]
+
+        # The opted-out customer's invoice is not charged, and the reason says so.
+        async def explained_skip() -> Any:
+            try:
+                return await rules.ExplainInvoice(
+                    rules_pb2.ExplainInvoiceRequest(account_id="acme", invoice_record_no=skipped)
+                )
+            except grpc.aio.AioRpcError:
+                return None
+
+        why = await eventually(explained_skip, timeout=30)
+        assert why.outcome == rules_pb2.EXPLANATION_OUTCOME_WILL_NOT_CHARGE
+        assert why.blockers == [f"customer {opted} opted out of auto-pay"]
+
+        # The declining card: attempt 1 fails and a retry is scheduled 3 days later.
+        db = await asyncpg.connect(database_url)
+        schema = f'"{unique}_rules"'
+        try:
+
+            async def schedule_row() -> asyncpg.Record | None:
+                row = await db.fetchrow(
+                    f"SELECT * FROM {schema}.schedule WHERE invoice_record_no = $1", declined
+                )
+                return row if row is not None and row["attempt"] == 2 else None
+
+            row = await eventually(schedule_row, timeout=60)
+            assert row is not None, "the failed attempt was not followed by a retry"
+            assert row["state"] == "scheduled"
+            waited = row["charge_at"] - datetime.now(UTC)
+            assert timedelta(days=2, hours=23) < waited <= timedelta(days=3)
+            why = await rules.ExplainInvoice(
+                rules_pb2.ExplainInvoiceRequest(account_id="acme", invoice_record_no=declined)
+            )
+            assert why.outcome == rules_pb2.EXPLANATION_OUTCOME_WILL_CHARGE
+            assert "failed attempt" in why.summary
+            assert [a.succeeded for a in why.attempts] == [False]
+            assert "declined" in why.attempts[0].failure_reason.lower()
+
+            # Three days pass (the schedule is moved, not the clock): attempt 2 fails too,
+            # then five days: attempt 3, the last the rule allows; then it stops.
+            for expected_attempt in (3, 4):
+                await db.execute(
+                    f"UPDATE {schema}.schedule SET charge_at = now() WHERE invoice_record_no = $1",
+                    declined,
+                )
+
+                async def moved_on(expected: int = expected_attempt) -> asyncpg.Record | None:
+                    row = await db.fetchrow(
+                        f"SELECT * FROM {schema}.schedule WHERE invoice_record_no = $1", declined
+                    )
+                    done = row["attempt"] == expected or row["state"] == "stopped"
+                    return row if done else None
+
+                row = await eventually(moved_on, timeout=60)
+                assert row is not None
+            assert row["state"] == "stopped"
+            why = await rules.ExplainInvoice(
+                rules_pb2.ExplainInvoiceRequest(account_id="acme", invoice_record_no=declined)
+            )
+            assert why.outcome == rules_pb2.EXPLANATION_OUTCOME_FAILED
+            assert len(why.attempts) == 3
+            assert "stopped after 3 failed attempt" in why.summary
+        finally:
+            await db.close()
+        declines = [
+            t
+            for t in await gateway_transactions(http, suite)
+            if t["processingInfo"]["processingStatus"] == "declined"
+        ]
+        assert len(declines) == 3  # once per attempt, never more
+        assert retrying.rule_id
