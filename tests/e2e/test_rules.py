@@ -8,6 +8,7 @@ Intacct as an applied AR payment.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -33,6 +34,7 @@ from tests.support.payments import (
     open_invoices_by_customer,
     synced_payments_suite,
 )
+from tests.support.runtime_env import ServiceProcess, service_env, start_process
 from tests.support.suite import Suite
 
 SERVICES = ("connector", "sync", "payments", "gateway", "rules")
@@ -318,3 +320,128 @@ async def test_an_invoice_created_in_intacct_is_charged_by_its_rule_and_explaine
         ]
         assert len(declines) == 3  # once per attempt, never more
         assert retrying.rule_id
+
+
+async def _rules_replica(
+    tmp_path: Path,
+    suite: Suite,
+    database_url: str,
+    nats_url: str,
+    unique: str,
+    name: str,
+    faults: str = "",
+) -> ServiceProcess:
+    """Another rules process on the same schema and consumers (a second replica)."""
+    ready = tmp_path / f"rules-{name}.ready"
+    env = service_env(
+        database_url=database_url,
+        nats_url=nats_url,
+        namespace=unique,
+        schema=f"{unique}_rules",
+        token=TOKEN,
+        ready_file=ready,
+        ARBRIDGE_SYNC_TARGET=suite.target("sync"),
+        ARBRIDGE_PAYMENTS_TARGET=suite.target("payments"),
+        ARBRIDGE_RULES_TICK_SECONDS="0.1",
+        ARBRIDGE_RULES_LEASE_SECONDS="3",
+        ARBRIDGE_FAULTS=faults,
+    )
+    return await asyncio.to_thread(
+        start_process, ["-m", "arbridge_rules"], env, ready, tmp_path / f"rules-{name}.log"
+    )
+
+
+@pytest.mark.timeout(420)
+async def test_replicas_killed_while_charging_still_charge_every_due_invoice_once(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    async with (
+        synced_payments_suite(
+            tmp_path,
+            database_url,
+            nats_url,
+            unique,
+            customers=12,
+            invoices=60,
+            services=SERVICES,
+            service_extra={
+                "ARBRIDGE_RULES_TICK_SECONDS": "0.1",
+                "ARBRIDGE_RULES_LEASE_SECONDS": "3",
+            },
+        ) as suite,
+        aiohttp.ClientSession() as http,
+    ):
+        rules = rules_pb2_grpc.RulesServiceStub(service_channel(suite.target("rules"), TOKEN))
+        payer = Payer(suite, http, suite.target("payments"))
+        await _smart_events(http, suite)
+        await _deposit_everywhere(payer, suite)
+        candidates = await _customers_with_currency(suite)
+        currency = candidates[0][1]
+        customers = [c for c, cur in candidates if cur == currency][:4]
+        for customer in customers:
+            await payer.add_card(customer, "4242424242424242")
+        await rules.CreateRule(
+            rules_pb2.CreateRuleRequest(rule=_rule("charge everything new", currency))
+        )
+        # Replicas that die at each point of a charge: after claiming it, after recording
+        # the attempt, and after payments charged (before the outcome is recorded).
+        doomed = [
+            await _rules_replica(tmp_path, suite, database_url, nats_url, unique, f"d{n}", point)
+            for n, point in enumerate(
+                ("rules.after_claim:kill", "rules.after_attempt:kill", "rules.after_charge:kill")
+            )
+        ]
+        survivor = await _rules_replica(tmp_path, suite, database_url, nats_url, unique, "ok")
+        try:
+            created = []
+            for n in range(24):
+                customer = customers[n % len(customers)]
+                amount = f"{10 + n}.{n:02d}"
+                created.append(
+                    (
+                        await _create_invoice(http, suite, customer, amount, f"RR-{unique}-{n}"),
+                        amount,
+                    )
+                )
+
+            async def all_charged() -> bool:
+                found = await intacct_values(
+                    http, suite.sandbox_admin, suite.sandbox["company_id"], "ARINVOICE"
+                )
+                return all(to_minor(found[r]["TRX_TOTALDUE"], currency) == 0 for r, _ in created)
+
+            assert await eventually(all_charged, timeout=120), "not every due invoice was charged"
+            died = [p for p in doomed if p.process.poll() is not None]
+            assert died, "no replica was killed while charging"
+            assert survivor.process.poll() is None
+            made = await gateway_transactions(http, suite)
+            ours = {
+                t["merchantTransactionId"]
+                for t in made
+                if t["processingInfo"]["processingStatus"] == "success"
+            }
+            per_invoice: dict[str, int] = {}
+            for record_no, amount in created:
+                charges = (
+                    await payer.stub.ListCharges(
+                        payments_pb2.ListChargesRequest(
+                            account_id="acme", invoice_record_no=record_no
+                        )
+                    )
+                ).charges
+                per_invoice[record_no] = len(charges)
+                assert charges[0].amount.amount_minor == to_minor(amount, currency)
+                assert charges[0].charge_id in ours
+            assert set(per_invoice.values()) == {1}, per_invoice
+            assert len(ours) == len(created)
+            db = await asyncpg.connect(database_url)
+            try:
+                states = await db.fetch(
+                    f'SELECT state, count(*) FROM "{unique}_rules".schedule GROUP BY state'
+                )
+            finally:
+                await db.close()
+            assert {r["state"]: r["count"] for r in states} == {"done": len(created)}
+        finally:
+            for process in [*doomed, survivor]:
+                process.terminate()

@@ -49,7 +49,10 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         ("rules-invoices", "AR", ("ar.invoice.>",), scheduler.on_invoice),
         ("rules-methods", "PAYMENTS", ("payments.method.>",), scheduler.on_methods),
     ):
-        ctx.add_consumer(ConsumerSpec(durable, stream, subjects, batch=64), handler)
+        # Evaluations are quick: a replica that dies holding a batch hands it back soon.
+        ctx.add_consumer(
+            ConsumerSpec(durable, stream, subjects, batch=64, ack_wait_seconds=20), handler
+        )
 
     async def charging(stop: asyncio.Event) -> None:
         await run_passes(stop, settings.tick_seconds, scheduler.charge_due)

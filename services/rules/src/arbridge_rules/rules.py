@@ -137,7 +137,9 @@ def spec(row: asyncpg.Record | dict[str, Any]) -> engine.RuleSpec:
         customer_groups=frozenset(conditions.customer_groups),
         min_amount=low.amount_minor if low is not None else None,
         max_amount=high.amount_minor if high is not None else None,
-        amount_currency=low.currency if low is not None else (high.currency if high is not None else ""),
+        amount_currency=low.currency
+        if low is not None
+        else (high.currency if high is not None else ""),
         currencies=frozenset(conditions.currencies),
         payment_terms=frozenset(conditions.payment_terms),
         entity_ids=frozenset(conditions.entity_ids),
