@@ -26,6 +26,7 @@ BENCHMARKS = (
     "bench.ingest",
     "bench.sync_e2e",
     "bench.charges",
+    "bench.rules",
 )
 
 
