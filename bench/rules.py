@@ -4,7 +4,9 @@
    currency, terms and method conditions; the matching rule usually far down
    the priority list), one `decide` per invoice, in one process: evaluations
    per second and invoice-rule checks per second.
-2. End to end with every service as a process: invoices created in the
+2. The schedule with a million charges on it: how long claiming the due ones
+   takes, and that the plan uses the partial index (no scan).
+3. End to end with every service as a process: invoices created in the
    sandbox Intacct UI one after another (one every 250 ms, open loop) for
    customers an "on creation" rule charges; the time from each creation to
    the moment the sandbox shows the invoice paid by the applied AR payment,
@@ -20,6 +22,7 @@ import tempfile
 import time
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -189,5 +192,62 @@ async def _end_to_end(count: int = 60, interval: float = 0.25) -> dict[str, Any]
 async def run() -> dict[str, Any]:
     figures: dict[str, Any] = {"name": "rules"}
     figures.update(await asyncio.to_thread(_engine))
+    figures.update(await _schedule_scale())
     figures.update(await _end_to_end())
     return figures
+
+
+async def _schedule_scale(rows: int = 1_000_000, due: int = 200) -> dict[str, Any]:
+    """The claim of due charges with a million scheduled: time per claim of 20, and the plan."""
+    import asyncpg
+
+    from arbridge_rules.scheduler import CLAIM_DUE
+
+    migration = (resources.files("arbridge_rules") / "migrations/0001_rules.sql").read_text()
+    infra = await asyncio.to_thread(ensure_infra)
+    async with scratch_database(infra.database_url, "arbridge_bench") as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(migration)
+            started = time.perf_counter()
+            await conn.execute(
+                "INSERT INTO schedule (account_id, invoice_record_no, customer_id, rule_id, state,"
+                " charge_at, scheduled_for, amount_minor, currency)"
+                " SELECT 'acct-' || (n % 100), n::text, 'C' || (n % 5000), 'r1', 'scheduled',"
+                " now() + make_interval(mins => 10 + n % 525600), current_date, 1000, 'USD'"
+                " FROM generate_series(1, $1) n",
+                rows,
+            )
+            await conn.execute(
+                "UPDATE schedule SET charge_at = now() - interval '1 minute'"
+                " WHERE invoice_record_no::bigint <= $1",
+                due,
+            )
+            await conn.execute("ANALYZE schedule")
+            loaded = time.perf_counter() - started
+            plan = "\n".join(
+                r[0]
+                for r in await conn.fetch(
+                    "EXPLAIN " + CLAIM_DUE.replace("$1", "20").replace("$2", "60")
+                )
+            )
+            timings = []
+            claimed = 0
+            while claimed < due:
+                at = time.perf_counter()
+                got = await conn.fetch(CLAIM_DUE, 20, 60.0)
+                timings.append(time.perf_counter() - at)
+                claimed += len(got)
+                if not got:
+                    break
+        finally:
+            await conn.close()
+    return {
+        "schedule_rows": rows,
+        "schedule_load_seconds": round(loaded, 1),
+        "schedule_claims": len(timings),
+        "schedule_claimed": claimed,
+        "schedule_claim_p50_ms": round(_percentile(timings, 0.5) * 1000, 2),
+        "schedule_claim_max_ms": round(max(timings) * 1000, 2),
+        "schedule_claim_uses_index": "schedule_due" in plan and "Seq Scan" not in plan,
+    }

@@ -14,6 +14,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import asyncpg
@@ -211,6 +212,44 @@ async def test_an_invoice_created_in_intacct_is_charged_by_its_rule_and_explaine
         await rules.SetCustomerAutoPay(
             rules_pb2.SetCustomerAutoPayRequest(account_id="acme", customer_id=opted, enabled=False)
         )
+        # A dry run of a draft rule: the open invoices it would charge, when and how much.
+        preview = await rules.PreviewRule(
+            rules_pb2.PreviewRuleRequest(
+                account_id="acme",
+                draft=rules_pb2.Rule(
+                    name="on the due date at 09:00",
+                    timing=rules_pb2.Timing(
+                        trigger=rules_pb2.TIMING_TRIGGER_ON_DUE_DATE, time_of_day="09:00"
+                    ),
+                    conditions=rules_pb2.Conditions(currencies=[currency]),
+                ),
+                limit=500,
+            )
+        )
+        by_record = {
+            i.record_no: i
+            for found in (await open_invoices_by_customer(suite, "acme")).values()
+            for i in found
+        }
+        # Only customers with a method on file and auto-pay on; only times still ahead.
+        expected = [
+            i
+            for i in by_record.values()
+            if i.customer_id in (good, bad)  # opted is opted out
+            and i.currency == currency
+            and datetime.combine(
+                date.fromisoformat(i.due_date), datetime.min.time().replace(hour=9)
+            ).replace(tzinfo=ZoneInfo("America/Los_Angeles"))
+            > datetime.now(UTC)
+        ]
+        assert preview.matching_invoices == len(expected) > 0
+        zone = ZoneInfo("America/Los_Angeles")
+        for item in preview.items:
+            invoice = by_record[item.invoice_record_no]
+            local = item.charge_at.ToDatetime(tzinfo=UTC).astimezone(zone)
+            assert (str(local.date()), local.hour, local.minute) == (invoice.due_date, 9, 0)
+            assert item.amount.amount_minor == invoice.due.amount_minor
+
         # Existing invoices are not swept up by a new "on creation" rule.
         old = (await open_invoices_by_customer(suite, "acme"))[good][0]
         explained = await rules.ExplainInvoice(

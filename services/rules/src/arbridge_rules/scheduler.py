@@ -54,6 +54,21 @@ SOURCES = {
     common_pb2.INVOICE_SOURCE_AR_INVOICE: "ar_invoice",
 }
 IN_PROGRESS_RETRY = timedelta(minutes=2)
+# Due rows come from the partial indexes on charge_at (scheduled) and lease_until
+# (charging), so the claim does not grow with the schedule's size.
+CLAIM_DUE = (
+    "WITH due AS (SELECT account_id, invoice_record_no FROM schedule"
+    " WHERE state = 'scheduled' AND charge_at <= now() ORDER BY charge_at LIMIT $1"
+    " FOR UPDATE SKIP LOCKED),"
+    " lapsed AS (SELECT account_id, invoice_record_no FROM schedule"
+    " WHERE state = 'charging' AND lease_until < now() ORDER BY lease_until LIMIT $1"
+    " FOR UPDATE SKIP LOCKED)"
+    " UPDATE schedule s SET state = 'charging',"
+    " lease_until = now() + make_interval(secs => $2), updated_at = now()"
+    " FROM (SELECT * FROM due UNION ALL SELECT * FROM lapsed) c"
+    " WHERE s.account_id = c.account_id AND s.invoice_record_no = c.invoice_record_no"
+    " RETURNING s.*"
+)
 BATCH = 500
 
 
@@ -419,16 +434,7 @@ class Scheduler:
     async def charge_due(self, limit: int = 20) -> int:
         """Claims due charges (and charges whose claimer died) and drives each; returns how
         many it took."""
-        rows = await self._pool.fetch(
-            "UPDATE schedule SET state = 'charging',"
-            " lease_until = now() + make_interval(secs => $2), updated_at = now()"
-            " WHERE (account_id, invoice_record_no) IN (SELECT account_id, invoice_record_no"
-            " FROM schedule WHERE (state = 'scheduled' AND charge_at <= now())"
-            " OR (state = 'charging' AND lease_until < now())"
-            " ORDER BY charge_at LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING *",
-            limit,
-            self._lease,
-        )
+        rows = await self._pool.fetch(CLAIM_DUE, limit, self._lease)
         for row in rows:
             self._faults.hit("rules.after_claim")
             try:
