@@ -17,7 +17,7 @@ help: ## list the targets
 
 setup: $(VENV)/.synced ## install uv if missing, create .venv and sync the workspace from uv.lock
 
-$(VENV)/.synced: uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+$(VENV)/.synced: uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml) $(wildcard libs/intacct-speedups/src/arbridge_intacct_speedups/*.pyx)
 	@command -v uv >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/uv" ] || python3 -m pip install --quiet --user uv
 	$(UV) sync --frozen --all-packages --group dev
 	touch $@
@@ -61,3 +61,4 @@ bench: gen ## run the benchmarks and print their figures
 
 clean: ## remove generated code, the venv and private infrastructure
 	rm -rf $(VENV) libs/protos/src/arbridge node_modules .infra .mypy_cache .ruff_cache .pytest_cache
+	rm -rf libs/intacct-speedups/build libs/intacct-speedups/src/arbridge_intacct_speedups/_records.c libs/intacct-speedups/src/arbridge_intacct_speedups/*.so

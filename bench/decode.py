@@ -54,6 +54,7 @@ def _streaming(body: bytes) -> int:
     count = 0
     for start in range(0, len(body), 65536):
         count += len(reader.feed(body[start : start + 65536]))
+    count += len(reader.end())
     reader.close()
     return count
 

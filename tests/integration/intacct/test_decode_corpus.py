@@ -54,6 +54,7 @@ def test_response_decodes_as_the_manifest_says(entry: dict[str, object]) -> None
     streamed = []
     for start in range(0, len(body), 97):
         streamed += reader.feed(body[start : start + 97])
+    streamed += reader.end()
     again = reader.close()
     assert [[r.function, r.status] for r in again.results] == entry["results"]
     assert streamed == [rec for r in response.results if r.data for rec in r.data.records]

@@ -56,6 +56,7 @@ def test_tagged_and_general_readers_agree(function: str, tag: str) -> None:
         records = []
         for start in range(0, len(body), 333):
             records += reader.feed(body[start : start + 333])
+        records += reader.end()
         response = reader.close()
         first = [r for r, owner in zip(records, reader.record_results, strict=True) if owner == 0]
         assert first == expected

@@ -320,6 +320,7 @@ class IntacctClient:
                     records: list[Record] = []
                     async for chunk in reply.content.iter_chunked(65536):
                         records.extend(reader.feed(chunk))
+                    records.extend(reader.end())
                     response = reader.close()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise IntacctUnavailable(f"could not reach Intacct: {type(exc).__name__}") from None

@@ -16,12 +16,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from lxml import etree
 
 from arbridge_intacct.errors import ErrorDetail
 from arbridge_runtime.xml import XmlRejected, check_bytes, parse_xml
+
+_speedups: ModuleType | None
+try:  # the compiled extractor (libs/intacct-speedups); the pure Python path without it
+    import arbridge_intacct_speedups as _compiled
+
+    _speedups = _compiled
+except ImportError:  # pragma: no cover - exercised where the extension is not built
+    _speedups = None
 
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 _DECLARATION = re.compile(rb"<!DOCTYPE|<!ENTITY", re.IGNORECASE)
@@ -278,9 +287,11 @@ def _structure(root: etree._Element, with_records: bool) -> Response:
             if data_el is not None:
                 result.data = _data_attrs(data_el)
                 if with_records:
-                    result.data.records = [
-                        fast_record(r) for r in data_el if isinstance(r.tag, str)
-                    ]
+                    result.data.records = (
+                        _read_all(data_el)
+                        if _speedups is not None
+                        else [fast_record(r) for r in data_el if isinstance(r.tag, str)]
+                    )
             operation.results.append(result)
         response.operations.append(operation)
     if response.control_status == "success" and not operations and response.acknowledgement is None:
@@ -288,22 +299,36 @@ def _structure(root: etree._Element, with_records: bool) -> Response:
     return response
 
 
+def _read_all(data: etree._Element) -> list[Record]:
+    """Every record under a parsed ``<data>`` (compiled), removed from the tree."""
+    assert _speedups is not None
+    records: list[Record] = _speedups.read_records(data, False)
+    del data[: len(records)]
+    return records
+
+
 def parse_response(body: bytes, max_bytes: int = MAX_RESPONSE_BYTES) -> Response:
     """Parses a whole response document (hardened); raises XmlRejected or ResponseStructureError."""
     return _structure(parse_xml(body, max_bytes), with_records=True)
 
 
-def fast_record(el: etree._Element) -> Record:
-    """``record_of`` for the common flat record, falling back to it when a field nests."""
+def _flat_record(el: etree._Element) -> Record:
+    """``record_of`` for the common flat record, falling back to it when a field nests or
+    repeats."""
     out: Record = {}
     for child in el:
-        text = child.text
-        if text is None:
-            if len(child):
-                return record_of(el)
-            text = ""
-        out[child.tag] = text
+        if len(child) or child.tag in out:
+            return record_of(el)
+        out[child.tag] = child.text or ""
     return out
+
+
+def fast_record(el: etree._Element) -> Record:
+    """One record element as ``record_of`` decodes it (compiled when available)."""
+    if _speedups is not None:
+        record: Record = _speedups.record(el)
+        return record
+    return _flat_record(el)
 
 
 class StreamingResponseReader:
@@ -325,7 +350,17 @@ class StreamingResponseReader:
             "remove_pis": True,
         }
         self._tag = record_tag
-        if record_tag:
+        # With the compiled extractor, libxml2 reports only <result> and <data> as they
+        # open, and records are read (and freed) from the tree after each chunk.
+        self._compiled = bool(record_tag) and _speedups is not None
+        self._datas: list[tuple[etree._Element, int]] = []
+        self._finished = 0
+        self._root: etree._Element | None = None
+        # Records the end of the document completed, when close() was called without end().
+        self.tail: list[Record] = []
+        if self._compiled:
+            self._parser = etree.XMLPullParser(events=("start",), tag=("result", "data"), **safe)
+        elif record_tag:
             self._parser = etree.XMLPullParser(events=("end",), tag=record_tag, **safe)
         else:
             self._parser = etree.XMLPullParser(events=("start", "end"), **safe)
@@ -354,7 +389,37 @@ class StreamingResponseReader:
             self._parser.feed(chunk)
         except etree.XMLSyntaxError as exc:
             raise XmlRejected(f"malformed XML: {exc.msg}") from None
+        return self._take()
+
+    def _take(self, at_end: bool = False) -> list[Record]:
+        if self._compiled:
+            return self._drain_compiled(at_end)
         return self._drain_tagged() if self._tag else self._drain()
+
+    def _drain_compiled(self, at_end: bool) -> list[Record]:
+        assert _speedups is not None
+        for _event, el in self._parser.read_events():
+            parent = el.getparent()
+            if el.tag == "result" and parent is not None and parent.tag == "operation":
+                self._result_index += 1
+            elif el.tag == "data" and parent is not None and parent.tag == "result":
+                if self.data is None:
+                    self.data = _data_attrs(el)
+                self._datas.append((el, self._result_index))
+        done: list[Record] = []
+        last = len(self._datas) - 1
+        while self._finished <= last:
+            data, result = self._datas[self._finished]
+            # Only the newest <data> can still grow, and only until the document ends.
+            growing = self._finished == last and not at_end
+            records: list[Record] = _speedups.read_records(data, growing)
+            del data[: len(records)]  # lxml frees them in C
+            done.extend(records)
+            self.record_results.extend([result] * len(records))
+            if growing:
+                break
+            self._finished += 1
+        return done
 
     def _drain_tagged(self) -> list[Record]:
         done: list[Record] = []
@@ -394,17 +459,28 @@ class StreamingResponseReader:
                     parent.remove(el)
         return done
 
-    def close(self) -> Response:
-        """Ends the document and returns its structure (data records already handed out)."""
+    def end(self) -> list[Record]:
+        """Ends the document; returns the records only its end completes (the compiled
+        reader holds back the newest record of a chunk until it knows it is whole)."""
+        if self._root is not None:
+            return []
         try:
-            root = self._parser.close()
+            self._root = self._parser.close()
         except etree.XMLSyntaxError as exc:
             raise XmlRejected(f"malformed XML: {exc.msg}") from None
-        records = self._drain_tagged() if self._tag else self._drain()
-        if records:
+        records = self._take(at_end=True)
+        if records and not self._compiled:
             raise ResponseStructureError("records arrived after the document ended")
+        return records
+
+    def close(self) -> Response:
+        """Ends the document (see ``end``) and returns its structure; records handed out
+        by ``feed`` and ``end`` are not in it."""
+        self.tail = self.end()
+        root = self._root
+        assert root is not None
         check_bytes(self._prefix, self._max)
-        if self._tag:
+        if self._tag and not self._compiled:
             results = [r for op in root.findall("operation") for r in op.findall("result")]
             position = {id(r): i for i, r in enumerate(results)}
             self.record_results = [position.get(id(o), -1) for o in self._owners]

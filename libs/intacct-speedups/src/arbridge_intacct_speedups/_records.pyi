@@ -1,0 +1,6 @@
+from typing import Any
+
+from lxml import etree
+
+def record(element: etree._Element) -> dict[str, Any]: ...
+def read_records(data: etree._Element, keep_last: bool) -> list[dict[str, Any]]: ...
