@@ -39,11 +39,15 @@ from tests.e2e.test_rules import (
     SERVICES,
     _create_invoice,
     _customers_with_currency,
-    _deposit_everywhere,
     _rule,
-    _smart_events,
 )
-from tests.support.payments import Payer, intacct_values, synced_payments_suite
+from tests.support.payments import (
+    Payer,
+    deposit_everywhere,
+    intacct_values,
+    synced_payments_suite,
+)
+from tests.support.suite import install_smart_events
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -144,8 +148,8 @@ async def _end_to_end(count: int = 60, interval: float = 0.25) -> dict[str, Any]
     ):
         rules = rules_pb2_grpc.RulesServiceStub(service_channel(suite.target("rules"), TOKEN))
         payer = Payer(suite, http, suite.target("payments"))
-        await _smart_events(http, suite)
-        await _deposit_everywhere(payer, suite)
+        await install_smart_events(http, suite)
+        await deposit_everywhere(payer, suite)
         candidates = await _customers_with_currency(suite)
         currency = candidates[0][1]
         customers = [c for c, cur in candidates if cur == currency][:5]

@@ -24,7 +24,7 @@ from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_devinfra.infra import ensure_infra, scratch_database
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
-from tests.support.suite import running_suite
+from tests.support.suite import install_smart_events, running_suite
 
 
 async def run(
@@ -81,23 +81,7 @@ async def run(
                         functions = (await reply.json())["companies"][company]["functions"]
                     minimum_pages = sum(max(1, -(-p.total // 2000)) for p in job.objects)
                     records = sum(p.total for p in job.objects)
-                    setup = await sync.GetSmartEventSetup(
-                        sync_pb2.GetSmartEventSetupRequest(
-                            account_id="acme", gateway_base_url=suite.gateway_base
-                        )
-                    )
-                    for spec in setup.events:
-                        async with http.post(
-                            f"{admin_url}/companies/{company}/smart-events",
-                            json={
-                                "object": spec.object,
-                                "actions": list(spec.actions),
-                                "url": spec.url,
-                                "body_template": spec.body_template,
-                                "content_type": spec.content_type,
-                            },
-                        ):
-                            pass
+                    await install_smart_events(http, suite)
                     db = await asyncpg.connect(dsn)
                     schema = f'"{namespace}_sync"'
                     keys = [

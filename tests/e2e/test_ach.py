@@ -29,6 +29,7 @@ from tests.support.payments import (
     Payer,
     arbridge_logs,
     bank_token,
+    deposit_everywhere,
     eventually,
     intacct_values,
     leaks,
@@ -46,7 +47,7 @@ async def _usd_setup(suite: Suite, payer: Payer, how_many: int) -> list[tuple[st
     banks = (
         await sync.ListBankAccounts(sync_pb2.ListBankAccountsRequest(account_id="acme"))
     ).bank_accounts
-    bank = next(b for b in banks if b.currency == "USD")
+    assert any(b.currency == "USD" for b in banks), "the sandbox company has a USD bank"
     by_customer = await open_invoices_by_customer(suite, "acme")
     chosen = []
     for customer, invoices in sorted(by_customer.items(), key=lambda kv: -len(kv[1])):
@@ -55,17 +56,7 @@ async def _usd_setup(suite: Suite, payer: Payer, how_many: int) -> list[tuple[st
             chosen.append((customer, usd))
         if len(chosen) == how_many:
             break
-    for entity in {i.entity_id for _, usd in chosen for i in usd}:
-        await payer.stub.SetDepositAccount(
-            payments_pb2.SetDepositAccountRequest(
-                deposit_account=payments_pb2.DepositAccount(
-                    account_id="acme",
-                    entity_id=entity,
-                    currency="USD",
-                    bank_account_id=bank.bank_account_id,
-                )
-            )
-        )
+    await deposit_everywhere(payer, suite)
     return chosen
 
 

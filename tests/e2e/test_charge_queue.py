@@ -23,13 +23,14 @@ from arbridge_runtime.money import from_minor, to_minor
 from tests.conftest import TOKEN
 from tests.support.payments import (
     Payer,
+    deposit_everywhere,
     eventually,
     gateway_transactions,
     intacct_values,
     open_invoices_by_customer,
     synced_payments_suite,
 )
-from tests.support.suite import Suite
+from tests.support.suite import Suite, install_smart_events
 
 QUEUE = "bluesnaparqueue"
 
@@ -70,31 +71,14 @@ async def test_queue_requests_are_charged_once_and_their_outcome_written_back(
         service_extra={"ARBRIDGE_PAYMENTS_QUEUE_POLL_SECONDS": "3600"},
     ) as suite:
         sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
-        setup = await sync.GetSmartEventSetup(
-            sync_pb2.GetSmartEventSetupRequest(
-                account_id="acme", gateway_base_url=suite.gateway_base
-            )
-        )
         banks = (
             await sync.ListBankAccounts(sync_pb2.ListBankAccountsRequest(account_id="acme"))
         ).bank_accounts
         by_customer = await open_invoices_by_customer(suite, "acme")
         async with aiohttp.ClientSession() as http:
-            for spec in setup.events:
-                if spec.object != QUEUE:
-                    continue
-                async with http.post(
-                    f"{suite.sandbox_admin}/companies/{suite.sandbox['company_id']}/smart-events",
-                    json={
-                        "object": spec.object,
-                        "actions": list(spec.actions),
-                        "url": spec.url,
-                        "body_template": spec.body_template,
-                        "content_type": spec.content_type,
-                    },
-                ) as reply:
-                    assert reply.status in (200, 201), await reply.text()
+            assert await install_smart_events(http, suite, objects={QUEUE}) == 2
             payer = Payer(suite, http, suite.target("payments"))
+            await deposit_everywhere(payer, suite)
             currencies = {b.currency for b in banks}
             payable = [
                 c
@@ -102,19 +86,6 @@ async def test_queue_requests_are_charged_once_and_their_outcome_written_back(
                 if len(found) >= 2 and found[0].currency in currencies
             ]
             good, bad, nothing = payable[0], payable[1], payable[2]
-            for customer in (good, bad):
-                for invoice in by_customer[customer][:2]:
-                    bank = next(b for b in banks if b.currency == invoice.currency)
-                    await payer.stub.SetDepositAccount(
-                        payments_pb2.SetDepositAccountRequest(
-                            deposit_account=payments_pb2.DepositAccount(
-                                account_id="acme",
-                                entity_id=invoice.entity_id,
-                                currency=invoice.currency,
-                                bank_account_id=bank.bank_account_id,
-                            )
-                        )
-                    )
             await payer.add_card(good, "4242424242424242")
             await payer.add_card(bad, "4000000000000002")  # declines
 

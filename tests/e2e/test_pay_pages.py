@@ -26,6 +26,7 @@ from tests.support.browser import headless_chromium
 from tests.support.payments import (
     Payer,
     arbridge_logs,
+    deposit_everywhere,
     eventually,
     gateway_transactions,
     intacct_values,
@@ -107,22 +108,7 @@ async def test_payers_pay_by_card_across_invoices_after_a_decline_and_save_a_met
         card_customer, decline_customer, method_customer = others[:3]
         async with aiohttp.ClientSession() as http:
             payer = Payer(suite, http, suite.target("payments"))
-            for currency, entity in {
-                (i.currency, i.entity_id)
-                for c in (balance_customer, card_customer, decline_customer, method_customer)
-                for i in by_customer[c]
-            }:
-                bank = next(b for b in banks if b.currency == currency)
-                await payer.stub.SetDepositAccount(
-                    payments_pb2.SetDepositAccountRequest(
-                        deposit_account=payments_pb2.DepositAccount(
-                            account_id="acme",
-                            entity_id=entity,
-                            currency=currency,
-                            bank_account_id=bank.bank_account_id,
-                        )
-                    )
-                )
+            await deposit_everywhere(payer, suite)
 
             async def link(kind: Any, customer: str, invoice: str = "") -> str:
                 reply = await payer.stub.CreateLink(

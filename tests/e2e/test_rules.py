@@ -29,6 +29,7 @@ from arbridge_runtime.money import to_minor
 from tests.conftest import TOKEN
 from tests.support.payments import (
     Payer,
+    deposit_everywhere,
     eventually,
     gateway_transactions,
     intacct_values,
@@ -36,29 +37,9 @@ from tests.support.payments import (
     synced_payments_suite,
 )
 from tests.support.runtime_env import ServiceProcess, service_env, start_process
-from tests.support.suite import Suite
+from tests.support.suite import Suite, install_smart_events
 
 SERVICES = ("connector", "sync", "payments", "gateway", "rules")
-
-
-async def _smart_events(http: aiohttp.ClientSession, suite: Suite) -> None:
-    """The smart events of the set-up document, installed in the sandbox company."""
-    sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
-    setup = await sync.GetSmartEventSetup(
-        sync_pb2.GetSmartEventSetupRequest(account_id="acme", gateway_base_url=suite.gateway_base)
-    )
-    for spec in setup.events:
-        async with http.post(
-            f"{suite.sandbox_admin}/companies/{suite.sandbox['company_id']}/smart-events",
-            json={
-                "object": spec.object,
-                "actions": list(spec.actions),
-                "url": spec.url,
-                "body_template": spec.body_template,
-                "content_type": spec.content_type,
-            },
-        ) as reply:
-            assert reply.status in (200, 201), await reply.text()
 
 
 async def _create_invoice(
@@ -84,33 +65,6 @@ async def _create_invoice(
     match = re.search(r"<key>(\d+)</key>", str(data.get("body", "")))
     assert match, text
     return match.group(1)
-
-
-async def _deposit_everywhere(payer: Payer, suite: Suite) -> None:
-    sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
-    banks = (
-        await sync.ListBankAccounts(sync_pb2.ListBankAccountsRequest(account_id="acme"))
-    ).bank_accounts
-    by_currency = {b.currency: b for b in banks}
-    entities = sorted(
-        {
-            i.entity_id
-            for found in (await open_invoices_by_customer(suite, "acme")).values()
-            for i in found
-        }
-    )
-    for currency, bank in by_currency.items():
-        for entity in entities:
-            await payer.stub.SetDepositAccount(
-                payments_pb2.SetDepositAccountRequest(
-                    deposit_account=payments_pb2.DepositAccount(
-                        account_id="acme",
-                        entity_id=entity,
-                        currency=currency,
-                        bank_account_id=bank.bank_account_id,
-                    )
-                )
-            )
 
 
 def _rule(name: str, currency: str, **extra: Any) -> rules_pb2.Rule:
@@ -162,8 +116,8 @@ async def test_an_invoice_created_in_intacct_is_charged_by_its_rule_and_explaine
     ):
         rules = rules_pb2_grpc.RulesServiceStub(service_channel(suite.target("rules"), TOKEN))
         payer = Payer(suite, http, suite.target("payments"))
-        await _smart_events(http, suite)
-        await _deposit_everywhere(payer, suite)
+        await install_smart_events(http, suite)
+        await deposit_everywhere(payer, suite)
         candidates = await _customers_with_currency(suite)
         (good, currency), (bad, bad_currency), (opted, _) = candidates[:3]
         await payer.add_card(good, "4242424242424242")
@@ -412,8 +366,8 @@ async def test_replicas_killed_while_charging_still_charge_every_due_invoice_onc
     ):
         rules = rules_pb2_grpc.RulesServiceStub(service_channel(suite.target("rules"), TOKEN))
         payer = Payer(suite, http, suite.target("payments"))
-        await _smart_events(http, suite)
-        await _deposit_everywhere(payer, suite)
+        await install_smart_events(http, suite)
+        await deposit_everywhere(payer, suite)
         candidates = await _customers_with_currency(suite)
         currency = candidates[0][1]
         customers = [c for c, cur in candidates if cur == currency][:4]

@@ -23,7 +23,7 @@ from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
-from tests.support.suite import Suite, running_suite
+from tests.support.suite import Suite, install_smart_events, running_suite
 
 ACCOUNT = "acme"
 WINDOW = timedelta(days=183)
@@ -183,20 +183,7 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
             )
             assert len(setup.events) == 20  # 3 per AR object, add and set of the queue
             assert "Platform Services > Smart Events" in setup.document
-            for spec in setup.events:
-                await _admin(
-                    http,
-                    suite,
-                    "POST",
-                    f"/companies/{company}/smart-events",
-                    json={
-                        "object": spec.object,
-                        "actions": list(spec.actions),
-                        "url": spec.url,
-                        "body_template": spec.body_template,
-                        "content_type": spec.content_type,
-                    },
-                )
+            assert await install_smart_events(http, suite, ACCOUNT) == len(setup.events)
             rng = random.Random(5)
             targets = rng.sample(sorted(window), 200)
             started: dict[str, float] = {}

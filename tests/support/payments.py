@@ -214,3 +214,35 @@ def arbridge_logs(suite: Suite) -> str:
     """The logs of arbridge's own processes (not the sandboxes, which play Intacct and the
     card gateway and so may hold what arbridge must not)."""
     return "\n".join(process.logs() for name, process in suite.processes.items() if name != "cards")
+
+
+async def deposit_everywhere(payer: Payer, suite: Suite) -> None:
+    """A deposit account for every currency the sandbox company has a bank account in, in
+    every entity that has open invoices, so every payment can be posted."""
+    channel = service_channel(suite.target("sync"), TOKEN)
+    try:
+        banks = (
+            await sync_pb2_grpc.SyncServiceStub(channel).ListBankAccounts(
+                sync_pb2.ListBankAccountsRequest(account_id="acme")
+            )
+        ).bank_accounts
+    finally:
+        await channel.close(None)
+    by_currency = {b.currency: b for b in banks}
+    entities = {
+        i.entity_id
+        for found in (await open_invoices_by_customer(suite, "acme")).values()
+        for i in found
+    }
+    for currency, bank in sorted(by_currency.items()):
+        for entity in sorted(entities):
+            await payer.stub.SetDepositAccount(
+                payments_pb2.SetDepositAccountRequest(
+                    deposit_account=payments_pb2.DepositAccount(
+                        account_id="acme",
+                        entity_id=entity,
+                        currency=currency,
+                        bank_account_id=bank.bank_account_id,
+                    )
+                )
+            )

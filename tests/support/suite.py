@@ -173,3 +173,40 @@ async def connect_and_sync(suite: Suite, account_id: str, timeout: float = 3600.
     finally:
         await connector_channel.close(None)
         await sync_channel.close(None)
+
+
+async def install_smart_events(
+    http: Any, suite: Suite, account_id: str = "acme", objects: set[str] | None = None
+) -> int:
+    """Creates in the sandbox company the smart events of sync's set-up document for the
+    account (only those of ``objects`` when given); returns how many."""
+    from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+    from arbridge_runtime.grpc_client import service_channel
+
+    channel = service_channel(suite.target("sync"), TOKEN)
+    try:
+        setup = await sync_pb2_grpc.SyncServiceStub(channel).GetSmartEventSetup(
+            sync_pb2.GetSmartEventSetupRequest(
+                account_id=account_id, gateway_base_url=suite.gateway_base
+            )
+        )
+    finally:
+        await channel.close(None)
+    made = 0
+    for spec in setup.events:
+        if objects is not None and spec.object not in objects:
+            continue
+        async with http.post(
+            f"{suite.sandbox_admin}/companies/{suite.sandbox['company_id']}/smart-events",
+            json={
+                "object": spec.object,
+                "actions": list(spec.actions),
+                "url": spec.url,
+                "body_template": spec.body_template,
+                "content_type": spec.content_type,
+            },
+        ) as reply:
+            if reply.status not in (200, 201):
+                raise RuntimeError(f"smart event {spec.name} refused: {await reply.text()}")
+        made += 1
+    return made
