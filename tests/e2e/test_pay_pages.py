@@ -15,7 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, ViewportSize, expect
+from pypdf import PdfReader
 
+from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.payments.v1 import payments_pb2
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_devinfra.infra import free_port
@@ -143,6 +145,24 @@ async def test_payers_pay_by_card_across_invoices_after_a_decline_and_save_a_met
                     f"Invoice {invoice.invoice_number}"
                 )
                 assert await _fits_phone(page)
+                # The invoice as the company's Intacct template prints it, twice: the
+                # second comes from the connector's cache (one retrievepdf in all).
+                for _ in range(2):
+                    async with page.expect_download() as download_info:
+                        await page.get_by_role(
+                            "link", name=f"PDF of invoice {invoice.invoice_number}"
+                        ).click()
+                    download = await download_info.value
+                    assert download.suggested_filename == f"{invoice.invoice_number}.pdf"
+                    saved = tmp_path / download.suggested_filename
+                    await download.save_as(saved)
+                    text = PdfReader(saved).pages[0].extract_text()
+                    assert f"Invoice number: {invoice.invoice_number}" in text
+                    assert (
+                        f"Amount due: {from_minor(invoice.due.amount_minor, invoice.currency)}"
+                        in text
+                    )
+                assert await _intacct_calls(suite, "retrievepdf") == 1
                 await _enter_card(page, "4111111111111111")
                 await page.locator("#pay-button").click()
                 await expect(page.get_by_role("heading", level=1)).to_have_text(
@@ -306,6 +326,18 @@ def _due_went_down(
     invoice = next(i for found_ in by_customer.values() for i in found_ if i.record_no == record_no)
     due = to_minor(str(found[record_no]["TRX_TOTALDUE"]), invoice.currency)
     return bool(due == invoice.due.amount_minor - paid_minor)
+
+
+async def _intacct_calls(suite: Any, function: str) -> int:
+    """API calls of ``function`` the connector metered for account "acme"."""
+    channel = service_channel(suite.target("connector"), TOKEN)
+    try:
+        usage = await connector_pb2_grpc.ConnectorServiceStub(channel).GetApiUsage(
+            connector_pb2.GetApiUsageRequest(account_id="acme")
+        )
+    finally:
+        await channel.close(None)
+    return sum(r.calls for r in usage.rows if r.function == function)
 
 
 def _shown(minor: int, currency: str) -> str:

@@ -368,3 +368,58 @@ async def test_sessions_are_renewed_before_they_time_out(database_url: str, uniq
 
 def rq_function() -> rq.Function:
     return rq.Function("i", rq.inspect("CUSTOMER"))
+
+
+async def test_invoice_pdfs_are_printed_by_intacct_and_cached_per_invoice_version(
+    database_url: str, unique: str
+) -> None:
+    import io
+    from datetime import UTC, datetime
+
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from pypdf import PdfReader
+
+    async with live_sandbox() as live, connector_harness(database_url, unique, live) as h:
+        await h.stub.ConnectAccount(h.connect_request())
+        company = live.sandbox.companies[COMPANY]
+        record_no = min(company.tables["ARINVOICE"].rows)
+        values = company.tables["ARINVOICE"].rows[record_no].values
+
+        async def pdf(version: datetime | None) -> bytes:
+            request = connector_pb2.GetInvoicePdfRequest(
+                account_id="acct-1", invoice_record_no=str(record_no)
+            )
+            if version is not None:
+                stamp = Timestamp()
+                stamp.FromDatetime(version)
+                request.invoice_modified_at.CopyFrom(stamp)
+            return bytes((await h.stub.GetInvoicePdf(request)).pdf)
+
+        async def printed() -> int:
+            return int((await h.stats())["functions"].get("retrievepdf", 0))
+
+        first_version = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+        first = await pdf(first_version)
+        text = PdfReader(io.BytesIO(first)).pages[0].extract_text()
+        assert "AR INVOICE" in text
+        assert f"Invoice number: {values['RECORDID']}" in text
+        assert f"Amount due: {values['TRX_TOTALDUE']}" in text
+        assert await pdf(first_version) == first  # the same version: from the cache
+        assert await printed() == 1
+        await pdf(datetime(2026, 11, 2, 9, 30, tzinfo=UTC))  # the invoice changed
+        await pdf(None)  # no version known: always asked
+        assert await printed() == 3
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await h.stub.GetInvoicePdf(
+                connector_pb2.GetInvoicePdfRequest(
+                    account_id="acct-1", invoice_record_no="99999999"
+                )
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "No AR Invoice with key 99999999" in str(err.value.details())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await h.stub.GetInvoicePdf(
+                connector_pb2.GetInvoicePdfRequest(account_id="acct-1", invoice_record_no="INV-1")
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

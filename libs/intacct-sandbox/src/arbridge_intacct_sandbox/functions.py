@@ -8,6 +8,7 @@ events fire only for what was committed.
 
 from __future__ import annotations
 
+import base64
 import bisect
 import copy
 import secrets
@@ -19,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 
 from lxml import etree
 
+from arbridge_intacct_sandbox import pdf
 from arbridge_intacct_sandbox.query import (
     QueryError,
     compile_filter,
@@ -33,6 +35,7 @@ from arbridge_intacct_sandbox.schema import (
     CUSTOMER,
     OBJECTS,
     PERMISSIONS,
+    SODOCUMENT,
     FieldDef,
     ObjectDef,
     resolve_object,
@@ -1285,6 +1288,66 @@ def get_user_permissions(call: Call, el: etree._Element) -> Result:
     return Result("getUserPermissions", "", body=f"<data><permissions>{body}</permissions></data>")
 
 
+def retrieve_pdf(call: Call, el: etree._Element) -> Result:
+    """``retrievepdf``: the invoice printed with the company's template, base64 in ``pdfdata``.
+
+    ``<arinvoice><key>RECORDNO</key></arinvoice>`` prints with the AR invoice
+    template, ``<sotransaction><key>DOCID</key></sotransaction>`` with the Sales
+    Invoice template of Order Entry.
+    """
+    target = next((c for c in el if isinstance(c.tag, str)), None)
+    if target is None or target.tag not in ("arinvoice", "sotransaction"):
+        raise Failure(
+            Err("BL01001973", "", "retrievepdf needs <arinvoice> or <sotransaction> with a <key>")
+        )
+    key = _text(target, "key")
+    if target.tag == "arinvoice":
+        _require(call, ARINVOICE, "View")
+        row = call.company.find(ARINVOICE, key) if key.isdigit() else None
+        template = "AR Invoice"
+        number_field, customer_field = "RECORDID", "CUSTOMERID"
+    else:
+        _require(call, SODOCUMENT, "View")
+        row = call.company.find(SODOCUMENT, key)
+        template = "Sales Invoice"
+        number_field, customer_field = "DOCNO", "CUSTVENDID"
+    if row is None:
+        raise Failure(
+            Err("BL01001973", "", f"No {template} with key {key} exists", "Check the key")
+        )
+    values = row.values
+    invoice_no = row.recordno if target.tag == "arinvoice" else row.values.get("PRRECORDKEY", "")
+    items = [
+        (
+            i.values.get("ENTRYDESCRIPTION") or i.values.get("ACCOUNTNO") or "Item",
+            i.values.get("TRX_AMOUNT", ""),
+        )
+        for i in call.company.tables[ARINVOICEITEM.name].rows.values()
+        if i.values.get("RECORDKEY") == str(invoice_no)
+    ]
+    currency = values.get("CURRENCY", "")
+    ar = call.company.find(ARINVOICE, str(invoice_no)) if str(invoice_no).isdigit() else None
+    source = ar.values if ar is not None else values
+    data = pdf.invoice_pdf(
+        company=call.company.name,
+        template=template,
+        number=values.get(number_field, "") or str(row.recordno),
+        customer=f"{values.get(customer_field, '')} {source.get('CUSTOMERNAME', '')}".strip(),
+        dates=[
+            ("Invoice date", source.get("WHENCREATED", "")),
+            ("Due date", source.get("WHENDUE", "")),
+        ],
+        items=items or [("Invoice total", source.get("TRX_TOTALENTERED", ""))],
+        totals=[
+            ("Total", f"{source.get('TRX_TOTALENTERED', '')} {currency}"),
+            ("Paid", f"{source.get('TRX_TOTALPAID', '')} {currency}"),
+            ("Amount due", f"{source.get('TRX_TOTALDUE', '')} {currency}"),
+        ],
+    )
+    body = element("key", key) + element("pdfdata", base64.b64encode(data).decode())
+    return Result("retrievepdf", "", body=f"<data><pdf>{body}</pdf></data>")
+
+
 HANDLERS: dict[str, Callable[[Call, etree._Element], Result]] = {
     "readByQuery": read_by_query,
     "readMore": read_more,
@@ -1304,6 +1367,7 @@ HANDLERS: dict[str, Callable[[Call, etree._Element], Result]] = {
     "delete_araccountlabel": delete_araccountlabel,
     "create_supdoc": create_supdoc,
     "getUserPermissions": get_user_permissions,
+    "retrievepdf": retrieve_pdf,
 }
 
 WRITES = frozenset(

@@ -198,6 +198,15 @@ def read_by_name(object_name: str, names: Sequence[str], fields: Sequence[str] =
     )
 
 
+def retrieve_pdf(kind: str, key: str) -> str:
+    """``retrievepdf``: an invoice printed with the company's template (``arinvoice`` by
+    RECORDNO with the AR invoice template, ``sotransaction`` by DOCID with the Sales
+    Invoice one); the answer carries it base64 in ``pdfdata``."""
+    if kind not in ("arinvoice", "sotransaction"):
+        raise ValueError("retrievepdf prints an arinvoice or a sotransaction")
+    return f"<retrievepdf><{kind}>{el('key', key)}</{kind}></retrievepdf>"
+
+
 def inspect(object_name: str) -> str:
     return f"<inspect>{el('object', object_name)}</inspect>"
 

@@ -8,6 +8,7 @@ session reused across calls), built from credentials decrypted just in time.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -372,6 +373,78 @@ class Connector:
                 result.errors,
             )
         return [flatten(r) for r in (result.data.records if result.data else [])]
+
+    async def invoice_pdf(
+        self, account_id: str, record_no: str, source: str, modified_at: datetime | None
+    ) -> tuple[bytes, bool]:
+        """The invoice printed with its template; (pdf, from_cache).
+
+        With the invoice version the caller holds (``modified_at``, Intacct's
+        WHENMODIFIED), a PDF fetched for that version is answered without an API
+        call. Otherwise one ``retrievepdf`` (a Sales Invoice also needs one query
+        for its document id) fetches it and it replaces the cached one.
+        """
+        if not record_no.isdigit():
+            raise InvalidArgument("invoice_record_no must be the invoice's RECORDNO (digits)")
+        cached = await self.pool.fetchrow(
+            "SELECT pdf, modified_at FROM invoice_pdfs WHERE account_id = $1"
+            " AND record_no = $2 AND source = $3",
+            account_id,
+            record_no,
+            source,
+        )
+        if cached is not None and modified_at is not None and cached["modified_at"] == modified_at:
+            return bytes(cached["pdf"]), True
+        client = await self.client(account_id)
+        kind, key = "arinvoice", record_no
+        if source == "sales_invoice":
+            found = await client.execute(
+                [
+                    rq.Function(
+                        "docid",
+                        rq.query(
+                            "SODOCUMENT",
+                            ["DOCID"],
+                            conditions=[rq.Condition("equalto", "PRRECORDKEY", (record_no,))],
+                            page_size=1,
+                        ),
+                    )
+                ]
+            )
+            rows = found.results[0].data.records if found.results[0].data else []
+            if not found.results[0].ok or not rows:
+                raise NotFound(
+                    f"no Sales Invoice document posts AR invoice {record_no}; "
+                    "ask for it with source INVOICE_SOURCE_AR_INVOICE"
+                )
+            kind, key = "sotransaction", str(flatten(rows[0]).get("DOCID", ""))
+        response = await client.execute([rq.Function("pdf", rq.retrieve_pdf(kind, key))])
+        result = response.results[0]
+        if not result.ok:
+            raise RecordFailure(
+                "Intacct refused to print the invoice: "
+                + "; ".join(e.text() for e in result.errors),
+                result.errors,
+            )
+        records = result.data.records if result.data else []
+        encoded = str(flatten(records[0]).get("pdfdata", "")) if records else ""
+        try:
+            pdf = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            pdf = b""
+        if not pdf.startswith(b"%PDF-"):
+            raise RecordFailure("Intacct answered retrievepdf without a PDF", [])
+        await self.pool.execute(
+            "INSERT INTO invoice_pdfs (account_id, record_no, source, modified_at, pdf)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, record_no, source) DO UPDATE"
+            " SET modified_at = EXCLUDED.modified_at, pdf = EXCLUDED.pdf, fetched_at = now()",
+            account_id,
+            record_no,
+            source,
+            modified_at,
+            pdf,
+        )
+        return pdf, False
 
     def local_to_utc(self, client: IntacctClient, text: str) -> datetime | None:
         return client.from_local(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -315,8 +316,26 @@ class ConnectorService(connector_pb2_grpc.ConnectorServiceServicer):
     async def GetInvoicePdf(
         self, request: connector_pb2.GetInvoicePdfRequest, context: Context
     ) -> connector_pb2.GetInvoicePdfResponse:
-        # Invoice PDFs are their own piece of work (the "Inside Intacct" issue).
-        raise NotImplementedError
+        if not request.account_id or not request.invoice_record_no:
+            raise InvalidArgument("account_id and invoice_record_no must be set")
+        source = (
+            "sales_invoice"
+            if request.source == common_pb2.INVOICE_SOURCE_SALES_INVOICE
+            else "ar_invoice"
+        )
+        modified = (
+            request.invoice_modified_at.ToDatetime(tzinfo=UTC)
+            if request.HasField("invoice_modified_at")
+            else None
+        )
+        pdf, _cached = await self._core.invoice_pdf(
+            request.account_id, request.invoice_record_no, source, modified
+        )
+        return connector_pb2.GetInvoicePdfResponse(
+            pdf=pdf,
+            file_name=f"invoice-{request.invoice_record_no}.pdf",
+            etag=hashlib.sha256(pdf).hexdigest()[:32],
+        )
 
 
 __all__ = ["ConnectorService", "IntacctError", "InvalidOperation"]

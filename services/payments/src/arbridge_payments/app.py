@@ -75,6 +75,7 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         methods,
         gateway,
         sync,
+        connector_pb2_grpc.ConnectorServiceStub(connector_channel),
     )
     pay_port = await ctx.serve_http(pages.app(), settings.pay_host, settings.pay_port)
     ctx.ready_info["pay_port"] = pay_port

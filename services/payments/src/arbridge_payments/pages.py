@@ -41,6 +41,7 @@ import structlog
 from aiohttp import web
 
 from arbridge.common.v1 import ar_pb2, common_pb2
+from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_payments.arstore import get_customer, get_invoice
 from arbridge_payments.charges import MAX_INVOICES, ChargeRequest, Charges, ChargeView, InvoicePart
@@ -128,7 +129,9 @@ class PayPages:
         methods: PaymentMethods,
         gateway: CardGateway,
         sync: sync_pb2_grpc.SyncServiceAsyncStub,
+        connector: connector_pb2_grpc.ConnectorServiceAsyncStub,
     ) -> None:
+        self._connector = connector
         self._config = config
         self._links = links
         self._charges = charges
@@ -143,6 +146,7 @@ class PayPages:
         app.router.add_post("/l/{token}/pay", self.pay)
         app.router.add_post("/l/{token}/method", self.save_method)
         app.router.add_get("/l/{token}/charges/{charge_id}", self.receipt)
+        app.router.add_get(r"/l/{token}/invoices/{record_no:\d+}.pdf", self.invoice_pdf)
         app.router.add_get("/static/{name}", self.static)
         app.router.add_get("/livez", self.livez)
         app.router.add_get("/favicon.ico", self.no_icon)
@@ -272,7 +276,9 @@ class PayPages:
         single = link.kind == "payment"
         rows = []
         for invoice in payable:
-            rows.append(self._invoice_row(invoice, balances[invoice.record_no], single, entered))
+            rows.append(
+                self._invoice_row(invoice, balances[invoice.record_no], single, entered, token)
+            )
         total = sum(balances[i.record_no] for i in payable)
         heading = f"Invoice {payable[0].invoice_number}" if single else "Your open invoices"
         body = f"""
@@ -300,8 +306,10 @@ class PayPages:
         balance: int,
         single: bool,
         entered: dict[str, str] | None,
+        token: str,
     ) -> str:
         record_no = invoice.record_no
+        pdf_href = f"/l/{token}/invoices/{record_no}.pdf"
         currency = invoice.currency
         number = invoice.invoice_number or record_no
         amount = (entered or {}).get(f"amount_{record_no}", from_minor(balance, currency))
@@ -316,7 +324,9 @@ class PayPages:
         )
         chosen = f'<input type="hidden" name="invoice" value="{_e(record_no)}">' if single else ""
         return (
-            f'<tr>{choose}<th scope="row">{chosen}{_e(number)}</th>'
+            f'<tr>{choose}<th scope="row">{chosen}{_e(number)}'
+            f' <a class="pdf" href="{_e(pdf_href)}">PDF<span class="sr"> of invoice '
+            f"{_e(number)}</span></a></th>"
             f'<td data-label="Due date">{_e(invoice.due_date or "-")}</td>'
             f'<td class="num" data-label="Total">'
             f"{_e(_amount(invoice.total.amount_minor, currency))}</td>"
@@ -612,6 +622,52 @@ for future payments by default</label>
             "You can close this page.</p>",
         )
 
+    # Invoice PDFs -----------------------------------------------------------------
+
+    async def invoice_pdf(self, request: web.Request) -> web.StreamResponse:
+        """The invoice as the company's Intacct template prints it (a link's own invoice,
+        or any invoice of a balance link's customer)."""
+        link = await self._resolve(request)
+        if isinstance(link, web.Response):
+            return link
+        record_no = request.match_info["record_no"]
+        if link.kind == "payment_method" or (
+            link.kind == "payment" and record_no != link.invoice_record_no
+        ):
+            raise web.HTTPNotFound()
+        try:
+            invoice = await get_invoice(self._sync, link.account_id, record_no)
+        except NotFound:
+            raise web.HTTPNotFound() from None
+        except DomainError:
+            return self._unavailable()
+        if invoice.customer_id != link.customer_id:
+            raise web.HTTPNotFound()
+        ask = connector_pb2.GetInvoicePdfRequest(
+            account_id=link.account_id, invoice_record_no=record_no, source=invoice.source
+        )
+        if invoice.HasField("intacct_modified_at"):
+            ask.invoice_modified_at.CopyFrom(invoice.intacct_modified_at)
+        try:
+            reply = await self._connector.GetInvoicePdf(ask, timeout=60)
+        except grpc.aio.AioRpcError as err:
+            log.warning("pay_page.pdf_unavailable", code=err.code().name)
+            return self._page(
+                503,
+                "The invoice PDF is briefly unavailable",
+                "<p>We could not fetch the invoice from the accounting system just now. "
+                "Try again in a minute; you can still pay from the previous page.</p>",
+            )
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", invoice.invoice_number or record_no).strip("-")
+        return web.Response(
+            body=reply.pdf,
+            content_type="application/pdf",
+            headers={
+                "Content-Disposition": f'attachment; filename="{name or "invoice"}.pdf"',
+                "ETag": f'"{reply.etag}"',
+            },
+        )
+
     # Receipts ---------------------------------------------------------------------
 
     async def receipt(self, request: web.Request) -> web.Response:
@@ -634,8 +690,11 @@ for future payments by default</label>
                 ).invoice_number
             except DomainError:
                 numbers[record_no] = record_no
+        token = request.match_info["token"]
         lines = "".join(
-            f'<tr><th scope="row">{_e(numbers.get(r) or r)}</th>'
+            f'<tr><th scope="row">{_e(numbers.get(r) or r)} '
+            f'<a class="pdf" href="/l/{_e(token)}/invoices/{_e(r)}.pdf">PDF<span class="sr">'
+            f" of invoice {_e(numbers.get(r) or r)}</span></a></th>"
             f'<td class="num">{_e(_amount(a, currency))}</td></tr>'
             for r, a in charge.invoices
         )
