@@ -410,6 +410,22 @@ async def test_invoice_pdfs_are_printed_by_intacct_and_cached_per_invoice_versio
         await pdf(None)  # no version known: always asked
         assert await printed() == 3
 
+        # A Sales Invoice prints with the Order Entry template, found by its AR record.
+        sales = next(
+            r.values
+            for r in company.tables["SODOCUMENT"].rows.values()
+            if r.values.get("PRRECORDKEY")
+        )
+        reply = await h.stub.GetInvoicePdf(
+            connector_pb2.GetInvoicePdfRequest(
+                account_id="acct-1",
+                invoice_record_no=sales["PRRECORDKEY"],
+                source=common_pb2.INVOICE_SOURCE_SALES_INVOICE,
+            )
+        )
+        text = PdfReader(io.BytesIO(reply.pdf)).pages[0].extract_text()
+        assert "SALES INVOICE" in text
+        assert f"Invoice number: {sales['DOCNO']}" in text
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await h.stub.GetInvoicePdf(
                 connector_pb2.GetInvoicePdfRequest(
