@@ -8,6 +8,7 @@ without Platform Services has no queue: arbridge says so and does not try.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,7 @@ async def test_queue_requests_are_charged_once_and_their_outcome_written_back(
 
 
 @pytest.mark.timeout(300)
-async def test_a_company_without_platform_services_has_no_queue_and_arbridge_says_so(
+async def test_a_company_without_platform_services_has_no_queue_and_it_is_never_read(
     tmp_path: Path, database_url: str, nats_url: str, unique: str
 ) -> None:
     async with synced_payments_suite(
@@ -252,14 +253,19 @@ async def test_a_company_without_platform_services_has_no_queue_and_arbridge_say
             acme, plain_row = rows
             assert (acme["account_id"], acme["state"]) == ("acme", "active")
             assert plain_row["account_id"] == "plain"
-            assert "bluesnaparqueue" in plain_row["last_error"].lower() or (
-                "platform" in plain_row["last_error"].lower()
-            )
-            # It is not read again every second: once a day.
-            due = await db.fetchval(
-                f'SELECT next_poll_at - now() FROM "{unique}_payments".queue_accounts'
+            assert "no Platform Services" in plain_row["last_error"]
+            # It is never read: the connector said at connection that there is no queue.
+            read = await db.fetchval(
+                f'SELECT enabled OR cursor IS NOT NULL FROM "{unique}_payments".queue_accounts'
                 " WHERE account_id = 'plain'"
             )
-            assert due.total_seconds() > 3600
+            assert read is False
+            await asyncio.sleep(2)  # several poll intervals
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{suite.sandbox_admin}/stats?company=PLAIN-CO") as reply,
+            ):
+                stats = (await reply.json())["companies"]["PLAIN-CO"]
+            assert stats["failed_functions"] == {}  # the sync's reads all succeeded too
         finally:
             await db.close()

@@ -34,6 +34,7 @@ async def synced_payments_suite(
     service_extra: dict[str, str] | None = None,
     timeout: float = 180.0,
     services: tuple[str, ...] = ("connector", "sync", "payments"),
+    sandbox_args: tuple[str, ...] = (),
 ) -> AsyncIterator[Suite]:
     """Both sandboxes, connector, sync and payments (and any other ``services``), with
     account "acme" connected and synced."""
@@ -46,6 +47,7 @@ async def synced_payments_suite(
         invoices=invoices,
         services=services,
         service_extra=service_extra,
+        sandbox_args=sandbox_args,
     ) as suite:
         initial = await connect_and_sync(suite, "acme", timeout=timeout)
         assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error

@@ -50,6 +50,7 @@ def running_suite(
     services: tuple[str, ...] = ("connector", "sync", "gateway"),
     seed: int = 3,
     service_extra: dict[str, str] | None = None,
+    sandbox_args: tuple[str, ...] = (),
 ) -> Iterator[Suite]:
     ready = tmp_path / "sandbox.ready"
     log = (tmp_path / "sandbox.log").open("ab")
@@ -68,6 +69,7 @@ def running_suite(
             str(invoices),
             "--ready-file",
             str(ready),
+            *sandbox_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -176,10 +178,14 @@ async def connect_and_sync(suite: Suite, account_id: str, timeout: float = 3600.
 
 
 async def install_smart_events(
-    http: Any, suite: Suite, account_id: str = "acme", objects: set[str] | None = None
+    http: Any,
+    suite: Suite,
+    account_id: str = "acme",
+    objects: set[str] | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> int:
     """Creates in the sandbox company the smart events of sync's set-up document for the
-    account (only those of ``objects`` when given); returns how many."""
+    account (only those of ``objects`` when given, none of ``exclude``); returns how many."""
     from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
     from arbridge_runtime.grpc_client import service_channel
 
@@ -194,7 +200,7 @@ async def install_smart_events(
         await channel.close(None)
     made = 0
     for spec in setup.events:
-        if objects is not None and spec.object not in objects:
+        if (objects is not None and spec.object not in objects) or spec.object in exclude:
             continue
         async with http.post(
             f"{suite.sandbox_admin}/companies/{suite.sandbox['company_id']}/smart-events",

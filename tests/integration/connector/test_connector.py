@@ -83,7 +83,7 @@ async def test_permissions_are_reported_one_by_one_with_the_fix(
         assert by_object["Statistical Accounts"].status == connector_pb2.PERMISSION_STATUS_MISSING
         assert by_object["Customers"].status == connector_pb2.PERMISSION_STATUS_GRANTED
         assert by_object["BlueSnapARQueue"].status == connector_pb2.PERMISSION_STATUS_GRANTED
-        assert reply.api_calls == 2
+        assert reply.api_calls == 1  # one getUserPermissions answers every check
     async with (
         live_sandbox(platform_services=False) as live,
         connector_harness(database_url, unique + "b", live) as h,
@@ -97,6 +97,11 @@ async def test_permissions_are_reported_one_by_one_with_the_fix(
         assert "Platform Services" in queue.fix
         assert reply.all_granted
         assert not reply.platform_services
+        assert "AR Automation only" in queue.fix
+        # Finding out failed no Intacct call: nothing asked for an object that is not there.
+        assert (await h.stats())["failed_functions"] == {}
+        account = await h.stub.GetAccount(connector_pb2.GetAccountRequest(account_id="acct-1"))
+        assert not account.account.platform_services
 
 
 async def test_a_full_read_costs_one_session_and_the_minimum_pages(

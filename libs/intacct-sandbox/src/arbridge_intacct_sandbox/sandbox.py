@@ -51,6 +51,8 @@ class Reply:
 class CompanyStats:
     requests: int = 0
     functions: Counter[str] = field(default_factory=Counter)
+    # Functions Intacct answered with a failure (not throttling or outages), by name.
+    failed_functions: Counter[str] = field(default_factory=Counter)
     throttled: int = 0
     server_errors: int = 0
     gateway_timeouts: int = 0
@@ -62,6 +64,7 @@ class CompanyStats:
             "requests": self.requests,
             "api_calls": sum(self.functions.values()),
             "functions": dict(self.functions),
+            "failed_functions": dict(self.failed_functions),
             "throttled": self.throttled,
             "server_errors": self.server_errors,
             "gateway_timeouts": self.gateway_timeouts,
@@ -425,6 +428,7 @@ class Sandbox:
                 if transaction:
                     errors.append(ABORTED)
                 results.append(Result(name, controlid, "failure", failure.data, errors))
+                stats.failed_functions[name] += 1
                 failed = True
         if failed and transaction:
             call.journal.rollback(call.company)

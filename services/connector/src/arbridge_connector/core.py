@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
@@ -136,14 +137,14 @@ class Connector:
         entities = await client.execute(
             [
                 rq.Function("entities", rq.query("LOCATIONENTITY", ["RECORDNO"], page_size=1)),
-                rq.Function("platform", rq.inspect("bluesnaparqueue")),
+                rq.Function("perms", rq.get_user_permissions(req.user_id)),
             ]
         )
-        entity_result, platform_result = entities.results
+        entity_result, perms_result = entities.results
         multi_entity = bool(
             entity_result.ok and entity_result.data and (entity_result.data.totalcount or 0) > 0
         )
-        platform = platform_result.ok
+        platform = perms_result.ok and has_platform(granted_policies(perms_result))
         account = repo.AccountRow(
             account_id=req.account_id,
             company_id=req.company_id,
@@ -166,6 +167,7 @@ class Connector:
                 company_id=req.company_id,
                 entity_id=req.entity_id,
                 time_zone=req.time_zone,
+                platform_services=platform,
             )
             event.occurred_at.GetCurrentTime()
             await self.outbox.add(conn, "connector.account.connected", event)
@@ -260,29 +262,17 @@ class Connector:
         row = await self.account(account_id)
         client = await self.client(account_id)
         response = await client.execute(
-            [
-                rq.Function("perms", rq.get_user_permissions(row.user_id)),
-                rq.Function("platform", rq.inspect("bluesnaparqueue")),
-            ]
+            [rq.Function("perms", rq.get_user_permissions(row.user_id))]
         )
-        perms_result, platform_result = response.results
+        perms_result = response.results[0]
         if not perms_result.ok:
             raise RecordFailure(
                 "Intacct would not list the user's permissions: "
                 + "; ".join(e.text() for e in perms_result.errors),
                 perms_result.errors,
             )
-        granted: dict[tuple[str, str], set[str]] = {}
-        for app in perms_result.data.records if perms_result.data else []:
-            for subscription in _as_list(app.get("appSubscription", app)):
-                module = str(subscription.get("applicationName", "")).strip()
-                policies = subscription.get("policies", {})
-                for policy in _as_list(
-                    policies.get("policy", []) if isinstance(policies, dict) else []
-                ):
-                    rights = set(str(policy.get("rights", "")).split("|"))
-                    granted[(module, str(policy.get("policyName", "")).strip())] = rights
-        platform = platform_result.ok
+        granted = granted_policies(perms_result)
+        platform = has_platform(granted)
         results = []
         for required in REQUIRED:
             if required.platform and not platform:
@@ -290,8 +280,11 @@ class Connector:
                     PermissionResult(
                         required,
                         "not_applicable",
-                        "This company has no Platform Services (or the BlueSnap application is not "
-                        "installed): charges are made from AR Automation only",
+                        "This company has no Platform Services, the BlueSnap application is not "
+                        "installed, or this user has no rights in it: charges and auto-payment "
+                        "rules work from AR Automation only. To charge from inside Intacct, "
+                        "install the application (Platform Services > Install Application) and "
+                        f"grant the user {required.obj} rights",
                     )
                 )
                 continue
@@ -309,7 +302,7 @@ class Connector:
                 )
             else:
                 results.append(PermissionResult(required, "granted"))
-        return results, platform, 2
+        return results, platform, 1
 
     # Reads ------------------------------------------------------------------------------
 
@@ -653,6 +646,28 @@ class Connector:
     async def usage(self, account_id: str, start: date, end: date) -> list[tuple[date, str, int]]:
         async with self.pool.acquire() as conn:
             return await repo.usage(conn, account_id, start, end)
+
+
+def granted_policies(result: Any) -> dict[tuple[str, str], set[str]]:
+    """The rights a ``getUserPermissions`` result grants, by (application, policy)."""
+    granted: dict[tuple[str, str], set[str]] = {}
+    for app in result.data.records if result.data else []:
+        for subscription in _as_list(app.get("appSubscription", app)):
+            module = str(subscription.get("applicationName", "")).strip()
+            policies = subscription.get("policies", {})
+            for policy in _as_list(
+                policies.get("policy", []) if isinstance(policies, dict) else []
+            ):
+                rights = set(str(policy.get("rights", "")).split("|"))
+                granted[(module, str(policy.get("policyName", "")).strip())] = rights
+    return granted
+
+
+def has_platform(granted: dict[tuple[str, str], set[str]]) -> bool:
+    """Whether the BlueSnap application (which needs Platform Services) is there: Intacct
+    lists an application's policies only where it is installed. Asking this way fails no
+    call, where reading the application's objects would fail in a company without it."""
+    return any((r.module, r.obj) in granted for r in REQUIRED if r.platform)
 
 
 def _as_list(value: object) -> list[dict[str, object]]:

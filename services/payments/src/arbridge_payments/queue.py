@@ -19,8 +19,10 @@ work the next pass finishes.
 
 Each connected account's queue is read every ``poll_seconds`` (and at once
 when sync forwards an Intacct event about a queue record). A company without
-Platform Services has no queue object: the read fails, the account's queue is
-marked unavailable with Intacct's reason and looked at again only daily.
+Platform Services has no queue object: the connector says so when the account
+connects, and its queue is never read. Should a read still be refused (the
+application removed later, rights withdrawn), the queue is marked unavailable
+with Intacct's reason and looked at again only daily.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ REQUESTED = frozenset({"", "pending", "new", "queued"})
 READ_OVERLAP = timedelta(seconds=2)
 UNAVAILABLE_RETRY = timedelta(days=1)
 FINAL = frozenset({"Paid", "Declined", "Failed"})
+NO_PLATFORM = (
+    "the company has no Platform Services with the BlueSnap application, so it has no "
+    "charge queue; charges are made from AR Automation only"
+)
 
 
 @dataclass(frozen=True)
@@ -81,12 +87,16 @@ class ChargeQueue:
     async def on_account_connection(self, conn: Any, delivery: Any) -> None:
         """``connector.account.*``: a connected account's queue is read from now on."""
         event = events_pb2.AccountConnectionChanged.FromString(delivery.data)
+        # Without Platform Services the queue object does not exist: it is never read.
         await conn.execute(
-            "INSERT INTO queue_accounts (account_id, enabled) VALUES ($1, $2)"
-            " ON CONFLICT (account_id) DO UPDATE SET enabled = EXCLUDED.enabled,"
-            " state = 'active', next_poll_at = now(), updated_at = now()",
+            "INSERT INTO queue_accounts (account_id, enabled, state, last_error)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (account_id) DO UPDATE"
+            " SET enabled = EXCLUDED.enabled, state = EXCLUDED.state,"
+            " last_error = EXCLUDED.last_error, next_poll_at = now(), updated_at = now()",
             event.account_id,
-            event.connected,
+            event.connected and event.platform_services,
+            "active" if event.platform_services else "unavailable",
+            "" if event.platform_services else NO_PLATFORM,
         )
 
     async def on_queue_event(self, conn: Any, delivery: Any) -> None:
