@@ -224,7 +224,12 @@ class Scheduler:
             " term_name = EXCLUDED.term_name, entity_id = EXCLUDED.entity_id,"
             " source = EXCLUDED.source, invoice_date = EXCLUDED.invoice_date,"
             " due_date = EXCLUDED.due_date, version = EXCLUDED.version,"
-            " changed_at = EXCLUDED.changed_at WHERE invoices.version <= EXCLUDED.version"
+            # The change time ("on creation or update" timing) moves only with a new
+            # version: reading the same version again (the re-check before a charge)
+            # must not push an "at 09:00" charge to the next day.
+            " changed_at = CASE WHEN invoices.version < EXCLUDED.version"
+            " THEN EXCLUDED.changed_at ELSE invoices.changed_at END"
+            " WHERE invoices.version <= EXCLUDED.version"
             " RETURNING true",
             invoice.account_id,
             invoice.record_no,
