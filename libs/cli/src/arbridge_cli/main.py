@@ -19,6 +19,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from arbridge_cards_sandbox.main import add_arguments as add_cards_arguments
+from arbridge_cli.ops import add_commands
 from arbridge_intacct_sandbox.main import add_arguments as add_intacct_arguments
 
 
@@ -167,6 +168,8 @@ def parser() -> argparse.ArgumentParser:
     smart.add_argument("--token", default="", help="service token (env ARBRIDGE_SERVICE_TOKEN)")
     smart.add_argument("--json", action="store_true", help="print JSON for scripts")
     smart.set_defaults(func=_smart_events)
+
+    add_commands(sub)
 
     dev = sub.add_parser("dev", help="development tooling")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
