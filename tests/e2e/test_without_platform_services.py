@@ -67,7 +67,9 @@ async def test_connect_sync_pay_by_link_and_auto_charge_without_a_failed_intacct
         assert queue.status == connector_pb2.PERMISSION_STATUS_NOT_APPLICABLE
         assert "AR Automation only" in queue.fix
         # The smart events of the AR objects only (the queue's cannot exist here).
-        assert await install_smart_events(http, suite, exclude=frozenset({"bluesnaparqueue"}))
+        assert await install_smart_events(
+            http, suite, exclude=frozenset({"bluesnaparqueue", "bluesnaparrule"})
+        )
         payer = Payer(suite, http, suite.target("payments"))
         await deposit_everywhere(payer, suite)
         (customer, currency), (other, _) = (await _customers_with_currency(suite))[:2]

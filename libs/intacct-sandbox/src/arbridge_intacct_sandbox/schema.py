@@ -599,6 +599,41 @@ CHARGE_QUEUE = ObjectDef(
     custom_object=True,
 )
 
+# Auto-payment rules managed inside Intacct (the BlueSnap application's second
+# object; its policy is the queue's). Lists are comma separated; amounts decimal.
+RULE_OBJECT = ObjectDef(
+    "bluesnaparrule",
+    "name",
+    "bluesnap.queue",
+    (
+        _f("id", INT, "Record number", read_only=True),
+        _f("name", TEXT, "Rule name"),
+        _f("enabled", TEXT, "Enabled (true/false)"),
+        _f("priority", INT, "Priority (lower first)"),
+        _f("customerids", TEXT, "Customer IDs"),
+        _f("currencies", TEXT, "Currencies"),
+        _f("minamount", DECIMAL, "Minimum invoice amount"),
+        _f("maxamount", DECIMAL, "Maximum invoice amount"),
+        _f("amountcurrency", TEXT, "Currency of the amounts"),
+        _f("trigger", TEXT, "When to charge"),
+        _f("days", INT, "Days"),
+        _f("timeofday", TEXT, "Time of day (HH:MM)"),
+        _f("amountmode", TEXT, "How much to charge"),
+        _f("maximum", DECIMAL, "Maximum charge"),
+        _f("retrydays", TEXT, "Retry after days"),
+        _f("arbridgeid", TEXT, "arbridge rule ID"),
+        _f("syncstatus", TEXT, "Sync status"),
+        _f("whencreated", DATETIME, read_only=True),
+        _f("whenmodified", DATETIME, read_only=True),
+        _f("MEGAENTITYID", TEXT, read_only=True),
+    ),
+    "BlueSnap AR Rule",
+    "BlueSnap AR Rules",
+    generic_create=True,
+    generic_update=True,
+    custom_object=True,
+)
+
 OBJECTS: dict[str, ObjectDef] = {
     o.name: o
     for o in (
@@ -616,6 +651,7 @@ OBJECTS: dict[str, ObjectDef] = {
         ARACCOUNTLABEL,
         LOCATIONENTITY,
         CHARGE_QUEUE,
+        RULE_OBJECT,
     )
 }
 

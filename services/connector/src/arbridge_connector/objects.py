@@ -189,6 +189,32 @@ OBJECTS: dict[int, IntacctObject] = {
         modified_field="whenmodified",
         id_field="name",
     ),
+    common_pb2.OBJECT_TYPE_INTACCT_RULE: IntacctObject(
+        "bluesnaparrule",
+        (
+            "id",
+            "name",
+            "enabled",
+            "priority",
+            "customerids",
+            "currencies",
+            "minamount",
+            "maxamount",
+            "amountcurrency",
+            "trigger",
+            "days",
+            "timeofday",
+            "amountmode",
+            "maximum",
+            "retrydays",
+            "arbridgeid",
+            "syncstatus",
+            "whenmodified",
+        ),
+        key_field="id",
+        modified_field="whenmodified",
+        id_field="name",
+    ),
 }
 
 

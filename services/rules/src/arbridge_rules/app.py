@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from arbridge.connector.v1 import connector_pb2_grpc
 from arbridge.payments.v1 import payments_pb2_grpc
 from arbridge.rules.v1 import rules_pb2, rules_pb2_grpc
 from arbridge.sync.v1 import sync_pb2_grpc
 from arbridge_rules.explain import Insight
+from arbridge_rules.intacct_rules import IntacctRules
 from arbridge_rules.rules import RuleStore
 from arbridge_rules.scheduler import Scheduler
 from arbridge_rules.servicer import RulesService
@@ -29,6 +31,15 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         settings.payments_target, settings.runtime.service_token, deadline=150
     )
     ctx.exit_stack.push_async_callback(payments_channel.close, None)
+    connector_channel = service_channel(
+        settings.connector_target, settings.runtime.service_token, deadline=300
+    )
+    ctx.exit_stack.push_async_callback(connector_channel.close, None)
+    intacct_rules = IntacctRules(
+        ctx.pool,
+        connector_pb2_grpc.ConnectorServiceStub(connector_channel),
+        poll_seconds=settings.intacct_poll_seconds,
+    )
     store = RuleStore(ctx.pool)
     scheduler = Scheduler(
         ctx.pool,
@@ -48,6 +59,7 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         ("rules-customers", "AR", ("ar.customer.>",), scheduler.on_customer),
         ("rules-invoices", "AR", ("ar.invoice.>",), scheduler.on_invoice),
         ("rules-methods", "PAYMENTS", ("payments.method.>",), scheduler.on_methods),
+        ("rules-intacct", "SYNC", ("sync.intacct_rule.>",), intacct_rules.on_rule_event),
     ):
         # Evaluations are quick: a replica that dies holding a batch hands it back soon.
         ctx.add_consumer(
@@ -60,7 +72,11 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
     async def reevaluating(stop: asyncio.Event) -> None:
         await run_passes(stop, settings.tick_seconds, scheduler.reevaluate_due)
 
+    async def intacct_sync(stop: asyncio.Event) -> None:
+        await run_passes(stop, settings.tick_seconds, intacct_rules.sync_due)
+
     ctx.add_worker("auto-charges", charging)
+    ctx.add_worker("intacct-rules", intacct_sync)
     ctx.add_worker("reevaluation", reevaluating)
 
 
@@ -71,7 +87,7 @@ def definition(settings: Settings) -> ServiceDefinition:
     return ServiceDefinition(
         name="rules",
         migrations=load_migrations("arbridge_rules", "rules"),
-        streams=(streams.CONNECTOR, streams.AR, streams.PAYMENTS, streams.RULES),
+        streams=(streams.CONNECTOR, streams.AR, streams.SYNC, streams.PAYMENTS, streams.RULES),
         build=build_with_settings,
     )
 

@@ -52,7 +52,8 @@ def _dict(value: Any) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _json(message: Any) -> str:
+def part_json(message: Any) -> str:
+    """A rule part (a v1 message) as the JSON text the rules table stores."""
     return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True))
 
 
@@ -171,6 +172,8 @@ def message(row: asyncpg.Record) -> rules_pb2.Rule:
         retry=json_format.ParseDict(_dict(row["retry"]), rules_pb2.RetryPolicy()),
         origin=ORIGIN_ENUMS.get(row["origin"], rules_pb2.RULE_ORIGIN_ARBRIDGE),
         revision=row["revision"],
+        intacct_record_no=row["intacct_record_no"],
+        sync_note=row["sync_note"],
     )
     rule.created_at.FromDatetime(row["created_at"])
     rule.updated_at.FromDatetime(row["updated_at"])
@@ -200,13 +203,13 @@ class RuleStore:
                 rule.name.strip(),
                 rule.enabled,
                 rule.priority,
-                _json(rule.conditions),
-                _json(rule.timing),
-                _json(rule.amount),
-                _json(rule.retry),
+                part_json(rule.conditions),
+                part_json(rule.timing),
+                part_json(rule.amount),
+                part_json(rule.retry),
                 ORIGINS.get(rule.origin, "arbridge"),
             )
-            await _request_reevaluation(conn, rule.account_id)
+            await request_reevaluation(conn, rule.account_id)
         return row
 
     async def get(self, account_id: str, rule_id: str, conn: Any = None) -> asyncpg.Record:
@@ -274,12 +277,12 @@ class RuleStore:
                 merged.name.strip(),
                 merged.enabled,
                 merged.priority,
-                _json(merged.conditions),
-                _json(merged.timing),
-                _json(merged.amount),
-                _json(merged.retry),
+                part_json(merged.conditions),
+                part_json(merged.timing),
+                part_json(merged.amount),
+                part_json(merged.retry),
             )
-            await _request_reevaluation(conn, rule.account_id)
+            await request_reevaluation(conn, rule.account_id)
         return row
 
     async def delete(self, account_id: str, rule_id: str) -> None:
@@ -290,7 +293,7 @@ class RuleStore:
                 " updated_at = now() WHERE rule_id = $1",
                 rule_id,
             )
-            await _request_reevaluation(conn, account_id)
+            await request_reevaluation(conn, account_id)
 
     @staticmethod
     async def specs(conn: Any, account_id: str) -> list[engine.RuleSpec]:
@@ -300,9 +303,12 @@ class RuleStore:
         return engine.ordered(spec(r) for r in rows)
 
 
-async def _request_reevaluation(conn: Any, account_id: str) -> None:
+async def request_reevaluation(conn: Any, account_id: str) -> None:
+    """A rule changed: evaluate the account's invoices again, and (with Platform Services)
+    sync its rules with Intacct at once."""
     await conn.execute(
         "INSERT INTO accounts (account_id, reevaluate_requested_at) VALUES ($1, clock_timestamp())"
-        " ON CONFLICT (account_id) DO UPDATE SET reevaluate_requested_at = clock_timestamp()",
+        " ON CONFLICT (account_id) DO UPDATE SET reevaluate_requested_at = clock_timestamp(),"
+        " intacct_rules_next_at = now()",
         account_id,
     )

@@ -143,12 +143,15 @@ class Scheduler:
     async def on_account(self, conn: Any, delivery: Any) -> None:
         event = events_pb2.AccountConnectionChanged.FromString(delivery.data)
         await conn.execute(
-            "INSERT INTO accounts (account_id, time_zone, connected) VALUES ($1, $2, $3)"
-            " ON CONFLICT (account_id) DO UPDATE SET time_zone = EXCLUDED.time_zone,"
-            " connected = EXCLUDED.connected, updated_at = now()",
+            "INSERT INTO accounts (account_id, time_zone, connected, platform_services)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (account_id) DO UPDATE"
+            " SET time_zone = EXCLUDED.time_zone, connected = EXCLUDED.connected,"
+            " platform_services = EXCLUDED.platform_services, intacct_rules_next_at = now(),"
+            " updated_at = now()",
             event.account_id,
             event.time_zone or "UTC",
             event.connected,
+            event.platform_services,
         )
 
     async def on_customer(self, conn: Any, delivery: Any) -> None:

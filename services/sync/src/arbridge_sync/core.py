@@ -25,6 +25,8 @@ from arbridge_sync.unsynced import record_failure, resolve
 
 # The charge-queue custom object (BlueSnapARQueue): its events go to payments.
 CHARGE_QUEUE_OBJECT = "bluesnaparqueue"
+# Auto-payment rules managed in Intacct (BlueSnapARRule): their events go to rules.
+RULE_OBJECT = "bluesnaparrule"
 log = structlog.get_logger(__name__)
 
 TRANSIENT = {
@@ -103,6 +105,14 @@ class SyncCore:
         except BadEvent as exc:
             raise PoisonMessage(str(exc)) from None
         synced = BY_NAME.get(event.object)
+        if synced is None and event.object.lower() == RULE_OBJECT:
+            # An auto-payment rule managed in Intacct: the rules service reads it now.
+            rule_changed = events_pb2.IntacctRuleChanged(
+                account_id=account_id, record_no=event.record_no
+            )
+            rule_changed.occurred_at.GetCurrentTime()
+            await self.outbox.add(conn, "sync.intacct_rule.changed", rule_changed)
+            return
         if synced is None and event.object.lower() == CHARGE_QUEUE_OBJECT:
             # Not AR data: payments owns the charge queue; tell it to read the queue now.
             changed = events_pb2.ChargeQueueChanged(
@@ -295,25 +305,27 @@ class SyncCore:
                     "",
                 ]
         lines += [
-            "## Charge queue (only with Platform Services and the arbridge application)",
+            "## Charge queue and rules (only with Platform Services and the arbridge application)",
             "",
-            "Charges requested inside Intacct are read at once when these two exist; "
-            "without them they are read every few minutes. Skip them in a company without "
-            "Platform Services.",
+            "Charges requested and auto-payment rules managed inside Intacct are read at once "
+            "when these four exist; without them they are read every few minutes. Skip them "
+            "in a company without Platform Services.",
             "",
         ]
-        for action in ("add", "set"):
+        # What changed goes in too (the gateway stores identical bodies once): the
+        # modification time and the field users change most.
+        changing = {CHARGE_QUEUE_OBJECT: "status", RULE_OBJECT: "syncstatus"}
+        for obj, action in [(o, a) for o in changing for a in ("add", "set")]:
             template = (
-                f"<intacct-event><object>{CHARGE_QUEUE_OBJECT}</object><action>{action}"
-                f"</action><record><RECORDNO>{{!{CHARGE_QUEUE_OBJECT}.id!}}</RECORDNO>"
-                # What changed goes in too: the gateway stores identical bodies once.
-                f"<status>{{!{CHARGE_QUEUE_OBJECT}.status!}}</status>"
-                f"<whenmodified>{{!{CHARGE_QUEUE_OBJECT}.whenmodified!}}</whenmodified>"
+                f"<intacct-event><object>{obj}</object><action>{action}"
+                f"</action><record><RECORDNO>{{!{obj}.id!}}</RECORDNO>"
+                f"<{changing[obj]}>{{!{obj}.{changing[obj]}!}}</{changing[obj]}>"
+                f"<whenmodified>{{!{obj}.whenmodified!}}</whenmodified>"
                 "</record></intacct-event>"
             )
             spec = sync_pb2.SmartEventSpec(
-                name=f"arbridge-charge-queue-{action}",
-                object=CHARGE_QUEUE_OBJECT,
+                name=f"arbridge-{obj}-{action}",
+                object=obj,
                 actions=[action],
                 url=url,
                 content_type="application/xml",
@@ -322,7 +334,7 @@ class SyncCore:
             specs.append(spec)
             lines += [
                 f"### {spec.name}",
-                f"- object: {CHARGE_QUEUE_OBJECT}",
+                f"- object: {obj}",
                 f"- event: {action}",
                 f"- URL: {url}",
                 "- body:",
