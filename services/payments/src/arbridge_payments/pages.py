@@ -643,6 +643,8 @@ for future payments by default</label>
             return self._unavailable()
         if invoice.customer_id != link.customer_id:
             raise web.HTTPNotFound()
+        # The account's preference (invoice_source) decides which invoices sync, and so
+        # which template prints them: the AR invoice or the Sales Invoice one.
         ask = connector_pb2.GetInvoicePdfRequest(
             account_id=link.account_id, invoice_record_no=record_no, source=invoice.source
         )
