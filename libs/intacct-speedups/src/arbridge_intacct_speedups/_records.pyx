@@ -5,6 +5,8 @@
 # what arbridge_intacct.response.record_of returns: text for a leaf, a dict
 # for an element with element children, a list for a repeated name.
 
+from cpython.dict cimport PyDict_SetDefault, PyDict_Size
+from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport strlen
 from lxml.includes cimport tree
@@ -17,17 +19,41 @@ cdef inline str _utf8(const char* text):
     return PyUnicode_DecodeUTF8(text, strlen(text), NULL)
 
 
-cdef str _name(tree.xmlNode* node, dict names):
-    # libxml2 interns names per document: one decode per name and call.
-    cdef size_t key = <size_t>node.name
-    found = names.get(key)
-    if found is None:
-        found = _utf8(<const char*>node.name)
-        names[key] = found
-    return <str>found
+cdef enum:
+    SLOTS = 64
 
 
-cdef object _value(tree.xmlNode* node, dict names):
+cdef class _Names:
+    """Python names of libxml2 element names, for one call (libxml2 interns names per
+    document, so a pointer stands for its name while the document lives).
+
+    Records of one page have their fields in the same order: slot ``i`` remembers the
+    name pointer of field ``i`` and its str, so the usual lookup is one comparison.
+    """
+
+    cdef const void* pointers[SLOTS]
+    cdef list strings
+    cdef dict others
+
+    def __cinit__(self):
+        self.others = {}
+        self.strings = [None] * SLOTS
+
+    cdef str get(self, tree.xmlNode* node, int slot):
+        cdef const void* key = <const void*>node.name
+        if slot < SLOTS and self.pointers[slot] == key:
+            return <str>self.strings[slot]
+        found = self.others.get(<size_t>key)
+        if found is None:
+            found = _utf8(<const char*>node.name)
+            self.others[<size_t>key] = found
+        if slot < SLOTS:
+            self.pointers[slot] = key
+            self.strings[slot] = found
+        return <str>found
+
+
+cdef object _value(tree.xmlNode* node, _Names names):
     cdef tree.xmlNode* part = node.children
     if part is NULL:
         return ""
@@ -46,27 +72,32 @@ cdef object _value(tree.xmlNode* node, dict names):
     return "".join(pieces)
 
 
-cdef dict _record(tree.xmlNode* node, dict names):
+cdef dict _record(tree.xmlNode* node, _Names names):
     cdef dict out = {}
     cdef tree.xmlNode* child = node.children
+    cdef int slot = 0
+    cdef PyObject* existing
+    cdef Py_ssize_t size
     while child is not NULL:
         if child.type == tree.XML_ELEMENT_NODE:
-            name = _name(child, names)
+            name = names.get(child, slot)
+            slot += 1
             value = _value(child, names)
-            existing = out.get(name)
-            if existing is None:
-                out[name] = value
-            elif type(existing) is list:
-                (<list>existing).append(value)
-            else:
-                out[name] = [existing, value]
+            size = PyDict_Size(out)
+            existing = <PyObject*>PyDict_SetDefault(out, name, value)
+            if PyDict_Size(out) == size:
+                # A repeated name: the values become a list, in document order.
+                if type(<object>existing) is list:
+                    (<list><object>existing).append(value)
+                else:
+                    out[name] = [<object>existing, value]
         child = child.next
     return out
 
 
 def record(_Element element not None):
     """One record element as a dict (what ``record_of`` returns)."""
-    return _record(element._c_node, {})
+    return _record(element._c_node, _Names())
 
 
 def read_records(_Element data not None, bint keep_last):
@@ -79,7 +110,7 @@ def read_records(_Element data not None, bint keep_last):
     """
     cdef tree.xmlNode* node
     cdef tree.xmlNode* stop = NULL
-    cdef dict names = {}
+    cdef _Names names = _Names()
     cdef list out = []
     if keep_last:
         node = data._c_node.last
