@@ -31,25 +31,9 @@ from tests.support.payments import (
     open_invoices_by_customer,
     synced_payments_suite,
 )
-from tests.support.suite import Suite, install_smart_events
+from tests.support.suite import Suite, install_smart_events, sandbox_record
 
 QUEUE = "bluesnaparqueue"
-
-
-async def _queue_record(
-    http: aiohttp.ClientSession, suite: Suite, values: dict[str, str], record_no: str = ""
-) -> str:
-    """Adds (or edits) a queue record as an Intacct user would in the UI."""
-    path = f"{suite.sandbox_admin}/companies/{suite.sandbox['company_id']}/records/{QUEUE}"
-    call = (
-        http.put(f"{path}/{record_no}", json={"values": values})
-        if record_no
-        else http.post(path, json={"values": values})
-    )
-    async with call as reply:
-        assert reply.status in (200, 201), await reply.text()
-        body = await reply.json()
-    return str(body.get("recordno") or record_no)
 
 
 async def _queue_values(http: aiohttp.ClientSession, suite: Suite) -> Any:
@@ -92,9 +76,10 @@ async def test_queue_requests_are_charged_once_and_their_outcome_written_back(
 
             # 1. The whole open balance of an invoice, paid and posted.
             paid_invoice = by_customer[good][0]
-            first = await _queue_record(
+            first = await sandbox_record(
                 http,
                 suite,
+                QUEUE,
                 {
                     "name": "REQ-1",
                     "customerid": good,
@@ -105,9 +90,10 @@ async def test_queue_requests_are_charged_once_and_their_outcome_written_back(
             # 2. A part of an invoice, by a card that declines; retried by the user later.
             part_invoice = by_customer[bad][0]
             part = min(1000, part_invoice.due.amount_minor)
-            second = await _queue_record(
+            second = await sandbox_record(
                 http,
                 suite,
+                QUEUE,
                 {
                     "name": "REQ-2",
                     "customerid": bad,
@@ -118,9 +104,10 @@ async def test_queue_requests_are_charged_once_and_their_outcome_written_back(
                 },
             )
             # 3. A customer with no payment method, and 4. a request without its invoice.
-            third = await _queue_record(
+            third = await sandbox_record(
                 http,
                 suite,
+                QUEUE,
                 {
                     "name": "REQ-3",
                     "customerid": nothing,
@@ -128,8 +115,8 @@ async def test_queue_requests_are_charged_once_and_their_outcome_written_back(
                     "status": "Pending",
                 },
             )
-            fourth = await _queue_record(
-                http, suite, {"name": "REQ-4", "customerid": good, "status": "Pending"}
+            fourth = await sandbox_record(
+                http, suite, QUEUE, {"name": "REQ-4", "customerid": good, "status": "Pending"}
             )
 
             async def outcomes() -> dict[str, Any] | None:
@@ -163,7 +150,7 @@ async def test_queue_requests_are_charged_once_and_their_outcome_written_back(
             # The user fixes the card and sets the declined request back to Pending.
             fixed = await payer.add_card(bad, "5555555555554444")
             assert fixed.is_default
-            await _queue_record(http, suite, {"status": "Pending"}, record_no=second)
+            await sandbox_record(http, suite, QUEUE, {"status": "Pending"}, record_no=second)
 
             async def retried() -> dict[str, Any] | None:
                 found = await _queue_values(http, suite)

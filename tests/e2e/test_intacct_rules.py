@@ -25,24 +25,9 @@ from tests.support.payments import (
     intacct_values,
     synced_payments_suite,
 )
-from tests.support.suite import Suite, install_smart_events
+from tests.support.suite import Suite, install_smart_events, sandbox_record
 
 RULES = "bluesnaparrule"
-
-
-async def _record(
-    http: aiohttp.ClientSession, suite: Suite, values: dict[str, str], record_no: str = ""
-) -> str:
-    """Adds (or edits) a rule record as an Intacct user would in the UI."""
-    path = f"{suite.sandbox_admin}/companies/{suite.sandbox['company_id']}/records/{RULES}"
-    call = (
-        http.put(f"{path}/{record_no}", json={"values": values})
-        if record_no
-        else http.post(path, json={"values": values})
-    )
-    async with call as reply:
-        assert reply.status in (200, 201), await reply.text()
-        return str((await reply.json()).get("recordno") or record_no)
 
 
 async def _records(http: aiohttp.ClientSession, suite: Suite) -> Any:
@@ -78,9 +63,10 @@ async def test_rules_kept_in_intacct_are_in_force_and_arbridge_edits_reach_intac
         await payer.add_card(customer, "4242424242424242")
 
         # 1. A rule created in Intacct is in force in arbridge, and says so in Intacct.
-        record = await _record(
+        record = await sandbox_record(
             http,
             suite,
+            RULES,
             {
                 "name": "Charge new invoices (kept in Intacct)",
                 "enabled": "true",
@@ -186,9 +172,10 @@ async def test_rules_kept_in_intacct_are_in_force_and_arbridge_edits_reach_intac
         assert not got.intacct_record_no
 
         # 4. A record arbridge cannot read as a rule is refused there, with the reason.
-        bad = await _record(
+        bad = await sandbox_record(
             http,
             suite,
+            RULES,
             {"name": "Whenever", "enabled": "true", "trigger": "Whenever it feels right"},
         )
 
@@ -209,7 +196,7 @@ async def test_rules_kept_in_intacct_are_in_force_and_arbridge_edits_reach_intac
         ) as reply:
             assert reply.status == 200
         await asyncio.sleep(2)  # events already on their way are taken first
-        await _record(http, suite, {"priority": "11"}, record_no=record)
+        await sandbox_record(http, suite, RULES, {"priority": "11"}, record_no=record)
         await asyncio.sleep(1.2)  # Intacct's times are whole seconds
         unseen = (
             await rules.GetRule(rules_pb2.GetRuleRequest(account_id="acme", rule_id=rule.rule_id))

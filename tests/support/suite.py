@@ -216,3 +216,20 @@ async def install_smart_events(
                 raise RuntimeError(f"smart event {spec.name} refused: {await reply.text()}")
         made += 1
     return made
+
+
+async def sandbox_record(
+    http: Any, suite: Suite, obj: str, values: dict[str, str], record_no: str = ""
+) -> str:
+    """Adds (or, with ``record_no``, edits) a record in the sandbox company as an Intacct
+    user would in the UI (smart events fire); returns its record number."""
+    path = f"{suite.sandbox_admin}/companies/{suite.sandbox['company_id']}/records/{obj}"
+    call = (
+        http.put(f"{path}/{record_no}", json={"values": values})
+        if record_no
+        else http.post(path, json={"values": values})
+    )
+    async with call as reply:
+        if reply.status not in (200, 201):
+            raise RuntimeError(f"the sandbox refused the {obj} record: {await reply.text()}")
+        return str((await reply.json()).get("recordno") or record_no)

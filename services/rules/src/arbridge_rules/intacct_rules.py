@@ -318,6 +318,16 @@ class IntacctRules:
             account_id,
             record_no,
         )
+        if row is None and fields.get("arbridgeid"):
+            # Our own record whose creation we did not see answered (a crash, or a repeat
+            # refused as done): link it to its rule instead of taking it as a new one.
+            row = await self._pool.fetchrow(
+                "UPDATE rules SET intacct_record_no = $3 WHERE account_id = $1"
+                " AND rule_id = $2 AND intacct_record_no = '' RETURNING *",
+                account_id,
+                fields["arbridgeid"],
+                record_no,
+            )
         if row is not None and row["synced_hash"] == digest:
             return  # nothing changed in Intacct (or it is the echo of our own write)
         try:
@@ -466,7 +476,7 @@ class IntacctRules:
     ) -> None:
         await self._pool.execute(
             "UPDATE rules SET synced_revision = $2, synced_hash = $3, sync_note = $4,"
-            " intacct_record_no = COALESCE($5, intacct_record_no)"
+            " intacct_record_no = COALESCE(NULLIF($5, ''), intacct_record_no)"
             " WHERE rule_id = $1 AND revision = $2",
             row["rule_id"],
             row["revision"],
@@ -475,46 +485,47 @@ class IntacctRules:
             record_no,
         )
 
-    async def _create(self, account_id: str, values: dict[str, str], row: asyncpg.Record) -> str:
+    async def _send(self, account_id: str, write: connector_pb2.RecordWrite) -> Any:
+        """One write of a rule record through the connector; its result."""
         reply = await self._connector.WriteRecords(
             connector_pb2.WriteRecordsRequest(
-                account_id=account_id,
-                object_type=RULE_OBJECT,
-                writes=[
-                    connector_pb2.RecordWrite(
-                        operation=connector_pb2.WRITE_OPERATION_CREATE,
-                        fields=values,
-                        idempotency_key=f"rule-create:{row['rule_id']}",
-                    )
-                ],
+                account_id=account_id, object_type=RULE_OBJECT, writes=[write]
             ),
             timeout=120,
         )
-        result = reply.results[0]
-        if not result.ok and not result.already_applied:
-            reason = "; ".join(e.description2 or e.description for e in result.errors)
+        return reply.results[0] if reply.results else None
+
+    async def _create(self, account_id: str, values: dict[str, str], row: asyncpg.Record) -> str:
+        """Creates the record of a rule made in arbridge; its record number ("" when a
+        repeated create was refused as done: the next pull links the record by its
+        ``arbridgeid``)."""
+        result = await self._send(
+            account_id,
+            connector_pb2.RecordWrite(
+                operation=connector_pb2.WRITE_OPERATION_CREATE,
+                fields=values,
+                idempotency_key=f"rule-create:{row['rule_id']}",
+            ),
+        )
+        if result is None or not (result.ok or result.already_applied):
+            reason = (
+                "; ".join(e.description2 or e.description for e in result.errors) if result else ""
+            )
             raise RuntimeError(f"Intacct refused the rule record: {reason}")
         return str(result.record_no)
 
     async def _write(
         self, account_id: str, record_no: str, values: dict[str, str], key: str
     ) -> None:
-        reply = await self._connector.WriteRecords(
-            connector_pb2.WriteRecordsRequest(
-                account_id=account_id,
-                object_type=RULE_OBJECT,
-                writes=[
-                    connector_pb2.RecordWrite(
-                        operation=connector_pb2.WRITE_OPERATION_UPDATE,
-                        record_no=record_no,
-                        fields=values,
-                        idempotency_key=key[:100],
-                    )
-                ],
+        result = await self._send(
+            account_id,
+            connector_pb2.RecordWrite(
+                operation=connector_pb2.WRITE_OPERATION_UPDATE,
+                record_no=record_no,
+                fields=values,
+                idempotency_key=key[:100],
             ),
-            timeout=120,
         )
-        result = reply.results[0] if reply.results else None
         if result is None or not (result.ok or result.already_applied):
             reason = (
                 "; ".join(e.description2 or e.description for e in result.errors) if result else ""
