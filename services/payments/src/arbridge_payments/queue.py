@@ -127,7 +127,13 @@ class ChargeQueue:
             self._poll,
         )
         for account in accounts:
-            await self._read(account["account_id"], account["cursor"])
+            try:
+                await self._read(account["account_id"], account["cursor"])
+            except Exception:
+                # One account's trouble must not stop the others (nor the service): the
+                # account is read again at its next poll, and requests are keyed, so a
+                # read that stopped halfway charges nothing twice.
+                log.exception("charge_queue.read_failed", account_id=account["account_id"])
         written = await self.write_outcomes()
         return len(accounts) + written
 

@@ -272,6 +272,10 @@ class IntacctRules:
                 log.warning(
                     "intacct_rules.later", account_id=account["account_id"], code=err.code().name
                 )
+            except Exception:
+                # One account's trouble (a record Intacct refused to create, say) must not
+                # stop the others; the account is tried again at its next pass.
+                log.exception("intacct_rules.pass_failed", account_id=account["account_id"])
         return len(accounts)
 
     async def push_soon(self, account_id: str) -> None:
