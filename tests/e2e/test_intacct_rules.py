@@ -222,3 +222,22 @@ async def test_rules_kept_in_intacct_are_in_force_and_arbridge_edits_reach_intac
         ).rule
         assert final.priority == 3
         assert final.sync_note.startswith("conflict")
+
+        # 6. Deleted in Intacct: the rule goes too (smart events flow again).
+        async with http.put(
+            f"{suite.sandbox_admin}/companies/{company}/faults", json={"drop_smart_events": False}
+        ) as reply:
+            assert reply.status == 200
+        async with http.delete(
+            f"{suite.sandbox_admin}/companies/{company}/records/{RULES}/{record}"
+        ) as reply:
+            assert reply.status == 200, await reply.text()
+
+        async def gone() -> bool:
+            listed = await rules.ListRules(rules_pb2.ListRulesRequest(account_id="acme"))
+            return all(r.rule_id != rule.rule_id for r in listed.rules)
+
+        assert await eventually(gone, timeout=30), "the rule deleted in Intacct is still in force"
+        # ... and nothing re-creates the record from arbridge's side.
+        await asyncio.sleep(1.5)
+        assert record not in await _records(http, suite)

@@ -181,7 +181,9 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
                     account_id=ACCOUNT, gateway_base_url=suite.gateway_base
                 )
             )
-            assert len(setup.events) == 22  # 3 per AR object; add and set of the queue and rules
+            assert (
+                len(setup.events) == 23
+            )  # 3 per AR object; queue add, set; rules add, set, delete
             assert "Platform Services > Smart Events" in setup.document
             assert await install_smart_events(http, suite, ACCOUNT) == len(setup.events)
             rng = random.Random(5)

@@ -248,6 +248,21 @@ class IntacctRules:
     async def on_rule_event(self, conn: Any, delivery: Any) -> None:
         """``sync.intacct_rule.changed``: read the account's rule records now."""
         event = events_pb2.IntacctRuleChanged.FromString(delivery.data)
+        if event.deleted and event.record_no:
+            # Deleted in Intacct: the rule goes too (reads of records modified since
+            # cannot see a deletion, so this event is how it is known).
+            gone = await conn.fetchval(
+                "UPDATE rules SET deleted = true, enabled = false, revision = revision + 1,"
+                " synced_revision = revision + 1, sync_note = 'deleted in Intacct',"
+                " updated_at = now() WHERE account_id = $1 AND intacct_record_no = $2"
+                " AND NOT deleted RETURNING rule_id",
+                event.account_id,
+                event.record_no,
+            )
+            if gone:
+                await request_reevaluation(conn, event.account_id)
+                log.info("intacct_rules.deleted", rule_id=gone, record_no=event.record_no)
+            return
         await conn.execute(
             "UPDATE accounts SET intacct_rules_next_at = now() WHERE account_id = $1",
             event.account_id,

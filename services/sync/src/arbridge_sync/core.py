@@ -108,7 +108,9 @@ class SyncCore:
         if synced is None and event.object.lower() == RULE_OBJECT:
             # An auto-payment rule managed in Intacct: the rules service reads it now.
             rule_changed = events_pb2.IntacctRuleChanged(
-                account_id=account_id, record_no=event.record_no
+                account_id=account_id,
+                record_no=event.record_no,
+                deleted=event.action == "delete",
             )
             rule_changed.occurred_at.GetCurrentTime()
             await self.outbox.add(conn, "sync.intacct_rule.changed", rule_changed)
@@ -315,7 +317,10 @@ class SyncCore:
         # What changed goes in too (the gateway stores identical bodies once): the
         # modification time and the field users change most.
         changing = {CHARGE_QUEUE_OBJECT: "status", RULE_OBJECT: "syncstatus"}
-        for obj, action in [(o, a) for o in changing for a in ("add", "set")]:
+        # A deleted rule record must take its rule with it; a queue record's deletion
+        # changes nothing (its charge, if any, stands).
+        actions = {CHARGE_QUEUE_OBJECT: ("add", "set"), RULE_OBJECT: ("add", "set", "delete")}
+        for obj, action in [(o, a) for o in changing for a in actions[o]]:
             template = (
                 f"<intacct-event><object>{obj}</object><action>{action}"
                 f"</action><record><RECORDNO>{{!{obj}.id!}}</RECORDNO>"
