@@ -223,7 +223,20 @@ async def test_rules_kept_in_intacct_are_in_force_and_arbridge_edits_reach_intac
         assert final.priority == 3
         assert final.sync_note.startswith("conflict")
 
-        # 6. Deleted in Intacct: the rule goes too (smart events flow again).
+        # 6. Deleted in arbridge: the record is disabled in Intacct, and its echo does not
+        # bring the rule back.
+        await rules.DeleteRule(rules_pb2.DeleteRuleRequest(account_id="acme", rule_id=made.rule_id))
+
+        async def disabled() -> Any:
+            found = {v.get("arbridgeid"): v for v in (await _records(http, suite)).values()}
+            values = found.get(made.rule_id) or {}
+            return values if values.get("syncstatus") == "Deleted in arbridge" else None
+
+        values = await eventually(disabled, timeout=30)
+        assert values is not None, "the arbridge deletion did not reach Intacct"
+        assert values["enabled"] == "false"
+
+        # 7. Deleted in Intacct: the rule goes too (smart events flow again).
         async with http.put(
             f"{suite.sandbox_admin}/companies/{company}/faults", json={"drop_smart_events": False}
         ) as reply:
@@ -238,6 +251,9 @@ async def test_rules_kept_in_intacct_are_in_force_and_arbridge_edits_reach_intac
             return all(r.rule_id != rule.rule_id for r in listed.rules)
 
         assert await eventually(gone, timeout=30), "the rule deleted in Intacct is still in force"
-        # ... and nothing re-creates the record from arbridge's side.
+        # ... and nothing re-creates the record from arbridge's side, nor brings back
+        # the rule deleted in arbridge (the passes since have read its disabled record).
         await asyncio.sleep(1.5)
         assert record not in await _records(http, suite)
+        listed = await rules.ListRules(rules_pb2.ListRulesRequest(account_id="acme"))
+        assert made.rule_id not in {r.rule_id for r in listed.rules}

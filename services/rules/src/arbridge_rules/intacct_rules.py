@@ -24,6 +24,7 @@ record with the reason, and nothing changes in arbridge.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -293,14 +294,6 @@ class IntacctRules:
                 log.exception("intacct_rules.pass_failed", account_id=account["account_id"])
         return len(accounts)
 
-    async def push_soon(self, account_id: str) -> None:
-        """A rule changed in arbridge: run the account's pass at once."""
-        await self._pool.execute(
-            "UPDATE accounts SET intacct_rules_next_at = now() WHERE account_id = $1"
-            " AND platform_services",
-            account_id,
-        )
-
     # Intacct -> arbridge --------------------------------------------------------------
 
     async def _pull(self, account_id: str, cursor: datetime | None) -> None:
@@ -463,6 +456,7 @@ class IntacctRules:
         for row in rows:
             rule = message(row)
             if row["deleted"]:
+                digest = row["synced_hash"]
                 if row["intacct_record_no"]:
                     await self._write(
                         account_id,
@@ -470,7 +464,11 @@ class IntacctRules:
                         {"enabled": "false", "syncstatus": "Deleted in arbridge"},
                         f"deleted:{row['rule_id']}:{row['revision']}",
                     )
-                await self._agreed(row, row["synced_hash"], "")
+                    # What the record holds now, so its echo is not taken for an edit (an
+                    # edit made in Intacct afterwards brings the rule back, disabled).
+                    with contextlib.suppress(NotExpressible):
+                        digest = content_hash({**to_fields(rule), "enabled": "false"})
+                await self._agreed(row, digest, "")
                 continue
             try:
                 fields = to_fields(rule)
