@@ -41,7 +41,7 @@ from arbridge.common.v1 import common_pb2
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
 from arbridge.rules.v1 import rules_pb2
-from arbridge_rules.rules import message, part_json, request_reevaluation, validate
+from arbridge_rules.rules import message, request_reevaluation, stored_parts, validate
 from arbridge_runtime.errors import DomainError, InvalidArgument
 from arbridge_runtime.money import from_minor, to_minor
 
@@ -375,13 +375,7 @@ class IntacctRules:
                     " $7::jsonb, $8::jsonb, $9::jsonb, 'intacct', $10, $11, 1, $12) RETURNING *",
                     "rl_" + secrets.token_hex(10),
                     account_id,
-                    rule.name,
-                    rule.enabled,
-                    rule.priority,
-                    part_json(rule.conditions),
-                    part_json(rule.timing),
-                    part_json(rule.amount),
-                    part_json(rule.retry),
+                    *stored_parts(rule),
                     record_no,
                     digest,
                     note,
@@ -394,13 +388,7 @@ class IntacctRules:
                     " synced_revision = revision + 1, synced_hash = $9, sync_note = $10,"
                     " updated_at = now() WHERE rule_id = $1 RETURNING *",
                     row["rule_id"],
-                    rule.name,
-                    rule.enabled,
-                    rule.priority,
-                    part_json(rule.conditions),
-                    part_json(rule.timing),
-                    part_json(rule.amount),
-                    part_json(rule.retry),
+                    *stored_parts(rule),
                     digest,
                     note,
                 )

@@ -52,6 +52,20 @@ def _dict(value: Any) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def stored_parts(rule: rules_pb2.Rule) -> tuple[Any, ...]:
+    """The stored columns of a rule, in order: name, enabled, priority, and the JSON of
+    conditions, timing, amount and retry."""
+    return (
+        rule.name.strip(),
+        rule.enabled,
+        rule.priority,
+        part_json(rule.conditions),
+        part_json(rule.timing),
+        part_json(rule.amount),
+        part_json(rule.retry),
+    )
+
+
 def part_json(message: Any) -> str:
     """A rule part (a v1 message) as the JSON text the rules table stores."""
     return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True))
@@ -200,13 +214,7 @@ class RuleStore:
                 " $7::jsonb, $8::jsonb, $9::jsonb, $10) RETURNING *",
                 "rl_" + secrets.token_hex(10),
                 rule.account_id,
-                rule.name.strip(),
-                rule.enabled,
-                rule.priority,
-                part_json(rule.conditions),
-                part_json(rule.timing),
-                part_json(rule.amount),
-                part_json(rule.retry),
+                *stored_parts(rule),
                 ORIGINS.get(rule.origin, "arbridge"),
             )
             await request_reevaluation(conn, rule.account_id)
@@ -274,13 +282,7 @@ class RuleStore:
                 " timing = $6::jsonb, amount = $7::jsonb, retry = $8::jsonb,"
                 " revision = revision + 1, updated_at = now() WHERE rule_id = $1 RETURNING *",
                 rule.rule_id,
-                merged.name.strip(),
-                merged.enabled,
-                merged.priority,
-                part_json(merged.conditions),
-                part_json(merged.timing),
-                part_json(merged.amount),
-                part_json(merged.retry),
+                *stored_parts(merged),
             )
             await request_reevaluation(conn, rule.account_id)
         return row
