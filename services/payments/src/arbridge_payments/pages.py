@@ -26,6 +26,7 @@ an hour stops taking cards for a while (card testing).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import re
@@ -504,7 +505,9 @@ for future payments by default</label>
         save = form.get("save") == "1"
         new_source = method_choice in TOKEN_FIELDS
         try:
-            invoices = [await get_invoice(self._sync, link.account_id, r) for r, _ in parts]
+            invoices = await asyncio.gather(
+                *(get_invoice(self._sync, link.account_id, r) for r, _ in parts)
+            )
         except DomainError as err:
             raise PageError(
                 422, "An invoice on this page is no longer available. Reload the page."
@@ -684,14 +687,14 @@ for future payments by default</label>
         if row["customer_id"] != link.customer_id or row["link_id"] != link.link_id:
             raise web.HTTPNotFound()
         currency = row["currency"]
-        numbers = {}
-        for record_no, _ in charge.invoices:
-            try:
-                numbers[record_no] = (
-                    await get_invoice(self._sync, link.account_id, record_no)
-                ).invoice_number
-            except DomainError:
-                numbers[record_no] = record_no
+        found = await asyncio.gather(
+            *(get_invoice(self._sync, link.account_id, r) for r, _ in charge.invoices),
+            return_exceptions=True,
+        )
+        numbers = {
+            record_no: invoice.invoice_number if isinstance(invoice, ar_pb2.Invoice) else record_no
+            for (record_no, _), invoice in zip(charge.invoices, found, strict=True)
+        }
         token = request.match_info["token"]
         lines = "".join(
             f'<tr><th scope="row">{_e(numbers.get(r) or r)} '
