@@ -44,6 +44,10 @@ HH_MM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 MUTABLE = ("name", "enabled", "priority", "conditions", "timing", "amount", "retry")
 MAX_RULES_PER_ACCOUNT = 200
+# Parsed rules by (rule id, revision); a revision never changes content, so entries
+# never go stale. Bounded: cleared whole when full.
+_SPECS: dict[tuple[str, int], engine.RuleSpec] = {}
+_SPECS_MAX = 10_000
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -299,10 +303,27 @@ class RuleStore:
 
     @staticmethod
     async def specs(conn: Any, account_id: str) -> list[engine.RuleSpec]:
+        """The account's enabled rules in priority order. Every invoice event asks for
+        them: a rule's JSON is parsed once per revision (each change bumps it)."""
         rows = await conn.fetch(
-            "SELECT * FROM rules WHERE account_id = $1 AND NOT deleted AND enabled", account_id
+            "SELECT rule_id, revision FROM rules WHERE account_id = $1 AND NOT deleted AND enabled",
+            account_id,
         )
-        return engine.ordered(spec(r) for r in rows)
+        found = {
+            r["rule_id"]: _SPECS[(r["rule_id"], r["revision"])]
+            for r in rows
+            if (r["rule_id"], r["revision"]) in _SPECS
+        }
+        missing = [r["rule_id"] for r in rows if r["rule_id"] not in found]
+        if missing:
+            for row in await conn.fetch(
+                "SELECT * FROM rules WHERE rule_id = ANY($1::text[]) AND NOT deleted AND enabled",
+                missing,
+            ):
+                if len(_SPECS) >= _SPECS_MAX:
+                    _SPECS.clear()
+                found[row["rule_id"]] = _SPECS[(row["rule_id"], row["revision"])] = spec(row)
+        return engine.ordered(found.values())
 
 
 async def request_reevaluation(conn: Any, account_id: str) -> None:

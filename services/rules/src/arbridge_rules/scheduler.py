@@ -545,12 +545,9 @@ class Scheduler:
                 return None
             rules = await RuleStore.specs(conn, account_id)
             # The invoice's own change time decides "on creation" timing, as at scheduling.
-            stored = await conn.fetchval(
-                "SELECT changed_at FROM invoices WHERE account_id = $1 AND record_no = $2",
-                account_id,
-                record_no,
+            decision = engine.decide(
+                rules, facts.invoice, facts.customer, facts.zone, facts.changed_at
             )
-            decision = engine.decide(rules, facts.invoice, facts.customer, facts.zone, stored)
             if not decision.charges or decision.rule is None:
                 await self._clear(conn, account_id, record_no, decision.summary)
                 return None
