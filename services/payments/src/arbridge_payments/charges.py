@@ -290,7 +290,7 @@ class Charges:
             part.record_no: _modified_at(invoice)
             for part, invoice in zip(request.invoices, invoices, strict=True)
         }
-        pending = await self._unposted(request.account_id, modified)
+        balances = await self.open_balances(request.account_id, invoices)
         parts: list[tuple[str, int]] = []
         dues: dict[str, int] = {}
         tax = 0
@@ -306,7 +306,7 @@ class Charges:
                 raise FailedPrecondition(
                     f"invoice {part.record_no} is {state.lower()}, not open; nothing to charge"
                 )
-            open_minor = invoice.due.amount_minor - pending.get(part.record_no, 0)
+            open_minor = balances[part.record_no]
             if open_minor <= 0:
                 raise FailedPrecondition(
                     f"invoice {part.record_no} has no open balance left (payments already "
