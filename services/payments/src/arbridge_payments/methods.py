@@ -373,6 +373,11 @@ class PaymentMethods:
             raise Unavailable(f"{err}; retry") from None
 
 
+def charged_source(kind: str, last4: str) -> str:
+    """How a charge's source reads to people: "card ending 4242", "bank account ending 6789"."""
+    return f"bank account ending {last4}" if kind == "ach" else f"card ending {last4}"
+
+
 def _merchant_shopper_id(account_id: str, customer_id: str) -> str:
     """Our id for the customer at the gateway: stable, opaque, within the gateway's limits."""
     return hashlib.sha256(f"{account_id}\x1f{customer_id}".encode()).hexdigest()[:32]

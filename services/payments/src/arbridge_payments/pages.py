@@ -48,7 +48,7 @@ from arbridge_payments.arstore import get_customer, get_invoice
 from arbridge_payments.charges import MAX_INVOICES, ChargeRequest, Charges, ChargeView, InvoicePart
 from arbridge_payments.gateway import CardGateway, GatewayRefused, GatewayUnavailable
 from arbridge_payments.links import Link, LinkRefused, Links
-from arbridge_payments.methods import PaymentMethod, PaymentMethods
+from arbridge_payments.methods import PaymentMethod, PaymentMethods, charged_source
 from arbridge_runtime.errors import Conflict, DomainError, NotFound, Unavailable
 from arbridge_runtime.money import from_minor, to_minor
 
@@ -729,7 +729,7 @@ for future payments by default</label>
         body = f"""<p class="{tone}" role="status">{_e(status_text)}</p>
 <dl class="receipt">
 <dt>Amount</dt><dd>{_e(_amount(row["amount_minor"], currency))} {_e(currency)}</dd>
-<dt>Paid with</dt><dd>{_e(_brand(row["last4"], row["kind"]))}</dd>
+<dt>Paid with</dt><dd>{_e(charged_source(row["kind"], row["last4"]).capitalize())}</dd>
 <dt>Date</dt><dd>{_e(when)}</dd>
 <dt>Reference</dt><dd><code>{_e(row["charge_id"])}</code></dd>
 </dl>
@@ -800,10 +800,6 @@ def _describe(method: PaymentMethod) -> str:
         f"{method.brand.title() or 'Card'} ending {method.last4}, "
         f"expires {method.exp_month:02d}/{method.exp_year}"
     )
-
-
-def _brand(last4: str, kind: str) -> str:
-    return f"Bank account ending {last4}" if kind == "ach" else f"Card ending {last4}"
 
 
 def _plain(message: str) -> str:

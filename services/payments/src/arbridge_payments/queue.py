@@ -40,6 +40,7 @@ from arbridge.common.v1 import common_pb2
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
 from arbridge_payments.charges import ChargeRequest, Charges, InvoicePart
+from arbridge_payments.methods import charged_source
 from arbridge_runtime.errors import Conflict, DomainError
 from arbridge_runtime.money import from_minor, to_minor
 
@@ -381,11 +382,7 @@ def _outcome(row: asyncpg.Record) -> Outcome | None:
     if phase is None:
         return None  # not charged yet (in flight, or waiting for the invoice's other charge)
     amount = f"{from_minor(row['amount_minor'], row['currency'])} {row['currency']}"
-    source = (
-        f"bank account ending {row['last4']}"
-        if row["kind"] == "ach"
-        else (f"card ending {row['last4']}")
-    )
+    source = charged_source(row["kind"], row["last4"])
     charge = row["charge_id"]
     if phase == "succeeded":
         posted = row["posting_state"] == "posted"
