@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import structlog
+from opentelemetry.trace import SpanKind
 
 from arbridge_intacct import request as rq
 from arbridge_intacct.errors import (
@@ -49,6 +50,7 @@ from arbridge_intacct.response import (
     Result,
     StreamingResponseReader,
 )
+from arbridge_runtime import tracing
 from arbridge_runtime.xml import XmlRejected
 
 log = structlog.get_logger(__name__)
@@ -303,29 +305,40 @@ class IntacctClient:
         self, endpoint: str, body: bytes, names: Sequence[str], record_tag: str | None = None
     ) -> Response:
         reader = StreamingResponseReader(record_tag=record_tag)
+        functions = ",".join(dict.fromkeys(names))
         async with self.limiter.slot(self.credentials.company_id):
-            try:
-                async with self.http.post(
-                    endpoint,
-                    data=body,
-                    headers={"Content-Type": "application/xml", "Accept-Encoding": "gzip, deflate"},
-                    timeout=aiohttp.ClientTimeout(total=self.request_timeout),
-                ) as reply:
-                    if reply.status == 429:
-                        raise Throttled("Intacct answered 429 (GW-0010): rate limited")
-                    if reply.status == 524:
-                        raise OutcomeUnknown("Intacct answered 524: the outcome is unknown")
-                    if reply.status >= 500:
-                        raise IntacctUnavailable(f"Intacct answered HTTP {reply.status}")
-                    records: list[Record] = []
-                    async for chunk in reply.content.iter_chunked(65536):
-                        records.extend(reader.feed(chunk))
-                    records.extend(reader.end())
-                    response = reader.close()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise IntacctUnavailable(f"could not reach Intacct: {type(exc).__name__}") from None
-            except (XmlRejected, ResponseStructureError) as exc:
-                raise MalformedResponse(f"Intacct sent an invalid response: {exc}") from None
+            with tracing.span(
+                f"intacct {functions}",
+                kind=SpanKind.CLIENT,
+                attributes={"intacct.functions": functions, "intacct.calls": len(names)},
+            ):
+                try:
+                    async with self.http.post(
+                        endpoint,
+                        data=body,
+                        headers={
+                            "Content-Type": "application/xml",
+                            "Accept-Encoding": "gzip, deflate",
+                        },
+                        timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+                    ) as reply:
+                        if reply.status == 429:
+                            raise Throttled("Intacct answered 429 (GW-0010): rate limited")
+                        if reply.status == 524:
+                            raise OutcomeUnknown("Intacct answered 524: the outcome is unknown")
+                        if reply.status >= 500:
+                            raise IntacctUnavailable(f"Intacct answered HTTP {reply.status}")
+                        records: list[Record] = []
+                        async for chunk in reply.content.iter_chunked(65536):
+                            records.extend(reader.feed(chunk))
+                        records.extend(reader.end())
+                        response = reader.close()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise IntacctUnavailable(
+                        f"could not reach Intacct: {type(exc).__name__}"
+                    ) from None
+                except (XmlRejected, ResponseStructureError) as exc:
+                    raise MalformedResponse(f"Intacct sent an invalid response: {exc}") from None
         _attach(response, records, reader.record_results)
         await self.meter.record(names)
         if response.control_status != "success":

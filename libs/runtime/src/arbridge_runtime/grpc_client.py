@@ -1,8 +1,9 @@
-"""Outbound gRPC channels: service token, request id and a default deadline.
+"""Outbound gRPC channels: service token, request id, trace context and a default deadline.
 
 Every call a service makes to another carries the service token, the
-current request id (so logs join up across services) and a deadline; a call
-without an explicit timeout gets the default one.
+current request id (so logs join up across services), the current trace
+context (``traceparent``, so the callee's span joins the caller's trace) and
+a deadline; a call without an explicit timeout gets the default one.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ import grpc
 import grpc.aio
 import structlog
 
+from arbridge_runtime import tracing
+
 DEFAULT_DEADLINE_SECONDS = 30.0
 
 
 def _metadata(token: str, existing: Any) -> list[tuple[str, str]]:
-    md = [(k, v) for k, v in (existing or ()) if k not in ("authorization", "x-request-id")]
+    carried = ("authorization", "x-request-id", "traceparent", "tracestate")
+    md = [(k, v) for k, v in (existing or ()) if k not in carried]
     bound = structlog.contextvars.get_contextvars()
     request_id = str(bound.get("request_id") or uuid.uuid4().hex)
     md.append(("authorization", f"Bearer {token}"))
     md.append(("x-request-id", request_id))
+    trace_context: dict[str, str] = {}
+    tracing.inject(trace_context)
+    md.extend(trace_context.items())
     return md
 
 

@@ -26,6 +26,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
 import grpc
@@ -34,7 +35,9 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import Span, SpanKind
 
+from arbridge_runtime import tracing
 from arbridge_runtime.errors import status_for
 from arbridge_runtime.metrics import ServiceMetrics
 from arbridge_runtime.redaction import redact_text
@@ -130,6 +133,20 @@ class _CallPolicy:
         await context.abort(code, redact_text(message))
 
 
+def _server_span(
+    method: str, context: grpc.aio.ServicerContext[Any, Any]
+) -> AbstractContextManager[Span]:
+    """The call's server span, the child of the trace context its metadata carries."""
+    metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    service, _, name = method.lstrip("/").partition("/")
+    return tracing.span(
+        method.lstrip("/"),
+        parent=metadata,
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+    )
+
+
 def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     code: object = context.code()
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
@@ -148,18 +165,20 @@ def _wrap(
         started = time.perf_counter()
         tracked = False
         code = grpc.StatusCode.OK
-        try:
-            await policy.begin(method, context)
-            tracked = True
-            return await behavior(request, context)
-        except grpc.aio.AbortError:
-            code = _code_of(context)
-            raise
-        except Exception as exc:
-            code = status_for(exc)[0]
-            await policy.fail(exc, context)
-        finally:
-            policy.finish(method, started, code, tracked)
+        with _server_span(method, context) as span:
+            try:
+                await policy.begin(method, context)
+                tracked = True
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                code = _code_of(context)
+                raise
+            except Exception as exc:
+                code = status_for(exc)[0]
+                await policy.fail(exc, context)
+            finally:
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                policy.finish(method, started, code, tracked)
 
     async def run_stream(
         behavior: Callable[..., AsyncIterator[Any]],
@@ -169,22 +188,24 @@ def _wrap(
         started = time.perf_counter()
         tracked = False
         code = grpc.StatusCode.OK
-        try:
-            await policy.begin(method, context)
-            tracked = True
-            async for item in behavior(request, context):
-                yield item
-        except grpc.aio.AbortError:
-            code = _code_of(context)
-            raise
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            code = status_for(exc)[0]
-            await policy.fail(exc, context)
-        finally:
-            policy.finish(method, started, code, tracked)
+        with _server_span(method, context) as span:
+            try:
+                await policy.begin(method, context)
+                tracked = True
+                async for item in behavior(request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                code = _code_of(context)
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code = status_for(exc)[0]
+                await policy.fail(exc, context)
+            finally:
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                policy.finish(method, started, code, tracked)
 
     kwargs = {
         "request_deserializer": handler.request_deserializer,

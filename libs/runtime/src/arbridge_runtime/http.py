@@ -6,12 +6,53 @@ scrapes never queue behind application traffic.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from arbridge_runtime import tracing
 from arbridge_runtime.metrics import ServiceMetrics
+
+_HttpHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def observed(metrics: ServiceMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """aiohttp middleware for public HTTP apps: a server span per request (the child of a
+    ``traceparent`` the caller sent) and the request-duration histogram by route and status.
+
+    Spans and metrics name the route's template (``/v1/intacct/{account_id}/{token}``),
+    never the path, so URL tokens stay out of traces and label values.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: _HttpHandler) -> web.StreamResponse:
+        info = request.match_info
+        route = info.route.resource.canonical if info.route.resource is not None else "unmatched"
+        started = time.perf_counter()
+        status = 500
+        with tracing.span(
+            f"{request.method} {route}",
+            parent=dict(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "http.route": route},
+        ) as span:
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            finally:
+                span.set_attribute("http.response.status_code", status)
+                metrics.http_duration.labels(route=route, status=str(status)).observe(
+                    time.perf_counter() - started
+                )
+
+    return middleware
 
 
 class SidePort:

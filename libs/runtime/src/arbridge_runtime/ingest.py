@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from nats.js import JetStreamContext
 
 from arbridge.events.v1 import events_pb2
-from arbridge_runtime import webhooks
+from arbridge_runtime import tracing, webhooks
 from arbridge_runtime.errors import Unavailable
 from arbridge_runtime.jetstream import MSG_ID, Namespace
 from arbridge_runtime.xml import XmlRejected, parse_xml
@@ -136,12 +136,14 @@ class Ingestor:
             delivery_id=inbound.delivery_id,
         )
         event.received_at.GetCurrentTime()
+        headers = {MSG_ID: event_id}
+        tracing.inject(headers)  # sync's span for this event joins the request's trace
         try:
             ack = await asyncio.wait_for(
                 self.js.publish(
                     self.namespace.subject(f"intacct.events.{inbound.account_id}"),
                     event.SerializeToString(),
-                    headers={MSG_ID: event_id},
+                    headers=headers,
                     timeout=self.publish_timeout,
                 ),
                 self.publish_timeout + 1,

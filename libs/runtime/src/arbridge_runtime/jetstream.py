@@ -22,6 +22,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,7 +41,9 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+from opentelemetry.trace import SpanKind
 
+from arbridge_runtime import tracing
 from arbridge_runtime.faults import NO_FAULTS, FaultInjector
 from arbridge_runtime.metrics import ServiceMetrics
 from arbridge_runtime.redaction import redact_text
@@ -48,6 +51,7 @@ from arbridge_runtime.redaction import redact_text
 log = structlog.get_logger(__name__)
 
 MSG_ID = "Nats-Msg-Id"
+LAG_INTERVAL_SECONDS = 5.0
 
 
 class _Message(Protocol):
@@ -148,13 +152,15 @@ class Outbox:
         """
         payload = message if isinstance(message, bytes) else message.SerializeToString()
         identifier = event_id or uuid.uuid4()
+        stored = dict(headers or {})
+        tracing.inject(stored)  # the consumer's span continues the writer's trace
         await conn.execute(
             "INSERT INTO outbox (id, subject, payload, headers) VALUES ($1, $2, $3, $4::jsonb)"
             " ON CONFLICT (id) DO NOTHING",
             identifier,
             subject,
             payload,
-            json.dumps(dict(headers or {})),
+            json.dumps(stored),
         )
         return identifier
 
@@ -253,6 +259,14 @@ class OutboxRelay:
                     type(first).__name__,
                 )
         self.metrics.outbox_published.inc(len(acked))
+        if len(rows) < self.batch_size:
+            self.metrics.outbox_depth.set(len(failed))  # the whole backlog was in this batch
+        else:
+            async with self.pool.acquire() as conn:
+                depth = await conn.fetchval(
+                    "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+                )
+            self.metrics.outbox_depth.set(depth)
         if failed:
             raise OutboxPublishError(f"{len(failed)} of {len(rows)} events not acknowledged")
         return len(acked)
@@ -376,8 +390,12 @@ class JetStreamConsumer:
             durable=self.namespace.consumer(self.spec.durable),
             stream=self.namespace.stream(self.spec.stream),
         )
+        lag_read = 0.0
         try:
             while not stop.is_set():
+                if time.monotonic() - lag_read > LAG_INTERVAL_SECONDS:
+                    lag_read = time.monotonic()
+                    await self._read_lag(sub)
                 try:
                     messages = await sub.fetch(self.spec.batch, timeout=1.0)
                 except (nats.errors.TimeoutError, TimeoutError):
@@ -393,6 +411,16 @@ class JetStreamConsumer:
                 await self.process(messages)
         finally:
             await _quietly(sub.unsubscribe())
+
+    async def _read_lag(self, sub: Any) -> None:
+        """Sets the consumer's lag gauge: messages not yet delivered plus those not yet acked."""
+        try:
+            info = await sub.consumer_info()
+        except Exception as exc:
+            log.debug("consumer_info_failed", consumer=self.name, error=type(exc).__name__)
+            return
+        lag = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        self.metrics.consumer_pending.labels(self.name).set(lag)
 
     async def process(self, messages: list[Msg]) -> None:
         """Handles a fetched batch: one transaction, one savepoint per message.
@@ -461,8 +489,11 @@ class JetStreamConsumer:
         for position, delivery in enumerate(deliveries):
             if delivery.message_id in new:
                 new.discard(delivery.message_id)  # a duplicate inside the batch runs once
-                with structlog.contextvars.bound_contextvars(
-                    consumer=self.name, message_id=delivery.message_id, subject=delivery.subject
+                with (
+                    self._span(delivery),
+                    structlog.contextvars.bound_contextvars(
+                        consumer=self.name, message_id=delivery.message_id, subject=delivery.subject
+                    ),
                 ):
                     try:
                         await self.handler(conn, delivery)
@@ -476,9 +507,26 @@ class JetStreamConsumer:
                 outcomes.append(("duplicate", ""))
         return outcomes
 
+    def _span(self, delivery: Delivery) -> AbstractContextManager[Any]:
+        """The handler's span: a child of the trace context the message carries."""
+        return tracing.span(
+            f"{delivery.subject} process",
+            parent=delivery.headers,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": delivery.subject,
+                "messaging.consumer.group.name": self.name,
+                "messaging.message.id": delivery.message_id,
+            },
+        )
+
     async def _handle_one(self, conn: asyncpg.Connection, delivery: Delivery) -> tuple[str, str]:
-        with structlog.contextvars.bound_contextvars(
-            consumer=self.name, message_id=delivery.message_id, subject=delivery.subject
+        with (
+            self._span(delivery),
+            structlog.contextvars.bound_contextvars(
+                consumer=self.name, message_id=delivery.message_id, subject=delivery.subject
+            ),
         ):
             try:
                 async with conn.transaction():

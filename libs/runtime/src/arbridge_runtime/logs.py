@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from arbridge_runtime import tracing
 from arbridge_runtime.redaction import redact_value
 
 _LEVELS = {
@@ -33,6 +34,17 @@ def redact_processor(
     return event_dict
 
 
+def trace_processor(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: the current trace and span ids, so a log line joins its trace."""
+    trace_id, span_id = tracing.ids()
+    if trace_id:
+        event_dict.setdefault("trace_id", trace_id)
+        event_dict.setdefault("span_id", span_id)
+    return event_dict
+
+
 def configure_logging(service: str, level: str = "info", *, stream: Any = None) -> None:
     """Configures structlog and the standard library to write JSON lines."""
     numeric = _LEVELS.get(level, logging.INFO)
@@ -41,6 +53,7 @@ def configure_logging(service: str, level: str = "info", *, stream: Any = None) 
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        trace_processor,
         redact_processor,
     ]
     structlog.configure(

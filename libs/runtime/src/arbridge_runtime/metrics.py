@@ -24,6 +24,13 @@ class ServiceMetrics:
             registry=self.registry,
             buckets=_RPC_BUCKETS,
         )
+        self.http_duration = Histogram(
+            "arbridge_http_request_duration_seconds",
+            "Public HTTP handling time (webhooks, pay pages) by route template and status",
+            ["route", "status"],
+            registry=self.registry,
+            buckets=_RPC_BUCKETS,
+        )
         self.rpc_rejected = Counter(
             "arbridge_rpc_rejected_total",
             "gRPC calls refused before reaching a handler",

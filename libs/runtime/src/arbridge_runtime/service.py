@@ -36,7 +36,7 @@ from nats.js import JetStreamContext
 from arbridge_runtime.db import Migration, create_pool, migrate, runtime_migrations
 from arbridge_runtime.faults import FaultInjector
 from arbridge_runtime.grpc_server import GrpcServer
-from arbridge_runtime.http import SidePort
+from arbridge_runtime.http import SidePort, observed
 from arbridge_runtime.jetstream import (
     ConsumerSpec,
     Handler,
@@ -52,6 +52,7 @@ from arbridge_runtime.logs import configure_logging
 from arbridge_runtime.metrics import ServiceMetrics
 from arbridge_runtime.settings import RuntimeSettings, SettingsError
 from arbridge_runtime.standalone import write_ready_file
+from arbridge_runtime.tracing import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +99,8 @@ class ServiceContext:
 
     async def serve_http(self, app: web.Application, host: str, port: int) -> int:
         """Serves a public HTTP application until the service stops; returns the bound port
-        (``port`` 0 picks a free one)."""
+        (``port`` 0 picks a free one). Every request gets a span and the duration metric."""
+        app.middlewares.insert(0, observed(self.metrics))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
@@ -289,9 +291,12 @@ def run(load: Callable[[], tuple[ServiceDefinition, RuntimeSettings]]) -> None:
         print(f"arbridge: {exc}", file=sys.stderr)  # noqa: T201 (logging is not configured yet)
         sys.exit(2)
     configure_logging(settings.service, settings.log_level)
+    configure_tracing(settings.service, trace_file=settings.trace_file)
     try:
         code = asyncio.run(serve(definition, settings))
     except Exception:
         log.exception("service_failed")
         code = 1
+    finally:
+        shutdown_tracing()
     sys.exit(code)

@@ -151,6 +151,9 @@ class RuntimeSettings:
         drain_delay_seconds: How long health reports NOT_SERVING before intake
             stops, so load balancers see it (``ARBRIDGE_DRAIN_DELAY_SECONDS``).
         log_level: ``debug``, ``info``, ``warning`` or ``error`` (``ARBRIDGE_LOG_LEVEL``).
+        trace_file: Append finished spans as JSON lines to this file
+            (``ARBRIDGE_TRACE_FILE``); OTLP export is configured by the standard
+            ``OTEL_EXPORTER_OTLP_ENDPOINT``.
     """
 
     service: str
@@ -167,6 +170,7 @@ class RuntimeSettings:
     shutdown_grace_seconds: float
     drain_delay_seconds: float
     log_level: str
+    trace_file: str = ""
 
     @property
     def service_token(self) -> str:
@@ -217,4 +221,5 @@ class RuntimeSettings:
             log_level=env.choice(
                 "ARBRIDGE_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
+            trace_file=env.string("ARBRIDGE_TRACE_FILE", ""),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+from prometheus_client import Counter
 
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge_connector.core import Connector
@@ -30,6 +31,12 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         default_endpoint=settings.intacct_endpoint,
         concurrency=settings.concurrency,
         rate_per_second=settings.rate_per_second,
+        api_calls=Counter(
+            "arbridge_intacct_api_calls_total",
+            "Intacct API functions sent, by account and function (what Intacct bills)",
+            ["account_id", "function"],
+            registry=ctx.metrics.registry,
+        ),
     )
     ctx.grpc.add_service(
         connector_pb2_grpc.add_ConnectorServiceServicer_to_server,

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import aiohttp
 import asyncpg
 import structlog
+from prometheus_client import Counter
 
 from arbridge.events.v1 import events_pb2
 from arbridge_connector import repository as repo
@@ -92,6 +93,8 @@ class Connector:
     default_endpoint: str
     concurrency: int
     rate_per_second: float
+    # arbridge_intacct_api_calls_total{account_id, function}, when the service exports metrics.
+    api_calls: Counter | None = None
     _clients: dict[str, IntacctClient] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -131,7 +134,7 @@ class Connector:
             endpoint=endpoint,
             time_zone=req.time_zone,
             limiter=self._limiter(),
-            meter=PgMeter(self.pool, req.account_id),
+            meter=PgMeter(self.pool, req.account_id, self.api_calls),
         )
         await client.session()  # a real session, or Intacct's reason why not
         entities = await client.execute(
@@ -243,7 +246,7 @@ class Connector:
             endpoint=row.endpoint_url,
             time_zone=row.time_zone,
             limiter=self._limiter(),
-            meter=PgMeter(self.pool, account_id),
+            meter=PgMeter(self.pool, account_id, self.api_calls),
         )
         async with self._lock:
             self._clients.setdefault(account_id, client)

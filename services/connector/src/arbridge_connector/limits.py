@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
+from prometheus_client import Counter
 
 _SLOT_NAMESPACE = 0x1A7A  # keeps these locks apart from any other two-key advisory lock
 
@@ -79,11 +80,15 @@ class PgLimiter:
 class PgMeter:
     pool: asyncpg.Pool
     account_id: str
+    calls: Counter | None = None
 
     async def record(self, functions: Sequence[str]) -> None:
         counts: dict[str, int] = {}
         for name in functions:
             counts[name] = counts.get(name, 0) + 1
+        if self.calls is not None:
+            for name, count in counts.items():
+                self.calls.labels(account_id=self.account_id, function=name).inc(count)
         async with self.pool.acquire() as conn:
             await conn.execute(
                 """INSERT INTO api_usage (account_id, day, function, calls)

@@ -24,7 +24,7 @@ import structlog
 from aiohttp import web
 
 from arbridge.events.v1 import events_pb2
-from arbridge_runtime import webhooks
+from arbridge_runtime import tracing, webhooks
 from arbridge_runtime.errors import Unavailable
 from arbridge_runtime.ingest import ACCOUNT_ID, Inbound, Ingestor, check_body
 from arbridge_runtime.jetstream import MSG_ID
@@ -136,12 +136,14 @@ class Edge:
         self, subject: str, event: events_pb2.CardGatewayNotificationReceived, event_id: str
     ) -> web.Response:
         timeout = self.ingestor.publish_timeout
+        headers = {MSG_ID: event_id}
+        tracing.inject(headers)
         try:
             ack = await asyncio.wait_for(
                 self.ingestor.js.publish(
                     self.ingestor.namespace.subject(subject),
                     event.SerializeToString(),
-                    headers={MSG_ID: event_id},
+                    headers=headers,
                     timeout=timeout,
                 ),
                 timeout + 1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from prometheus_client import Counter
 
 from arbridge.connector.v1 import connector_pb2_grpc
 from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -52,6 +53,13 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         lease_seconds=settings.charge_lease_seconds,
         settle_poll_seconds=settings.settle_poll_seconds,
         faults=ctx.faults,
+        outcomes=Counter(
+            "arbridge_charges_total",
+            "Charges that reached an outcome (succeeded, declined, failed, settling, returned),"
+            " by source and method kind",
+            ["source", "kind", "outcome"],
+            registry=ctx.metrics.registry,
+        ),
     )
     refunds = Refunds(
         ctx.pool,

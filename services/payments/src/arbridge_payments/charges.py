@@ -40,6 +40,7 @@ from typing import Any
 import asyncpg
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter
 
 from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.events.v1 import events_pb2
@@ -52,6 +53,7 @@ from arbridge_payments.gateway import (
     GatewayUnavailable,
     Transaction,
 )
+from arbridge_runtime import tracing
 from arbridge_runtime.errors import (
     Conflict,
     DomainError,
@@ -137,7 +139,9 @@ class Charges:
         lease_seconds: float = 30.0,
         settle_poll_seconds: float = 3600.0,
         faults: FaultInjector = NO_FAULTS,
+        outcomes: Counter | None = None,
     ) -> None:
+        self._outcomes = outcomes
         self._pool = pool
         self._outbox = outbox
         self._gateway = gateway
@@ -170,8 +174,8 @@ class Charges:
                 "INSERT INTO charges (charge_id, account_id, idempotency_key, request_hash,"
                 " customer_id, source, rule_id, payment_method_id, kind, shopper_id, last4,"
                 " amount_minor, currency, tax_minor, customer_reference, lease_until, entity_id,"
-                " link_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,"
-                " $15, now() + make_interval(secs => $16), $17, $18)"
+                " link_id, trace_parent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+                " $12, $13, $14, $15, now() + make_interval(secs => $16), $17, $18, $19)"
                 " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING charge_id",
                 charge_id,
                 request.account_id,
@@ -191,6 +195,7 @@ class Charges:
                 self._lease,
                 plan.entity_id,
                 request.link_id,
+                tracing.traceparent(),
             )
             if inserted is None:
                 raced = True
@@ -553,6 +558,8 @@ class Charges:
                     event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"charge/{row['charge_id']}/{phase}"),
                 )
         if done is not None:
+            if self._outcomes is not None:
+                self._outcomes.labels(source=done["source"], kind=done["kind"], outcome=phase).inc()
             log.info(
                 "charge.finished",
                 charge_id=row["charge_id"],

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from opentelemetry.trace import SpanKind
 
+from arbridge_runtime import tracing
 from arbridge_runtime.money import from_minor, to_minor
 
 CARD = "card"
@@ -184,6 +186,16 @@ class CardGateway:
         if idempotency_key:
             headers["idempotency-key"] = idempotency_key
         url = self._config.base_url.rstrip("/") + path
+        with tracing.span(
+            f"cards {method}",
+            kind=SpanKind.CLIENT,
+            attributes={"http.request.method": method, "url.path": path.split("?")[0]},
+        ):
+            return await self._send(method, path, url, body, headers)
+
+    async def _send(
+        self, method: str, path: str, url: str, body: dict[str, Any] | None, headers: dict[str, str]
+    ) -> dict[str, Any]:
         try:
             async with self._http.request(
                 method,

@@ -23,6 +23,7 @@ import structlog
 from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge_payments.charges import charge_event
+from arbridge_runtime import tracing
 from arbridge_runtime.errors import InvalidArgument
 from arbridge_runtime.jetstream import Outbox
 
@@ -122,7 +123,15 @@ class Posting:
         )
         for row in rows:
             try:
-                await self._post(row)
+                with tracing.span(
+                    "payments.post",
+                    parent=row["trace_parent"],
+                    attributes={
+                        "arbridge.account_id": row["account_id"],
+                        "arbridge.charge_id": row["charge_id"],
+                    },
+                ):
+                    await self._post(row)
             except Exception:
                 log.exception("posting.failed_unexpectedly", charge_id=row["charge_id"])
                 await self._later(row, "internal error while posting; retrying")

@@ -37,6 +37,7 @@ from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_rules import engine
 from arbridge_rules.rules import RuleStore, spec
+from arbridge_runtime import tracing
 from arbridge_runtime.faults import NO_FAULTS, FaultInjector
 from arbridge_runtime.jetstream import Outbox
 
@@ -343,14 +344,14 @@ class Scheduler:
         )
         await conn.execute(
             "INSERT INTO schedule (account_id, invoice_record_no, customer_id, rule_id, state,"
-            " charge_at, scheduled_for, amount_minor, currency, attempt, note)"
-            " VALUES ($1, $2, $3, $4, 'scheduled', $5, $6, $7, $8, $9, '')"
+            " charge_at, scheduled_for, amount_minor, currency, attempt, note, trace_parent)"
+            " VALUES ($1, $2, $3, $4, 'scheduled', $5, $6, $7, $8, $9, '', $10)"
             " ON CONFLICT (account_id, invoice_record_no) DO UPDATE SET"
             " customer_id = EXCLUDED.customer_id, rule_id = EXCLUDED.rule_id,"
             " state = 'scheduled', charge_at = EXCLUDED.charge_at,"
             " scheduled_for = EXCLUDED.scheduled_for, amount_minor = EXCLUDED.amount_minor,"
             " currency = EXCLUDED.currency, attempt = EXCLUDED.attempt, note = '',"
-            " updated_at = now()",
+            " trace_parent = EXCLUDED.trace_parent, updated_at = now()",
             account_id,
             invoice.record_no,
             invoice.customer_id,
@@ -360,6 +361,7 @@ class Scheduler:
             decision.amount_minor,
             invoice.currency,
             attempt,
+            tracing.traceparent(),
         )
         if changed:
             await self._announce(conn, account_id, invoice.record_no, invoice.customer_id)
@@ -446,7 +448,17 @@ class Scheduler:
         for row in rows:
             self._faults.hit("rules.after_claim")
             try:
-                await self._drive(row)
+                with tracing.span(
+                    "rules.charge",
+                    parent=row["trace_parent"],
+                    attributes={
+                        "arbridge.account_id": row["account_id"],
+                        "arbridge.invoice": row["invoice_record_no"],
+                        "arbridge.rule_id": row["rule_id"],
+                        "arbridge.attempt": row["attempt"],
+                    },
+                ):
+                    await self._drive(row)
             except Exception:
                 log.exception(
                     "rules.charge_failed",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prometheus_client import Histogram
+
 from arbridge.connector.v1 import connector_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime import streams
@@ -32,6 +34,13 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         connector=connector,
         jobs=runner,
         webhook_secrets=settings.webhook_secrets,
+        lag=Histogram(
+            "arbridge_sync_lag_seconds",
+            "Time from an Intacct event's arrival to its record in the AR store, by Intacct object",
+            ["object"],
+            registry=ctx.metrics.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        ),
     )
     ingestor = Ingestor(
         js=ctx.js,

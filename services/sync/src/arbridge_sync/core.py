@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -9,6 +10,7 @@ import asyncpg
 import grpc
 import grpc.aio
 import structlog
+from prometheus_client import Histogram
 
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
@@ -43,6 +45,8 @@ class SyncCore:
     connector: connector_pb2_grpc.ConnectorServiceAsyncStub
     jobs: JobRunner
     webhook_secrets: tuple[str, ...]
+    # arbridge_sync_lag_seconds{object}: an Intacct event's arrival to its record in the store.
+    lag: Histogram | None = None
 
     # Accounts ------------------------------------------------------------------------
 
@@ -128,6 +132,9 @@ class SyncCore:
             log.info("intacct_event_ignored", object=event.object, account_id=account_id)
             return
         await self.apply_event(conn, account_id, synced, event)
+        if self.lag is not None and received.HasField("received_at"):
+            waited = time.time() - received.received_at.ToMilliseconds() / 1000
+            self.lag.labels(object=synced.name).observe(max(0.0, waited))
 
     async def apply_event(
         self, conn: asyncpg.Connection, account_id: str, synced: Synced, event: IntacctEvent
