@@ -135,6 +135,37 @@ async def migrate(dsn: str, schema: str, migrations: list[Migration]) -> list[st
     return applied_now
 
 
+async def pending(dsn: str, schema: str, migrations: list[Migration]) -> list[str]:
+    """The migrations not yet applied to ``schema`` (what a service that does not migrate
+    at start-up refuses to run without); raises when an applied one has changed."""
+    quoted = quote_ident(schema)
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    try:
+        exists = await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", f"{quoted}.schema_migrations"
+        )
+        rows = (
+            await conn.fetch(f"SELECT component, version, checksum FROM {quoted}.schema_migrations")
+            if exists
+            else []
+        )
+    finally:
+        await conn.close()
+    done = {(r["component"], r["version"]): r["checksum"] for r in rows}
+    missing = []
+    for migration in migrations:
+        label = f"{migration.component}/{migration.version:04d}_{migration.name}"
+        checksum = done.get((migration.component, migration.version))
+        if checksum is None:
+            missing.append(label)
+        elif checksum != migration.checksum:
+            raise MigrationError(
+                f"migration {label} changed after it was applied to schema {schema}; "
+                "add a new migration instead of editing an applied one"
+            )
+    return missing
+
+
 async def create_pool(
     dsn: str, schema: str, *, max_size: int = 10, min_size: int = 1
 ) -> asyncpg.Pool:

@@ -33,7 +33,16 @@ from aiohttp import web
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from arbridge_runtime.db import Migration, create_pool, migrate, runtime_migrations
+from arbridge_runtime.db import (
+    Migration,
+    MigrationError,
+    create_pool,
+    load_migrations,
+    migrate,
+    pending,
+    quote_ident,
+    runtime_migrations,
+)
 from arbridge_runtime.faults import FaultInjector
 from arbridge_runtime.grpc_server import GrpcServer
 from arbridge_runtime.http import SidePort, observed
@@ -50,7 +59,7 @@ from arbridge_runtime.jetstream import (
 )
 from arbridge_runtime.logs import configure_logging
 from arbridge_runtime.metrics import ServiceMetrics
-from arbridge_runtime.settings import RuntimeSettings, SettingsError
+from arbridge_runtime.settings import EnvReader, RuntimeSettings, SettingsError
 from arbridge_runtime.standalone import write_ready_file
 from arbridge_runtime.tracing import configure_tracing, shutdown_tracing
 
@@ -144,11 +153,7 @@ async def serve(
     namespace = Namespace(settings.namespace)
 
     async with AsyncExitStack() as stack:
-        applied = await migrate(
-            settings.database_url,
-            settings.database_schema,
-            [*runtime_migrations(), *definition.migrations],
-        )
+        applied = await _schema_ready(definition, settings)
         pool = await create_pool(
             settings.database_url, settings.database_schema, max_size=settings.database_pool_size
         )
@@ -259,6 +264,22 @@ async def serve(
     return 0
 
 
+async def _schema_ready(definition: ServiceDefinition, settings: RuntimeSettings) -> list[str]:
+    """Migrates (the default), or checks that the migration job already did."""
+    migrations = [*runtime_migrations(), *definition.migrations]
+    if settings.migrate_on_start:
+        return await migrate(settings.database_url, settings.database_schema, migrations)
+    missing = await pending(settings.database_url, settings.database_schema, migrations)
+    if missing:
+        raise MigrationError(
+            f"schema {settings.database_schema} is behind this release: {len(missing)} "
+            f"migration(s) not applied ({', '.join(missing[:5])}); run the migration job "
+            f"(python -m arbridge_{definition.name} migrate) first, or set "
+            "ARBRIDGE_MIGRATE_ON_START=true"
+        )
+    return []
+
+
 def _report_worker_exit(
     name: str, worker_stop: asyncio.Event, stop: asyncio.Event
 ) -> Callable[[asyncio.Task[None]], None]:
@@ -279,12 +300,26 @@ def _report_worker_exit(
     return done
 
 
-def run(load: Callable[[], tuple[ServiceDefinition, RuntimeSettings]]) -> None:
-    """Entry point for ``python -m <service>``: settings, logging, serve, exit code.
+def run(load: Callable[[], tuple[ServiceDefinition, RuntimeSettings]], *, service: str) -> None:
+    """Entry point of ``python -m arbridge_<service>`` and of the image: serve, or migrate.
 
-    ``load`` reads the service's settings from the environment and returns its
-    definition; a :class:`SettingsError` (every problem at once) exits 2.
+    With no argument: ``load`` reads the service's settings from the environment
+    (a :class:`SettingsError`, every problem at once, exits 2) and the service
+    serves until SIGTERM. With ``migrate``: only ``DATABASE_URL`` and
+    ``ARBRIDGE_DB_SCHEMA`` are read, the schema's migrations (the runtime's and
+    the package's ``migrations`` folder) are applied, and the process exits 0;
+    the migration job needs no other secret of the service.
     """
+    command = sys.argv[1:]
+    if command == ["migrate"]:
+        sys.exit(_migrate_command(service))
+    if command:
+        print(  # noqa: T201 (a usage error, before any work)
+            f"arbridge: unknown command {' '.join(command)!r}; run with no argument to "
+            "serve, or 'migrate' to apply the schema's migrations and exit",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     try:
         definition, settings = load()
     except SettingsError as exc:
@@ -300,3 +335,30 @@ def run(load: Callable[[], tuple[ServiceDefinition, RuntimeSettings]]) -> None:
     finally:
         shutdown_tracing()
     sys.exit(code)
+
+
+def _migrate_command(service: str) -> int:
+    env = EnvReader()
+    dsn = env.url(
+        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/arbridge", ("postgres", "postgresql")
+    )
+    schema = env.string("ARBRIDGE_DB_SCHEMA", service)
+    level = env.choice("ARBRIDGE_LOG_LEVEL", "info", ("debug", "info", "warning", "error"))
+    try:
+        quote_ident(schema)
+    except ValueError:
+        env.problems.append(f"ARBRIDGE_DB_SCHEMA={schema!r} is not a valid schema name")
+    try:
+        env.check()
+    except SettingsError as exc:
+        print(f"arbridge: {exc}", file=sys.stderr)  # noqa: T201 (logging is not configured yet)
+        return 2
+    configure_logging(service, level)
+    migrations = [*runtime_migrations(), *load_migrations(f"arbridge_{service}", service)]
+    try:
+        applied = asyncio.run(migrate(dsn, schema, migrations))
+    except Exception:
+        log.exception("migration_failed", schema=schema)
+        return 1
+    log.info("migrations_done", schema=schema, applied=len(applied))
+    return 0

@@ -151,6 +151,10 @@ class RuntimeSettings:
         drain_delay_seconds: How long health reports NOT_SERVING before intake
             stops, so load balancers see it (``ARBRIDGE_DRAIN_DELAY_SECONDS``).
         log_level: ``debug``, ``info``, ``warning`` or ``error`` (``ARBRIDGE_LOG_LEVEL``).
+        migrate_on_start: Apply pending migrations at start-up
+            (``ARBRIDGE_MIGRATE_ON_START``, default true); when false the service
+            refuses to start on a schema that is behind, and the migration job
+            (``python -m arbridge_<service> migrate``) applies them.
         trace_file: Append finished spans as JSON lines to this file
             (``ARBRIDGE_TRACE_FILE``); OTLP export is configured by the standard
             ``OTEL_EXPORTER_OTLP_ENDPOINT``.
@@ -171,6 +175,7 @@ class RuntimeSettings:
     drain_delay_seconds: float
     log_level: str
     trace_file: str = ""
+    migrate_on_start: bool = True
 
     @property
     def service_token(self) -> str:
@@ -222,4 +227,5 @@ class RuntimeSettings:
                 "ARBRIDGE_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
             trace_file=env.string("ARBRIDGE_TRACE_FILE", ""),
+            migrate_on_start=env.boolean("ARBRIDGE_MIGRATE_ON_START", True),
         )

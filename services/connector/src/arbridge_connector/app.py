@@ -63,4 +63,4 @@ def load() -> tuple[ServiceDefinition, RuntimeSettings]:
 
 
 def main() -> None:
-    run(load)
+    run(load, service="connector")

@@ -44,4 +44,4 @@ def load() -> tuple[ServiceDefinition, RuntimeSettings]:
 
 
 def main() -> None:
-    run(load)
+    run(load, service="gateway")

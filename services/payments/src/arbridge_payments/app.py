@@ -160,4 +160,4 @@ def load() -> tuple[ServiceDefinition, RuntimeSettings]:
 
 
 def main() -> None:
-    run(load)
+    run(load, service="payments")

@@ -98,4 +98,4 @@ def load() -> tuple[ServiceDefinition, RuntimeSettings]:
 
 
 def main() -> None:
-    run(load)
+    run(load, service="rules")

@@ -108,4 +108,4 @@ def load() -> tuple[ServiceDefinition, RuntimeSettings]:
 
 
 def main() -> None:
-    run(load)
+    run(load, service="sync")
