@@ -117,9 +117,11 @@ def test_the_dockerfile_builds_slim_non_root_images_with_exec_form_entry_points(
     assert stages == ["uv", "protos", "build", "runtime"]
     runtime = steps[max(i for i, (w, _) in enumerate(steps) if w == "FROM") :]
     user = [args for word, args in runtime if word == "USER"]
-    assert user and re.fullmatch(r"[1-9]\d{3,}:[1-9]\d{3,}", user[-1]), user
+    assert user, "the runtime stage sets no USER"
+    assert re.fullmatch(r"[1-9]\d{3,}:[1-9]\d{3,}", user[-1]), user
     entry = [args for word, args in runtime if word == "ENTRYPOINT"]
-    assert entry and json.loads(entry[-1]) == ["/app/service"]
+    assert entry, "the runtime stage sets no ENTRYPOINT"
+    assert json.loads(entry[-1]) == ["/app/service"]
     # The runtime stage takes only the built environment: no compiler, no sources.
     copies = [args for word, args in runtime if word == "COPY"]
     assert copies == ["--from=build /app/.venv /app/.venv"]

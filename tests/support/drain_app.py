@@ -82,4 +82,4 @@ def load() -> tuple[ServiceDefinition, RuntimeSettings]:
 
 
 if __name__ == "__main__":
-    run(load)
+    run(load, service="testapp", package="tests.support")

@@ -300,19 +300,25 @@ def _report_worker_exit(
     return done
 
 
-def run(load: Callable[[], tuple[ServiceDefinition, RuntimeSettings]], *, service: str) -> None:
+def run(
+    load: Callable[[], tuple[ServiceDefinition, RuntimeSettings]],
+    *,
+    service: str,
+    package: str = "",
+) -> None:
     """Entry point of ``python -m arbridge_<service>`` and of the image: serve, or migrate.
 
     With no argument: ``load`` reads the service's settings from the environment
     (a :class:`SettingsError`, every problem at once, exits 2) and the service
     serves until SIGTERM. With ``migrate``: only ``DATABASE_URL`` and
     ``ARBRIDGE_DB_SCHEMA`` are read, the schema's migrations (the runtime's and
-    the package's ``migrations`` folder) are applied, and the process exits 0;
-    the migration job needs no other secret of the service.
+    the ``migrations`` folder of ``package``, by default ``arbridge_<service>``) are
+    applied, and the process exits 0; the migration job needs no other secret of
+    the service.
     """
     command = sys.argv[1:]
     if command == ["migrate"]:
-        sys.exit(_migrate_command(service))
+        sys.exit(_migrate_command(service, package or f"arbridge_{service}"))
     if command:
         print(  # noqa: T201 (a usage error, before any work)
             f"arbridge: unknown command {' '.join(command)!r}; run with no argument to "
@@ -337,7 +343,7 @@ def run(load: Callable[[], tuple[ServiceDefinition, RuntimeSettings]], *, servic
     sys.exit(code)
 
 
-def _migrate_command(service: str) -> int:
+def _migrate_command(service: str, package: str) -> int:
     env = EnvReader()
     dsn = env.url(
         "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/arbridge", ("postgres", "postgresql")
@@ -354,7 +360,7 @@ def _migrate_command(service: str) -> int:
         print(f"arbridge: {exc}", file=sys.stderr)  # noqa: T201 (logging is not configured yet)
         return 2
     configure_logging(service, level)
-    migrations = [*runtime_migrations(), *load_migrations(f"arbridge_{service}", service)]
+    migrations = [*runtime_migrations(), *load_migrations(package, service)]
     try:
         applied = asyncio.run(migrate(dsn, schema, migrations))
     except Exception:
