@@ -156,7 +156,8 @@ def test_each_service_is_deployed_the_way_the_platform_expects(overlay: str) -> 
         service = services[name]
         assert _matches({"matchLabels": service["spec"]["selector"]}, labels)
         for port in service["spec"]["ports"]:
-            assert port["name"] and port["targetPort"] in ports, (name, port)
+            assert port["name"], (name, port)
+            assert port["targetPort"] in ports, (name, port)
         assert pdbs[name]["spec"]["maxUnavailable"] == 1
         assert _matches(pdbs[name]["spec"]["selector"], labels)
         hpa = hpas[name]["spec"]
