@@ -10,7 +10,7 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := libs/protos/src/arbridge/py.typed
 NPM_STAMP := node_modules/.package-lock.json
 
-.PHONY: help setup gen fmt lint typecheck browser test test-fast run bench clean
+.PHONY: help setup gen fmt lint typecheck browser test test-fast run demo bench manifests clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,16 @@ test-fast: gen browser ## the tests only, without lint and typecheck
 
 run: gen ## run every service with embedded PostgreSQL/NATS when none is given; Ctrl-C stops all
 	$(VENV)/bin/arbridge dev up
+
+demo: gen ## the whole story with no input: connect, sync, rule, charge, link, summary
+	$(VENV)/bin/arbridge dev demo
+
+manifests: ## render the Kubernetes overlays (kubectl or kustomize on PATH) into deploy/rendered/
+	mkdir -p deploy/rendered
+	for overlay in dev production; do \
+	  if command -v kustomize >/dev/null; then kustomize build deploy/kubernetes/overlays/$$overlay; \
+	  else kubectl kustomize deploy/kubernetes/overlays/$$overlay; fi > deploy/rendered/$$overlay.yaml; \
+	done
 
 bench: gen ## run the benchmarks and print their figures
 	$(PY) -m bench

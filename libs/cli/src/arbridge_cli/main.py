@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -43,6 +44,18 @@ def _health(args: argparse.Namespace) -> int:
         return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
     return asyncio.run(check())
+
+
+def _dev_demo(args: argparse.Namespace) -> int:
+    from arbridge_devinfra.demo import run_demo
+
+    return run_demo(Path(os.environ.get("ARBRIDGE_ROOT", Path.cwd())), args.name)
+
+
+def _demo_name(value: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", value):
+        raise argparse.ArgumentTypeError("use lower-case letters, digits and _, from a letter")
+    return value
 
 
 def _dev_up(_args: argparse.Namespace) -> int:
@@ -175,6 +188,16 @@ def parser() -> argparse.ArgumentParser:
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_sub.add_parser("up", help="run the whole suite with embedded infrastructure")
     up.set_defaults(func=_dev_up)
+    demo = dev_sub.add_parser(
+        "demo", help="the whole story, no input: connect, sync, rule, charge, link, summary"
+    )
+    demo.add_argument(
+        "--name",
+        default="demo",
+        type=_demo_name,
+        help="database arbridge_<name> and NATS namespace <name>, started afresh (default demo)",
+    )
+    demo.set_defaults(func=_dev_demo)
     return top
 
 

@@ -15,15 +15,21 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import nats
 
 from arbridge_devinfra.infra import Infra, ensure_infra, port_open, with_database
+from arbridge_runtime.jetstream import Namespace
 
 INTACCT_SANDBOX_PORT = 8410
 CARDS_SANDBOX_PORT = 8420
@@ -47,15 +53,30 @@ class Running:
     ready_file: Path
 
 
-async def _ensure_database(server_url: str, name: str) -> str:
+async def _ensure_database(server_url: str, name: str, *, fresh: bool = False) -> str:
     conn = await asyncpg.connect(server_url)
     try:
+        if fresh:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
             await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
     return with_database(server_url, name)
+
+
+async def _drop_streams(nats_url: str, namespace: str) -> None:
+    """Deletes the JetStream streams of ``namespace`` (their consumers go with them)."""
+    prefix = Namespace(namespace).stream("")
+    nc = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        for stream in await js.streams_info():
+            if stream.config.name and stream.config.name.startswith(prefix):
+                await js.delete_stream(stream.config.name)
+    finally:
+        await nc.close()
 
 
 def _service_env(
@@ -127,11 +148,11 @@ def _start(
     return Running(name, process, log_path, ready)
 
 
-def _wait_ready(running: Running, timeout: float = 60.0) -> dict[str, object]:
+def _wait_ready(running: Running, timeout: float = 60.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if running.ready_file.exists():
-            info: dict[str, object] = json.loads(running.ready_file.read_text())
+            info: dict[str, Any] = json.loads(running.ready_file.read_text())
             return info
         if running.process.poll() is not None:
             tail = running.log_path.read_text(errors="replace")[-3000:]
@@ -155,76 +176,156 @@ def _stop_all(running: list[Running], grace: float = 30.0) -> None:
             item.process.wait()
 
 
-def run_suite(root: Path) -> int:
-    """Starts everything and blocks until interrupted; returns the exit code."""
+@dataclass(frozen=True)
+class Ports:
+    """Where the sandboxes and services listen."""
+
+    intacct: int
+    cards: int
+    webhooks: int
+    pay: int
+    services: dict[str, tuple[int, int]]  # name -> (gRPC, side HTTP)
+
+    def all(self) -> list[int]:
+        return [
+            self.intacct,
+            self.cards,
+            self.webhooks,
+            self.pay,
+            *(p for pair in self.services.values() for p in pair),
+        ]
+
+
+# `make run`'s ports: fixed, so that other tools and people find them.
+FIXED_PORTS = Ports(
+    INTACCT_SANDBOX_PORT,
+    CARDS_SANDBOX_PORT,
+    GATEWAY_PUBLIC_PORT,
+    8430,
+    {name: (grpc, http) for name, grpc, http in SERVICES},
+)
+
+
+def free_ports() -> Ports:
+    """Ports free right now, for a run beside another (the demo, beside `make run`)."""
+    sockets = [socket.socket() for _ in range(4 + 2 * len(SERVICES))]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        found = [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    pairs = iter(found[4:])
+    return Ports(
+        found[0],
+        found[1],
+        found[2],
+        found[3],
+        {name: (next(pairs), next(pairs)) for name, _, _ in SERVICES},
+    )
+
+
+@dataclass
+class StartedSuite:
+    """A running suite: the sandboxes' facts, the services' ready files, the token."""
+
+    root: Path
+    infra: Infra
+    ports: Ports
+    token: str
+    sandbox: dict[str, Any]
+    cards: dict[str, Any]
+    running: list[Running]
+    ready: dict[str, dict[str, Any]]
+
+    def target(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports.services[name][0]}"
+
+    @property
+    def webhooks_base(self) -> str:
+        return f"http://127.0.0.1:{self.ports.webhooks}"
+
+    @property
+    def pay_base(self) -> str:
+        return f"http://127.0.0.1:{self.ports.pay}"
+
+    def dead(self) -> Running | None:
+        """A process that exited, if any."""
+        return next((r for r in self.running if r.process.poll() is not None), None)
+
+
+@contextmanager
+def started_suite(
+    root: Path,
+    *,
+    ports: Ports = FIXED_PORTS,
+    database: str = "arbridge",
+    namespace: str = "",
+    sandbox_args: Sequence[str] = (),
+    service_env: dict[str, str] | None = None,
+    fresh: bool = False,
+    say: Callable[[str], None] = print,
+) -> Iterator[StartedSuite]:
+    """Starts PostgreSQL and NATS (unless given), both sandboxes and every service; stops
+    them all (services first) when the block ends. ``fresh``: drop ``database`` and the
+    streams of ``namespace`` first (a run that starts from nothing, like the demo)."""
     state = root / ".infra"
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    ports = [p for _, g, h in SERVICES for p in (g, h)] + [
-        INTACCT_SANDBOX_PORT,
-        CARDS_SANDBOX_PORT,
-        GATEWAY_PUBLIC_PORT,
-    ]
-    busy = [p for p in ports if port_open("127.0.0.1", p, 0.2)]
+    busy = [p for p in ports.all() if port_open("127.0.0.1", p, 0.2)]
     if busy:
-        print(f"ports already in use: {busy}; is another `make run` going?", file=sys.stderr)
-        return 1
+        raise SuiteError(f"ports already in use: {busy}; is another `make run` going?")
     infra: Infra = ensure_infra(state)
     running: list[Running] = []
-    stop = {"requested": False}
-
-    def request_stop(_signum: int, _frame: object) -> None:
-        stop["requested"] = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
     token = os.environ.get("ARBRIDGE_SERVICE_TOKEN") or secrets.token_urlsafe(24)
     try:
-        database_url = asyncio.run(_ensure_database(infra.database_url, "arbridge"))
-        print(f"infrastructure: {infra.describe()}")
+        if fresh and namespace:
+            asyncio.run(_drop_streams(infra.nats_url, namespace))
+        database_url = asyncio.run(_ensure_database(infra.database_url, database, fresh=fresh))
+        say(f"infrastructure: {infra.describe()}")
         intacct_run = _start(
             state,
             logs,
             "intacct-sandbox",
             "arbridge_intacct_sandbox",
-            ["--port", str(INTACCT_SANDBOX_PORT)],
+            ["--port", str(ports.intacct), *sandbox_args],
         )
         running.append(intacct_run)
-        sandbox_info = _wait_ready(intacct_run)
-        print(
+        sandbox_info = _wait_ready(intacct_run, timeout=300)
+        say(
             f"{'intacct':<10} sandbox {sandbox_info['endpoint']}  admin {sandbox_info['admin']}  "
             f"(sender {sandbox_info['sender_id']}, company {sandbox_info['company_id']}, "
-            f"user {sandbox_info['user_id']} / {sandbox_info['user_password']})",
-            flush=True,
+            f"user {sandbox_info['user_id']} / {sandbox_info['user_password']})"
         )
         cards_run = _start(
-            state,
-            logs,
-            "cards-sandbox",
-            "arbridge_cards_sandbox",
-            ["--port", str(CARDS_SANDBOX_PORT)],
+            state, logs, "cards-sandbox", "arbridge_cards_sandbox", ["--port", str(ports.cards)]
         )
         running.append(cards_run)
         cards_info = _wait_ready(cards_run)
-        print(
+        say(
             f"{'cards':<10} sandbox {cards_info['base_url']}/services/2/  hosted fields "
             f"{cards_info['base_url']}/hosted-fields  (API user {cards_info['username']} / "
-            f"{cards_info['password']})",
-            flush=True,
+            f"{cards_info['password']})"
         )
         extra = {
             "ARBRIDGE_CONNECTOR_KEYS": dev_connector_keys(state),
             "ARBRIDGE_INTACCT_ENDPOINT": str(sandbox_info["endpoint"]),
-            "ARBRIDGE_CONNECTOR_TARGET": "127.0.0.1:50051",
+            "ARBRIDGE_CONNECTOR_TARGET": f"127.0.0.1:{ports.services['connector'][0]}",
+            "ARBRIDGE_SYNC_TARGET": f"127.0.0.1:{ports.services['sync'][0]}",
+            "ARBRIDGE_PAYMENTS_TARGET": f"127.0.0.1:{ports.services['payments'][0]}",
             "ARBRIDGE_WEBHOOK_SECRET": dev_secret(state, "webhook.secret"),
-            "ARBRIDGE_GATEWAY_PORT": str(GATEWAY_PUBLIC_PORT),
-            "ARBRIDGE_SYNC_TARGET": "127.0.0.1:50052",
+            "ARBRIDGE_GATEWAY_PORT": str(ports.webhooks),
+            "ARBRIDGE_PAY_PORT": str(ports.pay),
+            "ARBRIDGE_PAY_BASE_URL": f"http://127.0.0.1:{ports.pay}",
             "ARBRIDGE_CARD_GATEWAY_URL": str(cards_info["base_url"]),
             "ARBRIDGE_CARD_GATEWAY_USERNAME": str(cards_info["username"]),
             "ARBRIDGE_CARD_GATEWAY_PASSWORD": str(cards_info["password"]),
             "ARBRIDGE_LINK_SECRET": dev_secret(state, "link.secret"),
+            **({"ARBRIDGE_NAMESPACE": namespace} if namespace else {}),
+            **(service_env or {}),
         }
-        for name, grpc_port, http_port in SERVICES:
+        for name, (grpc_port, http_port) in ports.services.items():
             ready = state / f"{name}.ready"
             env = {
                 **_service_env(
@@ -233,37 +334,67 @@ def run_suite(root: Path) -> int:
                 **extra,
             }
             running.append(_start(state, logs, name, f"arbridge_{name}", [], env))
+        ready_info: dict[str, dict[str, Any]] = {}
         for item in running[2:]:
             info = _wait_ready(item)
-            print(
+            ready_info[item.name] = info
+            say(
                 f"{item.name:<10} grpc 127.0.0.1:{info['grpc_port']:<6} "
                 f"http http://127.0.0.1:{info['http_port']} (livez, readyz, metrics)  "
-                f"log {item.log_path.relative_to(root)}",
-                flush=True,
+                f"log {item.log_path.relative_to(root)}"
             )
             listen = info.get("listen")
             for line in listen if isinstance(listen, list) else []:
-                print(f"{'':<10} {line}", flush=True)
-        print(
-            "service token: "
-            + ("(from ARBRIDGE_SERVICE_TOKEN)" if "ARBRIDGE_SERVICE_TOKEN" in os.environ else token)
-        )
-        print("all services up; Ctrl-C stops everything", flush=True)
-        while not stop["requested"]:
-            for item in running:
-                if item.process.poll() is not None:
-                    tail = item.log_path.read_text(errors="replace")[-3000:]
+                say(f"{'':<10} {line}")
+        yield StartedSuite(root, infra, ports, token, sandbox_info, cards_info, running, ready_info)
+    finally:
+        _stop_all(running)
+        if running:
+            codes = {item.name: item.process.returncode for item in running}
+            say(f"services stopped: {codes}")
+        infra.close()
+
+
+class SuiteError(Exception):
+    """The suite cannot start here (its ports are taken)."""
+
+
+def run_suite(root: Path) -> int:
+    """Starts everything and blocks until interrupted; returns the exit code."""
+    stop = {"requested": False}
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        with started_suite(root, say=say) as suite:
+            print(
+                "service token: "
+                + (
+                    "(from ARBRIDGE_SERVICE_TOKEN)"
+                    if "ARBRIDGE_SERVICE_TOKEN" in os.environ
+                    else suite.token
+                )
+            )
+            print("all services up; Ctrl-C stops everything", flush=True)
+            while not stop["requested"]:
+                dead = suite.dead()
+                if dead is not None:
+                    tail = dead.log_path.read_text(errors="replace")[-3000:]
                     print(
-                        f"{item.name} exited with {item.process.returncode}; stopping.\n{tail}",
+                        f"{dead.name} exited with {dead.process.returncode}; stopping.\n{tail}",
                         file=sys.stderr,
                     )
                     return 1
-            time.sleep(0.2)
-        print("stopping...", flush=True)
-        return 0
-    finally:
-        _stop_all(running)
-        codes = {item.name: item.process.returncode for item in running}
-        if running:
-            print(f"services stopped: {codes}", flush=True)
-        infra.close()
+                time.sleep(0.2)
+            print("stopping...", flush=True)
+            return 0
+    except SuiteError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
