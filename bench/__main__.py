@@ -1,8 +1,9 @@
-"""Runs every benchmark, prints a table, and writes bench/results.json.
+"""Runs every benchmark and writes bench/results.json and bench/report.md (with plots).
 
 Benchmarks measure speed; tests check behaviour. Each benchmark module has
-an async ``run()`` returning a dict of figures; this runner adds the
-environment (versions, CPU) so the numbers can be checked against the machine.
+an async ``run()`` returning a dict of figures (and raw samples); this runner
+adds the environment (versions, CPU, commit) so the numbers can be checked
+against the machine, then renders the report from the results.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
+
+from bench import report
 
 BENCHMARKS = (
     "bench.sandbox_query",
@@ -32,12 +36,27 @@ BENCHMARKS = (
 
 def _environment() -> dict[str, Any]:
     versions: dict[str, str | None] = {}
-    for package in ("grpcio", "asyncpg", "nats-py", "lxml", "aiohttp", "protobuf"):
+    for package in (
+        "grpcio",
+        "asyncpg",
+        "nats-py",
+        "lxml",
+        "aiohttp",
+        "protobuf",
+        "opentelemetry-sdk",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    ).stdout.strip()
     return {
+        "commit": commit,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -52,18 +71,20 @@ async def main(only: list[str]) -> int:
         if only and not any(o in module_name for o in only):
             continue
         module = import_module(module_name)
+        began = time.perf_counter()
         figures = await module.run()
+        figures["bench_seconds"] = round(time.perf_counter() - began, 1)
         results.append(figures)
-        for key, _value in figures.items():
-            if key != "name":
-                pass
+        shown = {k: v for k, v in figures.items() if k not in ("samples",)}
+        print(json.dumps(shown, indent=1), flush=True)
     out = Path(__file__).parent / "results.json"
     if only and out.exists():
         # A partial run replaces its own figures and keeps the others.
         ran = {r["name"] for r in results}
         kept = [r for r in json.loads(out.read_text())["results"] if r["name"] not in ran]
         results = kept + results
-    out.write_text(json.dumps({"environment": _environment(), "results": results}, indent=2))
+    out.write_text(json.dumps({"environment": _environment(), "results": results}, indent=1))
+    print(f"wrote {out} and {report.write(out)}", flush=True)
     return 0
 
 

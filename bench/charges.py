@@ -105,6 +105,7 @@ async def run(
                 alone.append(time.perf_counter() - began)
                 assert reply.charge.state == payments_pb2.CHARGE_STATE_SUCCEEDED
             made = await gateway_transactions(http, suite)
+        memory = suite.peak_memory()
     per_id = collections.Counter(t["merchantTransactionId"] for t in made)
     # The property the figures are worth nothing without: one gateway charge per invoice.
     expected = invoices + len(singles)
@@ -126,4 +127,9 @@ async def run(
         "one_at_a_time_p99_ms": round(_percentile(alone, 0.99) * 1000, 1),
         "gateway_transactions": len(made),
         "gateway_transactions_per_invoice_max": max(per_id.values()) if per_id else 0,
+        "peak_rss_mib": memory,
+        "samples": {
+            "charge_latency_ms": [round(v * 1000, 1) for v in sorted(made_latency)],
+            "one_at_a_time_ms": [round(v * 1000, 1) for v in sorted(alone)],
+        },
     }

@@ -183,6 +183,7 @@ async def _end_to_end(count: int = 60, interval: float = 0.25) -> dict[str, Any]
                 break
             await asyncio.sleep(0.05)
         await creating
+        memory = suite.peak_memory()
     lags = list(done.values())
     return {
         "e2e_invoices": count,
@@ -190,6 +191,8 @@ async def _end_to_end(count: int = 60, interval: float = 0.25) -> dict[str, Any]
         "e2e_interval_ms": int(interval * 1000),
         "e2e_change_to_applied_p50_ms": round(_percentile(lags, 0.5) * 1000),
         "e2e_change_to_applied_p99_ms": round(_percentile(lags, 0.99) * 1000),
+        "peak_rss_mib": memory,
+        "samples": {"change_to_applied_ms": [round(v * 1000, 1) for v in sorted(lags)]},
     }
 
 

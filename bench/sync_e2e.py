@@ -1,10 +1,16 @@
 """Sync at scale: the initial sync of a 20,000-customer, 100,000-invoice company, and event lag.
 
-Services run as processes against the Intacct sandbox. Reports the initial
-sync's wall time and the API calls the sandbox counted beside the minimum
-(one session plus ceil(records / 2,000) queries per object), then makes 1,000
-changes in the sandbox (UI style, firing smart events through the gateway)
-and reports the time from each change to the AR store, p50 and p99.
+Services run as processes against the Intacct sandbox, which answers every
+call after 150 ms and refuses (429) a third concurrent call for the company,
+as Intacct's per-company limit does. Reports the initial sync's wall time
+beside two floors: the API calls the sandbox counted beside the minimum (one
+session plus ceil(records / 2,000) queries per object), and the time those
+calls need at that latency with two at a time, given that one object's pages
+follow one another (each asks for the records after the last key):
+max(longest object's pages, ceil(all pages / 2)) x 150 ms, plus the session.
+Then makes 1,000 changes in the sandbox (UI style, firing smart events
+through the gateway) and reports the time from each change to the AR store,
+p50 and p99; and each service's peak memory.
 """
 
 from __future__ import annotations
@@ -19,12 +25,16 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from arbridge.common.v1 import common_pb2
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_devinfra.infra import ensure_infra, scratch_database
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
 from tests.support.suite import install_smart_events, running_suite
+
+LATENCY_MS = 150
+CONCURRENCY = 2
 
 
 async def run(
@@ -53,6 +63,11 @@ async def run(
                     admin_url = suite.sandbox_admin
                     async with http.post(f"{admin_url}/stats/reset"):
                         pass
+                    async with http.put(
+                        f"{admin_url}/companies/{company}/faults",
+                        json={"latency_ms": LATENCY_MS, "concurrency_limit": CONCURRENCY},
+                    ) as reply:
+                        assert reply.status == 200, await reply.text()
                     started = time.perf_counter()
                     await connector.ConnectAccount(
                         connector_pb2.ConnectAccountRequest(
@@ -76,10 +91,15 @@ async def run(
                         ).syncs
                         job = syncs[0] if syncs else None
                     initial_seconds = time.perf_counter() - started
+                    job_seconds = job.elapsed_seconds
                     assert job.state == sync_pb2.SYNC_STATE_SUCCEEDED, job.error
                     async with http.get(f"{admin_url}/stats?company={company}") as reply:
-                        functions = (await reply.json())["companies"][company]["functions"]
-                    minimum_pages = sum(max(1, -(-p.total // 2000)) for p in job.objects)
+                        stats = (await reply.json())["companies"][company]
+                    functions = stats["functions"]
+                    pages = [max(1, -(-p.total // 2000)) for p in job.objects]
+                    minimum_pages = sum(pages)
+                    chain = max(max(pages), -(-minimum_pages // CONCURRENCY))
+                    bound_seconds = (chain + 1) * LATENCY_MS / 1000
                     records = sum(p.total for p in job.objects)
                     await install_smart_events(http, suite)
                     db = await asyncpg.connect(dsn)
@@ -114,19 +134,37 @@ async def run(
                             lags.setdefault(row["record_no"], now - sent[row["record_no"]])
                         await asyncio.sleep(0.02)
                     await db.close()
+                memory = suite.peak_memory()
     finally:
         infra.close()
     ordered = sorted(lags.values())
     return {
         "name": "sync_initial_and_event_lag",
-        "params": {"customers": customers, "invoices": invoices, "changes": changes},
+        "params": {
+            "customers": customers,
+            "invoices": invoices,
+            "changes": changes,
+            "intacct_latency_ms": LATENCY_MS,
+            "intacct_concurrency_limit": CONCURRENCY,
+        },
         "initial_sync_seconds": round(initial_seconds, 1),
+        "initial_sync_job_seconds": round(job_seconds, 2),
+        "initial_sync_time_bound_seconds": round(bound_seconds, 2),
+        "initial_sync_over_bound": round(initial_seconds / bound_seconds, 2),
         "records_synced": records,
+        "pages_by_object": {
+            common_pb2.ObjectType.Name(p.object_type): n
+            for p, n in zip(job.objects, pages, strict=True)
+        },
+        "intacct_max_concurrency": stats.get("max_concurrency"),
+        "intacct_throttled": stats.get("throttled"),
         "api_calls": functions,
         "api_calls_minimum": {"getAPISession": 1, "query": minimum_pages + 1},
+        "peak_rss_mib": memory,
         "changes_applied": len(ordered),
         "lag_ms_p50": round(ordered[len(ordered) // 2] * 1000),
         "lag_ms_p99": round(ordered[int(len(ordered) * 0.99) - 1] * 1000),
+        "samples": {"change_to_ar_store_ms": [round(v * 1000, 1) for v in ordered]},
     }
 
 

@@ -76,6 +76,17 @@ class ServiceProcess:
             self.process.kill()
             self.process.wait(10)
 
+    def peak_rss_mib(self) -> float:
+        """The process's peak resident memory so far (the kernel's VmHWM), in MiB."""
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return 0.0
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return 0.0
+
     def logs(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 

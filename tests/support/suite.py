@@ -29,6 +29,14 @@ class Suite:
     def target(self, name: str) -> str:
         return self.processes[name].grpc_target
 
+    def peak_memory(self) -> dict[str, float]:
+        """Each arbridge process's peak resident memory so far, in MiB (benchmarks report it)."""
+        return {
+            name: process.peak_rss_mib()
+            for name, process in self.processes.items()
+            if name != "cards"
+        }
+
     @property
     def gateway_base(self) -> str:
         return f"http://127.0.0.1:{self.processes['gateway'].info['public_port']}"

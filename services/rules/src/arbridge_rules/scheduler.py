@@ -351,7 +351,10 @@ class Scheduler:
             " state = 'scheduled', charge_at = EXCLUDED.charge_at,"
             " scheduled_for = EXCLUDED.scheduled_for, amount_minor = EXCLUDED.amount_minor,"
             " currency = EXCLUDED.currency, attempt = EXCLUDED.attempt, note = '',"
-            " trace_parent = EXCLUDED.trace_parent, updated_at = now()",
+            # An evaluation outside any trace (a re-evaluation after a rule changed)
+            # keeps the trace of the last one that had a cause.
+            " trace_parent = COALESCE(NULLIF(EXCLUDED.trace_parent, ''), schedule.trace_parent),"
+            " updated_at = now()",
             account_id,
             invoice.record_no,
             invoice.customer_id,
