@@ -21,14 +21,11 @@ exported. Exits 0 only when every step did what it should.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,12 +33,21 @@ import aiohttp
 import grpc
 
 from arbridge.common.v1 import common_pb2
-from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
-from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
-from arbridge.rules.v1 import rules_pb2, rules_pb2_grpc
-from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge.connector.v1 import connector_pb2
+from arbridge.payments.v1 import payments_pb2
+from arbridge.rules.v1 import rules_pb2
+from arbridge.sync.v1 import sync_pb2
+from arbridge_devinfra.onboarding import (
+    Stubs,
+    add_card,
+    connect,
+    deposit_everywhere,
+    install_smart_events,
+    open_invoices,
+    wait_for_sync,
+)
+from arbridge_devinfra.sandboxes import Sandbox, SandboxRefused
 from arbridge_devinfra.suite import StartedSuite, free_ports, started_suite
-from arbridge_runtime.grpc_client import service_channel
 from arbridge_runtime.money import from_minor, to_minor
 
 ACCOUNT = "demo"
@@ -72,104 +78,15 @@ async def _until(
     raise DemoFailed(f"{what} did not happen within {timeout:.0f}s")
 
 
-class Sandbox:
-    """The sandbox Intacct's admin screens and the card gateway's hosted fields."""
-
-    def __init__(self, http: aiohttp.ClientSession, suite: StartedSuite) -> None:
-        self.http = http
-        self.admin = (
-            str(suite.sandbox["admin"]).rstrip("/")
-            + "/companies/"
-            + str(suite.sandbox["company_id"])
-        )
-        self.cards = suite.cards
-
-    async def add_smart_event(self, spec: Any) -> None:
-        async with self.http.post(
-            f"{self.admin}/smart-events",
-            json={
-                "object": spec.object,
-                "actions": list(spec.actions),
-                "url": spec.url,
-                "body_template": spec.body_template,
-                "content_type": spec.content_type,
-            },
-        ) as reply:
-            if reply.status not in (200, 201):
-                raise DemoFailed(f"smart event {spec.name} refused: {await reply.text()}")
-
-    async def create_invoice(self, customer: str, amount: str, number: str) -> str:
-        """An AR invoice entered in the Intacct UI; returns its RECORDNO."""
-        due = date.today() + timedelta(days=30)
-        body = (
-            f"<create_invoice><customerid>{customer}</customerid>"
-            f"<datedue><year>{due.year}</year><month>{due.month}</month><day>{due.day}</day>"
-            f"</datedue><invoiceno>{number}</invoiceno><invoiceitems><lineitem>"
-            f"<glaccountno>4000</glaccountno><amount>{amount}</amount></lineitem>"
-            "</invoiceitems></create_invoice>"
-        )
-        async with self.http.post(
-            f"{self.admin}/ui", data=body, headers={"Content-Type": "application/xml"}
-        ) as reply:
-            text = await reply.text()
-            if reply.status != 200:
-                raise DemoFailed(f"the sandbox refused the invoice: {text}")
-        match = re.search(r"<key>(\d+)</key>", text)
-        if not match:
-            raise DemoFailed(f"the sandbox did not say the invoice's key: {text[:300]}")
-        return match.group(1)
-
-    async def invoice_due(self, record_no: str) -> str:
-        async with self.http.get(f"{self.admin}/records/ARINVOICE") as reply:
-            rows = (await reply.json())["records"]
-        found = {str(r["recordno"]): r["values"] for r in rows}
-        return str(found[record_no]["TRX_TOTALDUE"])
-
-    async def card_token(self, number: str) -> str:
-        """A hosted-fields token holding a card, as the payer's browser makes one."""
-        credentials = base64.b64encode(
-            f"{self.cards['username']}:{self.cards['password']}".encode()
-        ).decode()
-        base = str(self.cards["base_url"]) + "/services/2/payment-fields-tokens"
-        async with self.http.post(base, headers={"Authorization": f"Basic {credentials}"}) as r:
-            token = r.headers["Location"].rsplit("/", 1)[1]
-        async with self.http.put(
-            f"{base}/{token}", json={"ccNumber": number, "expDate": "11/31", "cvv": "737"}
-        ) as reply:
-            if reply.status != 200:
-                raise DemoFailed(f"the hosted fields refused the card: {await reply.text()}")
-        return token
-
-
 async def _story(suite: StartedSuite, say: Callable[[str], None], traces: Path) -> Summary:
     summary = Summary()
-    channels = {
-        n: service_channel(suite.target(n), suite.token, deadline=120)
-        for n in ("connector", "sync", "payments", "rules")
-    }
-    connector = connector_pb2_grpc.ConnectorServiceStub(channels["connector"])
-    sync = sync_pb2_grpc.SyncServiceStub(channels["sync"])
-    payments = payments_pb2_grpc.PaymentsServiceStub(channels["payments"])
-    rules = rules_pb2_grpc.RulesServiceStub(channels["rules"])
+    stubs = Stubs.of(suite)
     try:
         async with aiohttp.ClientSession() as http:
             sandbox = Sandbox(http, suite)
 
             say("\n1. Connect the sandbox company")
-            await connector.ConnectAccount(
-                connector_pb2.ConnectAccountRequest(
-                    account_id=ACCOUNT,
-                    company_id=str(suite.sandbox["company_id"]),
-                    user_id=str(suite.sandbox["user_id"]),
-                    user_password=str(suite.sandbox["user_password"]),
-                    sender_id=str(suite.sandbox["sender_id"]),
-                    sender_password=str(suite.sandbox["sender_password"]),
-                    time_zone="America/New_York",
-                )
-            )
-            checked = await connector.CheckPermissions(
-                connector_pb2.CheckPermissionsRequest(account_id=ACCOUNT)
-            )
+            checked = await connect(stubs, suite, ACCOUNT)
             granted = sum(
                 1 for c in checked.checks if c.status == connector_pb2.PERMISSION_STATUS_GRANTED
             )
@@ -180,28 +97,22 @@ async def _story(suite: StartedSuite, say: Callable[[str], None], traces: Path) 
             say("2. The initial sync (six months of history)")
             started = time.monotonic()
 
-            async def finished() -> sync_pb2.Sync | None:
-                syncs = (await sync.ListSyncs(sync_pb2.ListSyncsRequest(account_id=ACCOUNT))).syncs
-                if not syncs:
-                    return None
-                current = syncs[0]
+            def show(current: sync_pb2.Sync) -> None:
                 done = sum(o.done for o in current.objects)
                 total = max(done, sum(o.total for o in current.objects), 1)
                 bar = "#" * round(30 * done / total)
                 say(
                     f"   [{bar:<30}] {done:>6,} of {total:,} records, {current.api_calls} API calls"
                 )
-                ended = (sync_pb2.SYNC_STATE_SUCCEEDED, sync_pb2.SYNC_STATE_FAILED)
-                return current if current.state in ended else None
 
-            initial = await _until("the initial sync", finished, timeout=600, every=1.0)
+            initial = await wait_for_sync(stubs, ACCOUNT, progress=show, every=1.0)
             if initial.state != sync_pb2.SYNC_STATE_SUCCEEDED:
                 raise DemoFailed(f"the initial sync failed: {initial.error}")
             sync_seconds = time.monotonic() - started
             records = {
-                common_pb2.ObjectType.Name(o.object_type)
-                .removeprefix("OBJECT_TYPE_")
-                .lower(): o.done
+                common_pb2.ObjectType.Name(o.object_type).removeprefix("OBJECT_TYPE_").lower(): (
+                    o.done
+                )
                 for o in initial.objects
             }
             say(
@@ -210,44 +121,18 @@ async def _story(suite: StartedSuite, say: Callable[[str], None], traces: Path) 
             )
 
             say("3. Smart events and deposit accounts")
-            setup = await sync.GetSmartEventSetup(
-                sync_pb2.GetSmartEventSetupRequest(
-                    account_id=ACCOUNT, gateway_base_url=suite.webhooks_base
-                )
-            )
-            for spec in setup.events:
-                await sandbox.add_smart_event(spec)
-            banks = {
-                b.currency: b
-                for b in (
-                    await sync.ListBankAccounts(
-                        sync_pb2.ListBankAccountsRequest(account_id=ACCOUNT)
-                    )
-                ).bank_accounts
-            }
-            invoices = await _open_invoices(sync)
-            entities = sorted({i.entity_id for i in invoices})
-            for currency, bank in sorted(banks.items()):
-                for entity in entities:
-                    await payments.SetDepositAccount(
-                        payments_pb2.SetDepositAccountRequest(
-                            deposit_account=payments_pb2.DepositAccount(
-                                account_id=ACCOUNT,
-                                entity_id=entity,
-                                currency=currency,
-                                bank_account_id=bank.bank_account_id,
-                            )
-                        )
-                    )
+            events = await install_smart_events(stubs, sandbox, suite, ACCOUNT)
+            currencies, entities = await deposit_everywhere(stubs, ACCOUNT)
+            invoices = await open_invoices(stubs, ACCOUNT)
             say(
-                f"   {len(setup.events)} smart events installed in Intacct; deposit accounts for "
-                f"{', '.join(sorted(banks))} in {len(entities)} entities"
+                f"   {events} smart events installed in Intacct; deposit accounts for "
+                f"{', '.join(currencies)} in {len(entities)} entities"
             )
 
             say("4. A card on file and an 'on creation' rule")
             by_customer: dict[str, list[Any]] = {}
             for invoice in invoices:
-                if invoice.currency in banks:
+                if invoice.currency in currencies:
                     by_customer.setdefault(invoice.customer_id, []).append(invoice)
             customer = next(
                 c
@@ -255,33 +140,10 @@ async def _story(suite: StartedSuite, say: Callable[[str], None], traces: Path) 
                 if len({i.currency for i in found}) == 1
             )
             currency = by_customer[customer][0].currency
-            method = (
-                await payments.AddPaymentMethod(
-                    payments_pb2.AddPaymentMethodRequest(
-                        account_id=ACCOUNT,
-                        customer_id=customer,
-                        gateway_token=await sandbox.card_token("4242424242424242"),
-                        make_default=True,
-                    )
-                )
-            ).payment_method
+            method = await add_card(stubs, sandbox, ACCOUNT, customer)
             rule = (
-                await rules.CreateRule(
-                    rules_pb2.CreateRuleRequest(
-                        rule=rules_pb2.Rule(
-                            account_id=ACCOUNT,
-                            name=f"charge {customer}'s new invoices",
-                            enabled=True,
-                            priority=10,
-                            conditions=rules_pb2.Conditions(
-                                customer_ids=[customer], currencies=[currency]
-                            ),
-                            timing=rules_pb2.Timing(
-                                trigger=rules_pb2.TIMING_TRIGGER_ON_CREATE_OR_UPDATE
-                            ),
-                            amount=rules_pb2.AmountPolicy(mode=rules_pb2.AMOUNT_MODE_OPEN_BALANCE),
-                        )
-                    )
+                await stubs.rules.CreateRule(
+                    rules_pb2.CreateRuleRequest(rule=on_creation(ACCOUNT, customer, currency))
                 )
             ).rule
             say(f"   customer {customer}: card ending {method.last4}; rule {rule.rule_id}")
@@ -295,7 +157,7 @@ async def _story(suite: StartedSuite, say: Callable[[str], None], traces: Path) 
 
             async def charged() -> payments_pb2.Charge | None:
                 found = (
-                    await payments.ListCharges(
+                    await stubs.payments.ListCharges(
                         payments_pb2.ListChargesRequest(
                             account_id=ACCOUNT, invoice_record_no=record_no
                         )
@@ -322,7 +184,7 @@ async def _story(suite: StartedSuite, say: Callable[[str], None], traces: Path) 
             say("6. The payment link of another invoice")
             other = next(i for i in invoices if i.record_no != record_no and i.due.amount_minor > 0)
             link = (
-                await payments.CreateLink(
+                await stubs.payments.CreateLink(
                     payments_pb2.CreateLinkRequest(
                         account_id=ACCOUNT,
                         kind=payments_pb2.LINK_KIND_PAYMENT,
@@ -341,7 +203,7 @@ async def _story(suite: StartedSuite, say: Callable[[str], None], traces: Path) 
                 f" {due} {other.currency} due"
             )
 
-            usage = await connector.GetApiUsage(
+            usage = await stubs.connector.GetApiUsage(
                 connector_pb2.GetApiUsageRequest(account_id=ACCOUNT)
             )
             chain = await _trace_of(traces, record_no)
@@ -349,7 +211,7 @@ async def _story(suite: StartedSuite, say: Callable[[str], None], traces: Path) 
             summary.add("initial sync", f"{sync_seconds:.1f} s, {initial.api_calls} API calls")
             for name, count in records.items():
                 summary.add(f"  {name}", f"{count:,}")
-            summary.add("smart events installed", len(setup.events))
+            summary.add("smart events installed", events)
             summary.add("invoice created -> charged", f"{charged_seconds * 1000:.0f} ms")
             summary.add("invoice created -> applied in Intacct", f"{applied_seconds * 1000:.0f} ms")
             summary.add("charges made", 1)
@@ -359,25 +221,20 @@ async def _story(suite: StartedSuite, say: Callable[[str], None], traces: Path) 
                 summary.add("trace of the charge" if step == 0 else "", ("  " * step) + span)
             return summary
     finally:
-        for channel in channels.values():
-            await channel.close(None)
+        await stubs.close()
 
 
-async def _open_invoices(sync: sync_pb2_grpc.SyncServiceAsyncStub) -> list[Any]:
-    found: list[Any] = []
-    token = ""
-    while True:
-        reply = await sync.ListInvoices(
-            sync_pb2.ListInvoicesRequest(
-                account_id=ACCOUNT,
-                open_only=True,
-                page=common_pb2.PageRequest(page_size=500, page_token=token),
-            )
-        )
-        found.extend(reply.invoices)
-        token = reply.page.next_page_token
-        if not token:
-            return found
+def on_creation(account: str, customer: str, currency: str) -> rules_pb2.Rule:
+    """An enabled rule that charges a customer's new invoices in full, as they are created."""
+    return rules_pb2.Rule(
+        account_id=account,
+        name=f"charge {customer}'s new invoices",
+        enabled=True,
+        priority=10,
+        conditions=rules_pb2.Conditions(customer_ids=[customer], currencies=[currency]),
+        timing=rules_pb2.Timing(trigger=rules_pb2.TIMING_TRIGGER_ON_CREATE_OR_UPDATE),
+        amount=rules_pb2.AmountPolicy(mode=rules_pb2.AMOUNT_MODE_OPEN_BALANCE),
+    )
 
 
 async def _trace_of(traces: Path, record_no: str) -> list[str]:
@@ -445,7 +302,7 @@ def run_demo(root: Path, name: str = "demo") -> int:
             say=say,
         ) as suite:
             summary = asyncio.run(_story(suite, say, traces))
-    except (DemoFailed, grpc.aio.AioRpcError) as exc:
+    except (DemoFailed, SandboxRefused, grpc.aio.AioRpcError) as exc:
         detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
         print(f"\ndemo failed: {detail}", flush=True)
         return 1

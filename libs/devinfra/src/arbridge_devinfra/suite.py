@@ -51,6 +51,8 @@ class Running:
     process: subprocess.Popen[bytes]
     log_path: Path
     ready_file: Path
+    argv: list[str]
+    env: dict[str, str] | None
 
 
 async def _ensure_database(server_url: str, name: str, *, fresh: bool = False) -> str:
@@ -136,16 +138,18 @@ def _start(
     ready = state / f"{name}.ready"
     ready.unlink(missing_ok=True)
     log_path = logs / f"{name}.log"
+    argv = [sys.executable, "-m", module, *args, *([] if env else ["--ready-file", str(ready)])]
+    return Running(name, _launch(argv, env, log_path), log_path, ready, argv, env)
+
+
+def _launch(argv: list[str], env: dict[str, str] | None, log_path: Path) -> subprocess.Popen[bytes]:
     out = log_path.open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", module, *args, *([] if env else ["--ready-file", str(ready)])],
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    out.close()
-    return Running(name, process, log_path, ready)
+    try:
+        return subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        out.close()
 
 
 def _wait_ready(running: Running, timeout: float = 60.0) -> dict[str, Any]:
@@ -254,6 +258,28 @@ class StartedSuite:
         """A process that exited, if any."""
         return next((r for r in self.running if r.process.poll() is not None), None)
 
+    def process(self, name: str) -> Running:
+        return next(r for r in self.running if r.name == name)
+
+    def kill(self, name: str, signum: int = signal.SIGKILL) -> None:
+        """Sends ``signum`` to a service (SIGKILL: no drain, no clean-up, as a crash) and
+        waits for it to exit."""
+        running = self.process(name)
+        if running.process.poll() is None:
+            running.process.send_signal(signum)
+        running.process.wait(60)
+
+    def restart(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Starts a stopped service again, on its ports, and waits until it is SERVING."""
+        running = self.process(name)
+        if running.process.poll() is None:
+            raise SuiteError(f"{name} is still running")
+        running.ready_file.unlink(missing_ok=True)
+        running.process = _launch(running.argv, running.env, running.log_path)
+        info = _wait_ready(running, timeout)
+        self.ready[name] = info
+        return info
+
 
 @contextmanager
 def started_suite(
@@ -265,25 +291,30 @@ def started_suite(
     sandbox_args: Sequence[str] = (),
     service_env: dict[str, str] | None = None,
     fresh: bool = False,
+    infra: Infra | None = None,
+    services: Sequence[str] = tuple(name for name, _, _ in SERVICES),
     say: Callable[[str], None] = print,
 ) -> Iterator[StartedSuite]:
     """Starts PostgreSQL and NATS (unless given), both sandboxes and every service; stops
     them all (services first) when the block ends. ``fresh``: drop ``database`` and the
-    streams of ``namespace`` first (a run that starts from nothing, like the demo)."""
+    streams of ``namespace`` first (a run that starts from nothing, like the demo).
+    ``infra``: PostgreSQL and NATS to use (the caller's, e.g. private servers a chaos
+    scenario stops); found or started here when not given. ``services``: which to run."""
     state = root / ".infra"
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     busy = [p for p in ports.all() if port_open("127.0.0.1", p, 0.2)]
     if busy:
         raise SuiteError(f"ports already in use: {busy}; is another `make run` going?")
-    infra: Infra = ensure_infra(state)
+    owned = infra is None
+    found: Infra = infra if infra is not None else ensure_infra(state)
     running: list[Running] = []
     token = os.environ.get("ARBRIDGE_SERVICE_TOKEN") or secrets.token_urlsafe(24)
     try:
         if fresh and namespace:
-            asyncio.run(_drop_streams(infra.nats_url, namespace))
-        database_url = asyncio.run(_ensure_database(infra.database_url, database, fresh=fresh))
-        say(f"infrastructure: {infra.describe()}")
+            asyncio.run(_drop_streams(found.nats_url, namespace))
+        database_url = asyncio.run(_ensure_database(found.database_url, database, fresh=fresh))
+        say(f"infrastructure: {found.describe()}")
         intacct_run = _start(
             state,
             logs,
@@ -326,10 +357,12 @@ def started_suite(
             **(service_env or {}),
         }
         for name, (grpc_port, http_port) in ports.services.items():
+            if name not in services:
+                continue
             ready = state / f"{name}.ready"
             env = {
                 **_service_env(
-                    name, grpc_port, http_port, database_url, infra.nats_url, token, ready
+                    name, grpc_port, http_port, database_url, found.nats_url, token, ready
                 ),
                 **extra,
             }
@@ -346,13 +379,14 @@ def started_suite(
             listen = info.get("listen")
             for line in listen if isinstance(listen, list) else []:
                 say(f"{'':<10} {line}")
-        yield StartedSuite(root, infra, ports, token, sandbox_info, cards_info, running, ready_info)
+        yield StartedSuite(root, found, ports, token, sandbox_info, cards_info, running, ready_info)
     finally:
         _stop_all(running)
         if running:
             codes = {item.name: item.process.returncode for item in running}
             say(f"services stopped: {codes}")
-        infra.close()
+        if owned:
+            found.close()
 
 
 class SuiteError(Exception):

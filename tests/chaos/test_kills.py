@@ -1,0 +1,189 @@
+"""Every service killed with SIGKILL at random points, many times, while money moves.
+
+While a platform team's client charges invoices (retrying the same key after
+any transient failure) and an Intacct user creates invoices that an "on
+creation" rule charges, a seeded killer sends SIGKILL to a random service every
+0.3 to 1.5 s and starts it again. Afterwards, as the daily sync would, a Sync
+Account repairs what smart events could not deliver while the gateway was
+down. Then every invoice must be charged exactly once, every charge the
+client was told about must exist, every succeeded charge must be posted to
+Intacct exactly once, and the AR store must agree with Intacct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from arbridge.payments.v1 import payments_pb2
+from arbridge.rules.v1 import rules_pb2
+from arbridge.sync.v1 import sync_pb2
+from arbridge_devinfra.demo import on_creation
+from arbridge_devinfra.infra import Infra
+from arbridge_devinfra.onboarding import Stubs, add_card, manual_sync, onboard, open_invoices
+from arbridge_devinfra.sandboxes import Sandbox
+from arbridge_devinfra.suite import StartedSuite
+from tests.chaos.checks import (
+    ChargeLedger,
+    charge_until_answered,
+    count_money,
+    intacct_reference,
+    store_differences,
+)
+from tests.chaos.harness import Ledger, Outcome, chaos_suite, until
+
+pytestmark = pytest.mark.chaos
+ACCOUNT = "acme"
+SERVICES = ("connector", "sync", "payments", "rules", "gateway")
+
+
+async def _killer(
+    suite: StartedSuite, rng: random.Random, seconds: float, kills: list[str]
+) -> None:
+    """SIGKILLs a random service at random moments and starts it again at once."""
+    stop_at = time.monotonic() + seconds
+    while time.monotonic() < stop_at:
+        await asyncio.sleep(rng.uniform(0.3, 1.5))
+        victim = rng.choice(SERVICES)
+        await asyncio.to_thread(suite.kill, victim)
+        kills.append(victim)
+        await asyncio.to_thread(suite.restart, victim)
+
+
+async def _scenario(suite: StartedSuite, outcome: Outcome, rng: random.Random) -> None:
+    stubs = Stubs.of(suite, deadline=30)
+    try:
+        async with aiohttp.ClientSession() as http:
+            sandbox = Sandbox(http, suite)
+            await onboard(stubs, sandbox, suite, ACCOUNT)
+            open_now = await open_invoices(stubs, ACCOUNT)
+            by_customer: dict[str, list[Any]] = {}
+            for invoice in open_now:
+                by_customer.setdefault(invoice.customer_id, []).append(invoice)
+            usd = sorted(
+                c for c, found in by_customer.items() if {i.currency for i in found} == {"USD"}
+            )
+            direct_customers, rule_customers = usd[:6], usd[6:9]
+            for customer in direct_customers + rule_customers:
+                await add_card(stubs, sandbox, ACCOUNT, customer)
+            for customer in rule_customers:
+                await stubs.rules.CreateRule(
+                    rules_pb2.CreateRuleRequest(rule=on_creation(ACCOUNT, customer, "USD"))
+                )
+            targets = [(c, i.record_no) for c in direct_customers for i in by_customer[c]][:40]
+
+            charges = ChargeLedger()
+            created: list[str] = []
+
+            async def create_invoices() -> None:
+                for n in range(12):
+                    customer = rule_customers[n % len(rule_customers)]
+                    for _ in range(100):  # the sandbox is never killed; retry only its hiccups
+                        try:
+                            created.append(
+                                await sandbox.create_invoice(customer, "50.00", f"K-{n}")
+                            )
+                            break
+                        except aiohttp.ClientError:
+                            await asyncio.sleep(0.2)
+                    await asyncio.sleep(rng.uniform(0.5, 1.5))
+
+            async def charge_all() -> None:
+                gate = asyncio.Semaphore(8)
+
+                async def one(customer: str, invoice: str) -> None:
+                    async with gate:
+                        await charge_until_answered(
+                            stubs, charges, ACCOUNT, f"chaos-{invoice}", customer, invoice
+                        )
+
+                await asyncio.gather(*(one(c, i) for c, i in targets))
+
+            kills: list[str] = []
+            work = asyncio.gather(create_invoices(), charge_all())
+            await _killer(suite, rng, 25.0, kills)
+            fault_ended = time.monotonic()
+            await work
+            outcome.faults = len(kills)
+            outcome.notes.append(
+                "kills: "
+                + ", ".join(f"{s} {kills.count(s)}" for s in SERVICES)
+                + f"; client retries {charges.retries}"
+            )
+
+            # The daily sync's repair (smart events sent while the gateway was down
+            # are retried by Intacct only briefly).
+            repaired = await manual_sync(stubs, ACCOUNT)
+            assert repaired.state == sync_pb2.SYNC_STATE_SUCCEEDED, repaired.error
+
+            invoices = [i for _, i in targets] + created
+            outcome.attempted = len(targets) + len(created)
+            outcome.acknowledged = len(charges.acknowledged) + len(created)
+
+            async def settled() -> bool:
+                money = await count_money(stubs, sandbox, ACCOUNT, invoices)
+                charged = all(money.succeeded_by_invoice.get(i) for i in created)
+                return charged and not money.unposted and not money.missing_postings
+
+            try:
+                await until("every charge made and posted", settled, timeout=180, every=1.0)
+            except AssertionError as exc:
+                outcome.notes.append(str(exc))
+            money = await count_money(stubs, sandbox, ACCOUNT, invoices)
+
+            async def agrees() -> bool:
+                return not await store_differences(stubs, sandbox, ACCOUNT, invoices)
+
+            with contextlib.suppress(AssertionError):  # counted below as wrong records
+                await until("the AR store agreeing with Intacct", agrees, timeout=120, every=1.0)
+            wrong = await store_differences(stubs, sandbox, ACCOUNT, invoices)
+            outcome.recovery_seconds = round(time.monotonic() - fault_ended, 1)
+
+            lost = [
+                key
+                for key, charge_id in charges.acknowledged.items()
+                if charge_id not in money.charges
+            ]
+            lost += [i for i in created if not money.succeeded_by_invoice.get(i)]
+            lost += money.missing_postings
+            outcome.lost = len(lost)
+            outcome.duplicated = money.duplicates()
+            outcome.wrong = len(wrong)
+            if charges.refused:
+                outcome.notes.append(f"refused: {sorted(set(charges.refused.values()))}")
+            for what, items in (
+                ("lost", lost),
+                ("double-charged invoices", money.double_charged_invoices),
+                ("orphan gateway charges", money.orphan_gateway_charges),
+                ("double postings", money.double_postings),
+                ("wrong records", wrong),
+            ):
+                if items:
+                    outcome.notes.append(f"{what}: {items[:5]}")
+            # Every client-acknowledged charge is one succeeded charge posted once.
+            for charge_id in charges.acknowledged.values():
+                reference = intacct_reference(charge_id)
+                assert money.intacct_by_reference.get(reference, 0) <= 1
+            assert all(
+                c.state == payments_pb2.CHARGE_STATE_SUCCEEDED for c in money.charges.values()
+            )
+    finally:
+        await stubs.close()
+
+
+def test_sigkill_every_service_at_random_points(
+    tmp_path: Path, infra: Infra, unique: str, ledger: Ledger
+) -> None:
+    seed = int(os.environ.get("CHAOS_SEED", "7"))
+    outcome = ledger.record(Outcome("sigkill every service", seed))
+    with chaos_suite(tmp_path, infra, unique) as suite:
+        asyncio.run(_scenario(suite, outcome, random.Random(seed)))
+    assert outcome.passed, outcome.json()
