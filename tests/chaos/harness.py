@@ -139,6 +139,8 @@ def chaos_suite(
                 "ARBRIDGE_PAYMENTS_CHARGE_LEASE_SECONDS": "3",
                 "ARBRIDGE_RULES_LEASE_SECONDS": "5",
                 "ARBRIDGE_SHUTDOWN_GRACE_SECONDS": "5",
+                "ARBRIDGE_PAYMENTS_POSTING_LEASE_SECONDS": "10",
+                "ARBRIDGE_PAYMENTS_POSTING_BACKOFF_SECONDS": "1",
                 **(service_env or {}),
             },
             say=lines.append,

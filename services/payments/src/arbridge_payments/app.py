@@ -40,7 +40,11 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
     )
     ctx.exit_stack.push_async_callback(connector_channel.close, None)
     posting = Posting(
-        ctx.pool, ctx.outbox, connector_pb2_grpc.ConnectorServiceStub(connector_channel)
+        ctx.pool,
+        ctx.outbox,
+        connector_pb2_grpc.ConnectorServiceStub(connector_channel),
+        base_backoff_seconds=settings.posting_backoff_seconds,
+        lease_seconds=settings.posting_lease_seconds,
     )
     gateway = CardGateway(settings.gateway, http)
     sync = sync_pb2_grpc.SyncServiceStub(channel)

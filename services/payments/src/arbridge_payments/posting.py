@@ -37,7 +37,7 @@ REFUSALS = (
     grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.PERMISSION_DENIED,
 )
-MAX_BACKOFF_SECONDS = 3600.0
+MAX_BACKOFF_SECONDS = 900.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,9 @@ class Posting:
         connector: connector_pb2_grpc.ConnectorServiceAsyncStub,
         *,
         base_backoff_seconds: float = 5.0,
+        lease_seconds: float = 60.0,
     ) -> None:
+        self._lease = lease_seconds
         self._pool = pool
         self._outbox = outbox
         self._connector = connector
@@ -114,12 +116,15 @@ class Posting:
     async def post_due(self, limit: int = 20) -> int:
         """Posts the due charges it can claim; returns how many it took."""
         rows = await self._pool.fetch(
-            "UPDATE charges SET posting_next_at = now() + interval '5 minutes',"
+            # The claim is a lease: a worker that dies mid-post leaves the row to another
+            # once it lapses; the connector's idempotency key makes the second post a no-op.
+            "UPDATE charges SET posting_next_at = now() + make_interval(secs => $2),"
             " posting_started_at = now() WHERE charge_id IN (SELECT charge_id FROM charges"
             " WHERE phase = 'succeeded'"
             " AND posting_state = 'pending' AND posting_next_at <= now()"
             " ORDER BY posting_next_at LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING *",
             limit,
+            self._lease,
         )
         for row in rows:
             try:
@@ -179,7 +184,7 @@ class Posting:
             entity_id=charge["entity_id"],
         )
         try:
-            reply = await self._connector.PostArPayment(request)
+            reply = await self._connector.PostArPayment(request, timeout=self._lease / 2)
         except grpc.aio.AioRpcError as err:
             if err.code() in REFUSALS:
                 await self._refused(charge, str(err.details()))

@@ -42,6 +42,11 @@ class Settings:
             besides the reads Intacct events trigger (``ARBRIDGE_PAYMENTS_QUEUE_POLL_SECONDS``).
         settle_poll_seconds: How often a settling ACH debit is looked up at the gateway
             when no notification says it ended (``ARBRIDGE_PAYMENTS_ACH_POLL_SECONDS``).
+        posting_lease_seconds: How long a payment being posted to Intacct belongs to the
+            worker posting it before another may (``ARBRIDGE_PAYMENTS_POSTING_LEASE_SECONDS``);
+            the call to the connector gets half of it.
+        posting_backoff_seconds: The first wait before a failed posting is tried again,
+            doubled each time up to 15 minutes (``ARBRIDGE_PAYMENTS_POSTING_BACKOFF_SECONDS``).
     """
 
     runtime: RuntimeSettings
@@ -58,6 +63,8 @@ class Settings:
     recovery_interval_seconds: float = 5.0
     settle_poll_seconds: float = 3600.0
     queue_poll_seconds: float = 300.0
+    posting_lease_seconds: float = 60.0
+    posting_backoff_seconds: float = 5.0
 
     def __repr__(self) -> str:
         return (
@@ -94,6 +101,8 @@ class Settings:
         recovery = env.number("ARBRIDGE_PAYMENTS_RECOVERY_SECONDS", 5.0, minimum=0.1)
         settle_poll = env.number("ARBRIDGE_PAYMENTS_ACH_POLL_SECONDS", 3600.0, minimum=0.5)
         queue_poll = env.number("ARBRIDGE_PAYMENTS_QUEUE_POLL_SECONDS", 300.0, minimum=0.5)
+        posting_lease = env.number("ARBRIDGE_PAYMENTS_POSTING_LEASE_SECONDS", 60.0, minimum=2.0)
+        posting_backoff = env.number("ARBRIDGE_PAYMENTS_POSTING_BACKOFF_SECONDS", 5.0, minimum=0.1)
         env.check()
         return cls(
             runtime=runtime,
@@ -110,4 +119,6 @@ class Settings:
             recovery_interval_seconds=recovery,
             settle_poll_seconds=settle_poll,
             queue_poll_seconds=queue_poll,
+            posting_lease_seconds=posting_lease,
+            posting_backoff_seconds=posting_backoff,
         )
