@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -119,6 +120,7 @@ def chaos_suite(
     customers: int = 40,
     invoices: int = 600,
     service_env: dict[str, str] | None = None,
+    outcome: Outcome | None = None,
 ) -> Iterator[StartedSuite]:
     """The suite on fixed free ports, in database ``arbridge_<name>`` and NATS namespace
     ``<name>``, both made afresh and removed after."""
@@ -145,7 +147,19 @@ def chaos_suite(
             },
             say=lines.append,
         ) as suite:
-            yield suite
+            # A service that exits on its own is started again, as Kubernetes would.
+            stop = threading.Event()
+            supervisor = threading.Thread(
+                target=suite.supervise, args=(stop, services), name="supervisor", daemon=True
+            )
+            supervisor.start()
+            try:
+                yield suite
+            finally:
+                stop.set()
+                supervisor.join(30)
+                if outcome is not None and suite.restarts:
+                    outcome.notes.append(f"restarted after exiting on their own: {suite.restarts}")
     finally:
         asyncio.run(_drop(infra, name))
 

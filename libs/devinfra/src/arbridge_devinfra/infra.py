@@ -206,11 +206,13 @@ class PrivatePostgres:
         )
         _wait_port("127.0.0.1", self.port, 30, "postgres")
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """Stops the server: ``fast`` (clients disconnected, a clean shutdown) or
+        ``immediate`` (a crash: the next start recovers from the WAL)."""
         data = self.root / "pgdata"
         if data.exists():
             with contextlib.suppress(subprocess.CalledProcessError):
-                self._run([_pg_tool("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
+                self._run([_pg_tool("pg_ctl"), "-D", str(data), "-m", mode, "-w", "stop"])
 
 
 def _reachable(url: str, default_port: int) -> bool:

@@ -92,11 +92,40 @@ class Sandbox:
             rows = (await reply.json())["records"]
         return {str(r["recordno"]): r["values"] for r in rows}
 
+    async def update_record(self, obj: str, record_no: str, values: dict[str, str]) -> None:
+        """Edits a record as a user would in the UI (its smart events fire)."""
+        async with self.http.put(
+            f"{self.admin}/records/{obj}/{record_no}", json={"values": values}
+        ) as reply:
+            if reply.status != 200:
+                raise SandboxRefused(f"the sandbox refused the edit: {await reply.text()}")
+
+    async def smart_event_log(self) -> list[dict[str, Any]]:
+        """Every smart-event delivery the sandbox attempted, with its status."""
+        async with self.http.get(f"{self.admin}/smart-event-log?limit=100000") as reply:
+            return list((await reply.json())["entries"])
+
     async def set_faults(self, **faults: Any) -> dict[str, Any]:
         async with self.http.put(f"{self.admin}/faults", json=faults) as reply:
             if reply.status != 200:
                 raise SandboxRefused(f"faults refused: {await reply.text()}")
             return dict(await reply.json())
+
+    async def set_card_faults(self, **faults: Any) -> dict[str, Any]:
+        """The card gateway's misbehaviour (latency, 5xx, answers lost after charging)."""
+        async with self.http.put(
+            str(self.cards["base_url"]) + "/sandbox/faults", json=faults
+        ) as reply:
+            if reply.status != 200:
+                raise SandboxRefused(f"card faults refused: {await reply.text()}")
+            return dict(await reply.json())
+
+    async def intacct_stats(self) -> dict[str, Any]:
+        """What the sandbox Intacct counted for the company: calls by function, faults."""
+        company = self.admin.rsplit("/", 1)[1]
+        base = self.admin.rsplit("/companies/", 1)[0]
+        async with self.http.get(f"{base}/stats?company={company}") as reply:
+            return dict((await reply.json())["companies"][company])
 
     async def gateway_transactions(self) -> list[dict[str, Any]]:
         """Every transaction the card gateway sandbox made."""

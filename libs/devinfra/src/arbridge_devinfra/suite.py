@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -18,10 +19,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +244,8 @@ class StartedSuite:
     cards: dict[str, Any]
     running: list[Running]
     ready: dict[str, dict[str, Any]]
+    # Services started again after they exited on their own (see supervise()).
+    restarts: dict[str, int] = field(default_factory=dict)
 
     def target(self, name: str) -> str:
         return f"127.0.0.1:{self.ports.services[name][0]}"
@@ -264,10 +268,20 @@ class StartedSuite:
     def kill(self, name: str, signum: int = signal.SIGKILL) -> None:
         """Sends ``signum`` to a service (SIGKILL: no drain, no clean-up, as a crash) and
         waits for it to exit."""
-        running = self.process(name)
-        if running.process.poll() is None:
-            running.process.send_signal(signum)
-        running.process.wait(60)
+        process = self.process(name).process
+        if process.poll() is None:
+            process.send_signal(signum)
+        process.wait(60)
+
+    def supervise(self, stop: threading.Event, services: Sequence[str]) -> None:
+        """What an orchestrator does: starts again every service that exited, until
+        ``stop``. Runs in a thread of its own."""
+        while not stop.wait(0.2):
+            for running in self.running:
+                if running.name in services and running.process.poll() is not None:
+                    self.restarts[running.name] = self.restarts.get(running.name, 0) + 1
+                    with contextlib.suppress(RuntimeError, SuiteError):
+                        self.restart(running.name)
 
     def restart(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
         """Starts a stopped service again, on its ports, and waits until it is SERVING."""

@@ -13,6 +13,8 @@ that was already applied stops start-up instead of drifting silently.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -26,6 +28,18 @@ log = structlog.get_logger(__name__)
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _IDENT_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+# The database went away or is coming back (a restart, a failover, a dropped connection):
+# retry later. Errors of the SQL itself (constraints, syntax) are not in here.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 
 class MigrationError(Exception):
@@ -164,6 +178,49 @@ async def pending(dsn: str, schema: str, migrations: list[Migration]) -> list[st
                 "add a new migration instead of editing an applied one"
             )
     return missing
+
+
+class Notifier:
+    """A LISTEN on one channel that survives the database going away.
+
+    ``run`` holds a connection listening on ``channel`` and sets ``wake`` on each
+    notification; when the connection breaks (a restart, a failover) it takes a
+    new one after a short backoff. Notifications sent while it reconnects are
+    lost, so callers also poll: a notification only makes them faster.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, channel: str) -> None:
+        self.pool = pool
+        self.channel = channel
+        self.wake = asyncio.Event()
+
+    def _notified(self, *_args: Any) -> None:
+        self.wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.2
+        while not stop.is_set():
+            conn: Any = None
+            try:
+                conn = await self.pool.acquire()
+                await conn.add_listener(self.channel, self._notified)
+                backoff = 0.2
+                self.wake.set()  # anything sent while not listening: look now
+                while not stop.is_set() and not conn.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+            except TRANSIENT_DB_ERRORS as exc:
+                log.warning("listen_failed", channel=self.channel, error=type(exc).__name__)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(*TRANSIENT_DB_ERRORS):
+                        await conn.remove_listener(self.channel, self._notified)
+                    with contextlib.suppress(*TRANSIENT_DB_ERRORS):
+                        await self.pool.release(conn)
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
 
 
 async def create_pool(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import grpc
 
+from arbridge_runtime.db import TRANSIENT_DB_ERRORS
+
 
 class DomainError(Exception):
     """Base class: a failure the caller can act on."""
@@ -75,6 +77,12 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message for any exception raised by a handler."""
     if isinstance(exc, DomainError):
         return exc.code, exc.message
+    if isinstance(exc, TRANSIENT_DB_ERRORS):
+        return (
+            grpc.StatusCode.UNAVAILABLE,
+            "the service's database is unavailable for the moment; retry the call"
+            " (with the same idempotency key, where it has one)",
+        )
     if isinstance(exc, NotImplementedError):
         return (
             grpc.StatusCode.UNIMPLEMENTED,

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -44,6 +45,7 @@ from nats.js.api import (
 from opentelemetry.trace import SpanKind
 
 from arbridge_runtime import tracing
+from arbridge_runtime.db import TRANSIENT_DB_ERRORS, Notifier
 from arbridge_runtime.faults import NO_FAULTS, FaultInjector
 from arbridge_runtime.metrics import ServiceMetrics
 from arbridge_runtime.redaction import redact_text
@@ -186,8 +188,9 @@ class OutboxRelay:
         return f"arbridge_outbox_{self.schema}"
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener: asyncpg.Connection = await self.pool.acquire()
-        await listener.add_listener(self.channel, self._notified)
+        notifier = Notifier(self.pool, self.channel)
+        self._wake = notifier.wake
+        listening = asyncio.create_task(notifier.run(stop))
         backoff = 0.1
         last_reap = 0.0
         try:
@@ -207,17 +210,15 @@ class OutboxRelay:
                     continue
                 if time.monotonic() - last_reap > 300:
                     last_reap = time.monotonic()
-                    await self._reap()
+                    with contextlib.suppress(*TRANSIENT_DB_ERRORS):
+                        await self._reap()
                 if published >= self.batch_size:
                     continue
                 self._wake.clear()
                 await _wait_any(stop, self._wake, self.poll_interval)
         finally:
-            await listener.remove_listener(self.channel, self._notified)
-            await self.pool.release(listener)
-
-    def _notified(self, *_args: Any) -> None:
-        self._wake.set()
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
 
     async def publish_batch(self) -> int:
         """Publishes up to one batch; returns how many rows were published."""

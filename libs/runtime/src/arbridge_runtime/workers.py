@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import structlog
 
+from arbridge_runtime.db import TRANSIENT_DB_ERRORS
+
 log = structlog.get_logger(__name__)
 
 
@@ -26,8 +28,8 @@ async def run_passes(
         for one_pass in passes:
             try:
                 taken += await one_pass()
-            except (OSError, asyncpg.PostgresError) as err:
-                log.warning("worker.pass_failed", error=str(err))
+            except (*TRANSIENT_DB_ERRORS, asyncpg.PostgresError) as err:
+                log.warning("worker.pass_failed", error=str(err) or type(err).__name__)
         if taken:
             continue
         with contextlib.suppress(TimeoutError):

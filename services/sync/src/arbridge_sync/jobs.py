@@ -12,6 +12,7 @@ concurrency and rate limits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import secrets
@@ -29,8 +30,10 @@ import structlog
 
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
+from arbridge_runtime.db import TRANSIENT_DB_ERRORS, Notifier
 from arbridge_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from arbridge_runtime.jetstream import Outbox
+from arbridge_runtime.workers import run_passes
 from arbridge_sync import store
 from arbridge_sync.mapping import Unmappable
 from arbridge_sync.objects import SYNCED, Synced, read_fields
@@ -173,12 +176,19 @@ class JobRunner:
             )
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener: asyncpg.Connection = await self.pool.acquire()
-        wake = asyncio.Event()
-        await listener.add_listener("arbridge_sync_jobs", lambda *_: wake.set())
+        notifier = Notifier(self.pool, "arbridge_sync_jobs")
+        wake = notifier.wake
+        listening = asyncio.create_task(notifier.run(stop))
         try:
             while not stop.is_set():
-                job = await self.claim()
+                try:
+                    job = await self.claim()
+                except TRANSIENT_DB_ERRORS as exc:
+                    # The database is restarting: the job waits (its lease too), nothing lost.
+                    log.warning("sync_claim_failed", error=type(exc).__name__)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self.poll_seconds)
+                    continue
                 if job is None:
                     wake.clear()
                     waiters = [
@@ -191,9 +201,18 @@ class JobRunner:
                     for waiter in waiters:
                         waiter.cancel()
                     continue
-                await self.execute(job, stop)
+                try:
+                    await self.execute(job, stop)
+                except TRANSIENT_DB_ERRORS as exc:
+                    # Its lease lapses and a worker runs it again (every write is idempotent).
+                    log.warning(
+                        "sync_job_interrupted",
+                        sync_id=str(job["sync_id"]),
+                        error=type(exc).__name__,
+                    )
         finally:
-            await self.pool.release(listener)
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
 
     async def execute(self, job: Mapping[str, Any], stop: asyncio.Event) -> None:
         account_id, kind, job_id = job["account_id"], job["kind"], job["sync_id"]
@@ -470,12 +489,8 @@ class DailyScheduler:
         return created
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.tick()
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval)
-            except TimeoutError:
-                continue
+        # A tick that fails on the database is logged and tried again at the next one.
+        await run_passes(stop, self.interval, self.tick)
 
 
 def validate_daily_time(value: str) -> str:
