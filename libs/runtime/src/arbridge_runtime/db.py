@@ -186,7 +186,8 @@ class Notifier:
     ``run`` holds a connection listening on ``channel`` and sets ``wake`` on each
     notification; when the connection breaks (a restart, a failover) it takes a
     new one after a short backoff. Notifications sent while it reconnects are
-    lost, so callers also poll: a notification only makes them faster.
+    lost, so callers also poll: a notification only makes them faster. It ends by
+    itself once ``stop`` is set (within a second), releasing its connection.
     """
 
     def __init__(self, pool: asyncpg.Pool, channel: str) -> None:
@@ -213,14 +214,26 @@ class Notifier:
                 log.warning("listen_failed", channel=self.channel, error=type(exc).__name__)
             finally:
                 if conn is not None:
-                    with contextlib.suppress(*TRANSIENT_DB_ERRORS):
-                        await conn.remove_listener(self.channel, self._notified)
-                    with contextlib.suppress(*TRANSIENT_DB_ERRORS):
-                        await self.pool.release(conn)
+                    try:
+                        with contextlib.suppress(*TRANSIENT_DB_ERRORS):
+                            await conn.remove_listener(self.channel, self._notified)
+                    finally:  # even when cancelled: a connection never released hangs close()
+                        with contextlib.suppress(*TRANSIENT_DB_ERRORS):
+                            await self.pool.release(conn)
             if not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, 5.0)
+
+
+async def stop_listening(task: asyncio.Task[None]) -> None:
+    """Waits for a Notifier whose stop is set to end (it releases its connection), and
+    cancels it only if it does not within a few seconds."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), 5.0)
+    except TimeoutError:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def create_pool(

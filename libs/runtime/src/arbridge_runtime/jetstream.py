@@ -45,7 +45,7 @@ from nats.js.api import (
 from opentelemetry.trace import SpanKind
 
 from arbridge_runtime import tracing
-from arbridge_runtime.db import TRANSIENT_DB_ERRORS, Notifier
+from arbridge_runtime.db import TRANSIENT_DB_ERRORS, Notifier, stop_listening
 from arbridge_runtime.faults import NO_FAULTS, FaultInjector
 from arbridge_runtime.metrics import ServiceMetrics
 from arbridge_runtime.redaction import redact_text
@@ -217,8 +217,7 @@ class OutboxRelay:
                 self._wake.clear()
                 await _wait_any(stop, self._wake, self.poll_interval)
         finally:
-            listening.cancel()
-            await asyncio.gather(listening, return_exceptions=True)
+            await stop_listening(listening)
 
     async def publish_batch(self) -> int:
         """Publishes up to one batch; returns how many rows were published."""

@@ -30,7 +30,7 @@ import structlog
 
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
-from arbridge_runtime.db import TRANSIENT_DB_ERRORS, Notifier
+from arbridge_runtime.db import TRANSIENT_DB_ERRORS, Notifier, stop_listening
 from arbridge_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from arbridge_runtime.jetstream import Outbox
 from arbridge_runtime.workers import run_passes
@@ -211,8 +211,7 @@ class JobRunner:
                         error=type(exc).__name__,
                     )
         finally:
-            listening.cancel()
-            await asyncio.gather(listening, return_exceptions=True)
+            await stop_listening(listening)
 
     async def execute(self, job: Mapping[str, Any], stop: asyncio.Event) -> None:
         account_id, kind, job_id = job["account_id"], job["kind"], job["sync_id"]
