@@ -10,7 +10,7 @@ PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := libs/protos/src/arbridge/py.typed
 NPM_STAMP := node_modules/.package-lock.json
 
-.PHONY: help setup gen fmt lint typecheck browser test test-fast run demo bench manifests clean
+.PHONY: help setup gen fmt lint typecheck browser test test-fast run demo bench chaos manifests clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -66,8 +66,13 @@ manifests: ## render the Kubernetes overlays (kubectl or kustomize on PATH) into
 	  else kubectl kustomize deploy/kubernetes/overlays/$$overlay; fi > deploy/rendered/$$overlay.yaml; \
 	done
 
-bench: gen ## run the benchmarks and print their figures
+bench: gen ## run every benchmark; writes bench/results.json and bench/report.md with plots
 	$(PY) -m bench
+
+chaos: gen ## the fault-injection scenarios (CHAOS_SEED=n to vary them); a table, bench/chaos.json
+	$(PY) -m pytest tests/chaos -m chaos -p no:cacheprovider; code=$$?
+	$(PY) -m bench.report >/dev/null
+	exit $$code
 
 clean: ## remove generated code, the venv and private infrastructure
 	rm -rf $(VENV) libs/protos/src/arbridge node_modules .infra .mypy_cache .ruff_cache .pytest_cache

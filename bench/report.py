@@ -382,6 +382,58 @@ class Report:
             "end of each run, MiB.\n\n" + _table(["run", *services], rows) + f"\n\n{chart}\n"
         )
 
+    def chaos(self) -> None:
+        path = HERE / "chaos.json"
+        if not path.exists():
+            return
+        data = json.loads(path.read_text())
+        rows = [
+            [
+                o["scenario"],
+                o["seed"],
+                o["attempted"],
+                o["acknowledged"],
+                o["lost"],
+                o["duplicated"],
+                o["wrong"],
+                o["cross_account"],
+                o["faults"],
+                f"{o['recovery_seconds']} s",
+                "pass" if o["passed"] else "**FAIL**",
+            ]
+            for o in data["scenarios"]
+        ]
+        notes = [
+            f"- {o['scenario']}: {note}" for o in data["scenarios"] for note in o["notes"]
+        ]
+        self.sections.append(
+            "## Fault injection (`make chaos`)\n\n"
+            f"Run {data['when']}. Each scenario drives the services as processes through "
+            "their APIs and the sandboxes, breaks something (seeded), lets the suite recover, "
+            "and counts from the systems of record; it passes only with 0 lost, 0 duplicated, "
+            "0 wrong and 0 cross-account. Recovery: from the end of the fault until every check "
+            "held.\n\n"
+            + _table(
+                [
+                    "scenario",
+                    "seed",
+                    "attempted",
+                    "acknowledged",
+                    "lost",
+                    "duplicated",
+                    "wrong",
+                    "cross-account",
+                    "faults",
+                    "recovery",
+                    "result",
+                ],
+                rows,
+            )
+            + "\n\n"
+            + "\n".join(notes)
+            + "\n"
+        )
+
     def _cdf(self, name: str, series: dict[str, list[float]], unit: str) -> str:
         series = {k: v for k, v in series.items() if v}
         if not series:
@@ -408,6 +460,7 @@ class Report:
         self.charges()
         self.rules()
         self.memory_section()
+        self.chaos()
         self.others()
         env = self.env
         versions = ", ".join(f"{k} {v}" for k, v in sorted(env.get("versions", {}).items()))

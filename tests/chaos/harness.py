@@ -159,7 +159,7 @@ def chaos_suite(
                 stop.set()
                 supervisor.join(30)
                 if outcome is not None and suite.restarts:
-                    outcome.notes.append(f"restarted after exiting on their own: {suite.restarts}")
+                    outcome.notes.append(f"started again by the supervisor: {suite.restarts}")
     finally:
         asyncio.run(_drop(infra, name))
 

@@ -229,3 +229,65 @@ async def test_both_doors_at_once_and_a_resumed_stream(
                 )
             assert too_big.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         await db.close()
+
+
+@pytest.mark.timeout(300)
+async def test_an_overtaken_event_of_the_same_second_does_not_roll_a_record_back(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    """Intacct's WHENMODIFIED has whole seconds: when an older event arrives after a newer
+    one stamped the same second, the event cannot say which is newer, so Intacct decides."""
+    schema = f"{unique}_sync"
+    with running_suite(
+        tmp_path, database_url, nats_url, unique, customers=20, invoices=200
+    ) as suite:
+        sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
+        initial = await connect_and_sync(suite, ACCOUNT, timeout=120)
+        assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
+        setup = await sync.GetSmartEventSetup(
+            sync_pb2.GetSmartEventSetupRequest(
+                account_id=ACCOUNT, gateway_base_url=suite.gateway_base
+            )
+        )
+        spec = next(s for s in setup.events if s.object == "ARINVOICE" and "set" in s.actions)
+        token = webhooks.url_token(WEBHOOK_SECRET, ACCOUNT)
+        db = await asyncpg.connect(database_url)
+        try:
+            keys = [
+                r["record_no"]
+                for r in await db.fetch(
+                    f'SELECT record_no FROM "{schema}".invoices WHERE NOT deleted LIMIT 5'
+                )
+            ]
+            async with aiohttp.ClientSession() as http:
+                newer = await _changed_bodies(http, suite, spec.body_template, keys, "NEWER")
+            # The older edit of the same second: the same WHENMODIFIED, other data.
+            older = {k: b.replace(b"NEWER-", b"OLDER-") for k, b in newer.items()}
+
+            async def deliver(bodies: dict[str, bytes], tag: str) -> None:
+                reply = await sync.IngestEvents(
+                    sync_pb2.IngestEventsRequest(
+                        events=[
+                            sync_pb2.InboundEvent(
+                                account_id=ACCOUNT,
+                                body=body,
+                                content_type="application/xml",
+                                delivery_id=f"{tag}-{key}",
+                                url_token=token,
+                            )
+                            for key, body in bodies.items()
+                        ]
+                    )
+                )
+                assert {r.outcome for r in reply.results} == {sync_pb2.INGEST_OUTCOME_ACCEPTED}
+
+            await deliver(newer, "newer")
+            deadline = time.monotonic() + 30
+            while (await _store_po(db, schema, keys)) != {k: f"NEWER-{k}" for k in keys}:
+                assert time.monotonic() < deadline, "the newer edits were not applied"
+                await asyncio.sleep(0.2)
+            await deliver(older, "older")  # overtaken in transit: arrives last
+            await asyncio.sleep(3)
+            assert await _store_po(db, schema, keys) == {k: f"NEWER-{k}" for k in keys}
+        finally:
+            await db.close()

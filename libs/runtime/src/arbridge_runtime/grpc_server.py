@@ -38,7 +38,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import Span, SpanKind
 
 from arbridge_runtime import tracing
-from arbridge_runtime.errors import status_for
+from arbridge_runtime.errors import InvalidArgument, status_for
 from arbridge_runtime.metrics import ServiceMetrics
 from arbridge_runtime.redaction import redact_text
 
@@ -169,7 +169,7 @@ def _wrap(
             try:
                 await policy.begin(method, context)
                 tracked = True
-                return await behavior(request, context)
+                return await behavior(_checked(request, method), context)
             except grpc.aio.AbortError:
                 code = _code_of(context)
                 raise
@@ -192,7 +192,7 @@ def _wrap(
             try:
                 await policy.begin(method, context)
                 tracked = True
-                async for item in behavior(request, context):
+                async for item in behavior(_checked(request, method), context):
                     yield item
             except grpc.aio.AbortError:
                 code = _code_of(context)
@@ -208,7 +208,7 @@ def _wrap(
                 policy.finish(method, started, code, tracked)
 
     kwargs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _lenient(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     streaming_out = handler.unary_stream is not None or handler.stream_stream is not None
@@ -245,6 +245,52 @@ def _wrap(
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(wrapped, **kwargs)
     return grpc.stream_stream_rpc_method_handler(wrapped, **kwargs)
+
+
+class _Undecodable:
+    """A request message that did not parse; the call is answered INVALID_ARGUMENT."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The generated deserializer, except that bytes that are not a valid message become an
+    :class:`_Undecodable` instead of an exception inside grpc (which answers INTERNAL)."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(type(exc).__name__)
+
+    return parse
+
+
+def _refuse(method: str, bad: _Undecodable) -> InvalidArgument:
+    return InvalidArgument(
+        f"the request is not a valid message for {method} ({bad.reason}); send the message"
+        " type the method's .proto declares"
+    )
+
+
+def _checked(request: Any, method: str) -> Any:
+    """Raises INVALID_ARGUMENT for an undecodable request; wraps request streams so that an
+    undecodable message in them does the same when it is reached."""
+    if isinstance(request, _Undecodable):
+        raise _refuse(method, request)
+    if hasattr(request, "__aiter__"):
+
+        async def messages() -> AsyncIterator[Any]:
+            async for message in request:
+                if isinstance(message, _Undecodable):
+                    raise _refuse(method, message)
+                yield message
+
+        return messages()
+    return request
 
 
 def _as_coroutine(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:

@@ -143,16 +143,26 @@ class SyncCore:
             await store.delete(conn, self.outbox, synced.table, account_id, [event.record_no])
             return
         fields = event.fields
-        if not event.carries_data:
-            fetched = await self._fetch(conn, account_id, synced, event.record_no)
-            if fetched is None:
+        if event.carries_data:
+            counts = await self._apply_fields(conn, account_id, synced, fields, from_event=True)
+            if counts is None or not counts.ambiguous:
                 return
-            fields = fetched
-        await self._apply_fields(conn, account_id, synced, fields)
+            # Same WHENMODIFIED second as the stored version, other data: which one is
+            # newer cannot be told from the event, so Intacct's current record decides.
+        fetched = await self._fetch(conn, account_id, synced, event.record_no)
+        if fetched is None:
+            return
+        await self._apply_fields(conn, account_id, synced, fetched)
 
     async def _apply_fields(
-        self, conn: asyncpg.Connection, account_id: str, synced: Synced, fields: dict[str, str]
-    ) -> bool:
+        self,
+        conn: asyncpg.Connection,
+        account_id: str,
+        synced: Synced,
+        fields: dict[str, str],
+        *,
+        from_event: bool = False,
+    ) -> store.Counts | None:
         tax_field = (
             await conn.fetchval(
                 "SELECT level2_tax_field FROM preferences WHERE account_id = $1", account_id
@@ -165,9 +175,8 @@ class SyncCore:
             await record_failure(
                 conn, account_id, synced.name, fields.get("RECORDNO", ""), "from_intacct", str(exc)
             )
-            return False
-        await store.apply(conn, self.outbox, synced.table, [row])
-        return True
+            return None
+        return await store.apply(conn, self.outbox, synced.table, [row], exact_order=from_event)
 
     async def _fetch(
         self, conn: asyncpg.Connection, account_id: str, synced: Synced, record_no: str
@@ -216,7 +225,10 @@ class SyncCore:
             if synced is None or entry["direction"] != "from_intacct":
                 raise InvalidArgument("only records coming from Intacct can be re-synced here")
             fields = await self._fetch(conn, account_id, synced, entry["record_no"])
-            ok = fields is not None and await self._apply_fields(conn, account_id, synced, fields)
+            ok = (
+                fields is not None
+                and await self._apply_fields(conn, account_id, synced, fields) is not None
+            )
             if ok:
                 await resolve(
                     conn, account_id, synced.name, entry["record_no"], "from_intacct", "resynced"

@@ -168,6 +168,8 @@ class Counts:
     stale: int = 0
     deleted: int = 0
     seen: set[str] = field(default_factory=set)
+    # Rows refused because their order cannot be told (see apply's ``exact_order``).
+    ambiguous: list[str] = field(default_factory=list)
 
     def add(self, other: Counts) -> None:
         self.created += other.created
@@ -183,9 +185,21 @@ def _value(table: Table, column: str, row: Mapping[str, Any]) -> Any:
 
 
 async def apply(
-    conn: asyncpg.Connection, outbox: Outbox, table: Table, rows: Sequence[Mapping[str, Any]]
+    conn: asyncpg.Connection,
+    outbox: Outbox,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    exact_order: bool = False,
 ) -> Counts:
-    """Upserts rows (newer versions only) and announces each real change."""
+    """Upserts rows (newer versions only) and announces each real change.
+
+    ``exact_order``: the rows come from events, which can arrive out of order.
+    Intacct's WHENMODIFIED has whole seconds, so an event whose time equals the
+    stored one but whose data differs may be older or newer: such rows are not
+    written but listed in ``Counts.ambiguous`` for the caller to read from
+    Intacct. (Rows read by a query are Intacct's current state and are written.)
+    """
     counts = Counts()
     if not rows:
         return counts
@@ -245,6 +259,9 @@ async def apply(
                 and row["intacct_modified"] < old["intacct_modified"]
             ):
                 counts.stale += 1
+                continue
+            if exact_order and old["intacct_modified"] == row["intacct_modified"]:
+                counts.ambiguous.append(str(row["record_no"]))
                 continue
         version = await conn.fetchval(sql, *[_value(table, c, row) for c in table.columns])
         if version is None:  # lost a race to a newer version

@@ -1,0 +1,179 @@
+"""SIGTERM during load: no call in flight when the signal arrives fails.
+
+Clients keep every service busy (charges retried under their keys, reads of
+invoices, charges, usage and rules) while each service in turn gets SIGTERM and
+is started again once it has exited (as Kubernetes replaces a pod). A call
+that was in flight when its server got the signal must complete normally; a
+call that arrives after the server stopped taking calls may be refused with
+UNAVAILABLE (the client retries). Charges end exactly once, posted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+
+from arbridge.connector.v1 import connector_pb2
+from arbridge.payments.v1 import payments_pb2
+from arbridge.rules.v1 import rules_pb2
+from arbridge.sync.v1 import sync_pb2
+from arbridge_devinfra.infra import Infra
+from arbridge_devinfra.onboarding import Stubs, add_card, onboard, open_invoices
+from arbridge_devinfra.sandboxes import Sandbox
+from arbridge_devinfra.suite import StartedSuite
+from tests.chaos.checks import ChargeLedger, charge_until_answered, count_money
+from tests.chaos.harness import Ledger, Outcome, chaos_suite, until
+
+pytestmark = pytest.mark.chaos
+ACCOUNT = "acme"
+ORDER = ("payments", "sync", "connector", "rules", "payments", "sync")
+
+
+@dataclass
+class Calls:
+    """Every read call: which service, when it started and ended, and its status."""
+
+    done: list[tuple[str, float, float, grpc.StatusCode]] = field(default_factory=list)
+
+    async def call(self, service: str, make: Callable[[], Awaitable[object]]) -> None:
+        started = time.monotonic()
+        try:
+            await make()
+            code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+        self.done.append((service, started, time.monotonic(), code))
+        if code != grpc.StatusCode.OK:
+            await asyncio.sleep(0.1)  # a client backs off before trying again
+
+
+async def _scenario(suite: StartedSuite, outcome: Outcome, rng: random.Random) -> None:
+    stubs = Stubs.of(suite, deadline=30)
+    try:
+        async with aiohttp.ClientSession() as http:
+            sandbox = Sandbox(http, suite)
+            await onboard(stubs, sandbox, suite, ACCOUNT)
+            by_customer: dict[str, list[str]] = {}
+            for invoice in await open_invoices(stubs, ACCOUNT):
+                if invoice.currency == "USD":
+                    by_customer.setdefault(invoice.customer_id, []).append(invoice.record_no)
+            customers = sorted(by_customer)[:12]
+            for customer in customers:
+                await add_card(stubs, sandbox, ACCOUNT, customer)
+            targets = [(c, i) for c in customers for i in by_customer[c]][:50]
+            charges = ChargeLedger()
+            calls = Calls()
+            signals: list[tuple[str, float]] = []
+            stop = asyncio.Event()
+            reads: dict[str, Callable[[], Awaitable[object]]] = {
+                "sync": lambda: stubs.sync.ListInvoices(
+                    sync_pb2.ListInvoicesRequest(account_id=ACCOUNT), timeout=10
+                ),
+                "payments": lambda: stubs.payments.ListCharges(
+                    payments_pb2.ListChargesRequest(account_id=ACCOUNT), timeout=10
+                ),
+                "connector": lambda: stubs.connector.GetApiUsage(
+                    connector_pb2.GetApiUsageRequest(account_id=ACCOUNT), timeout=10
+                ),
+                "rules": lambda: stubs.rules.ListRules(
+                    rules_pb2.ListRulesRequest(account_id=ACCOUNT), timeout=10
+                ),
+            }
+
+            async def reader(service: str) -> None:
+                while not stop.is_set():
+                    await calls.call(service, reads[service])
+
+            async def charger(customer: str, invoice: str) -> None:
+                await asyncio.sleep(rng.uniform(0.0, 25.0))
+                await charge_until_answered(
+                    stubs, charges, ACCOUNT, f"term-{invoice}", customer, invoice
+                )
+
+            async def terminator() -> None:
+                for service in ORDER:
+                    await asyncio.sleep(rng.uniform(2.0, 4.0))
+                    signals.append((service, time.monotonic()))
+                    await asyncio.to_thread(suite.kill, service, signal.SIGTERM)
+                    await until(
+                        f"{service} back",
+                        lambda s=service: _serving(suite, s),  # type: ignore[misc]
+                        timeout=60,
+                    )
+
+            readers = [asyncio.create_task(reader(s)) for s in reads for _ in range(3)]
+            await asyncio.gather(terminator(), *(charger(c, i) for c, i in targets))
+            stop.set()
+            await asyncio.gather(*readers)
+            fault_ended = time.monotonic()
+            outcome.faults = len(signals)
+
+            # Calls in flight at a signal to their own server: every one must have ended OK.
+            in_flight = [
+                (service, code)
+                for service, started, ended, code in calls.done
+                for target, at in signals
+                if service == target and started < at < ended
+            ]
+            failed = [(s, c.name) for s, c in in_flight if c != grpc.StatusCode.OK]
+            refused_later = sum(1 for *_, code in calls.done if code == grpc.StatusCode.UNAVAILABLE)
+            outcome.attempted = len(calls.done) + len(targets)
+            outcome.acknowledged = len(calls.done) - refused_later + len(charges.acknowledged)
+            outcome.notes.append(
+                f"{len(calls.done)} reads, {len(in_flight)} in flight at a SIGTERM;"
+                f" {refused_later} refused UNAVAILABLE after intake stopped (retried);"
+                f" charge retries {charges.retries}"
+            )
+            keys = [i for _, i in targets]
+
+            async def settled() -> bool:
+                money = await count_money(stubs, sandbox, ACCOUNT, keys)
+                return not money.unposted and not money.missing_postings
+
+            try:
+                await until("every charge posted", settled, timeout=240, every=1.0)
+            except AssertionError as exc:
+                outcome.notes.append(str(exc))
+            outcome.recovery_seconds = round(time.monotonic() - fault_ended, 1)
+            money = await count_money(stubs, sandbox, ACCOUNT, keys)
+            lost = [k for k, c in charges.acknowledged.items() if c not in money.charges]
+            lost += money.missing_postings + list(money.unposted)
+            lost += [k for k, why in charges.refused.items() if why.startswith("no answer")]
+            outcome.lost = len(set(lost)) + len(failed)
+            outcome.duplicated = money.duplicates()
+            if failed:
+                outcome.notes.append(f"in-flight calls that failed: {failed[:5]}")
+    finally:
+        await stubs.close()
+
+
+async def _serving(suite: StartedSuite, service: str) -> bool:
+    running = suite.process(service)
+    return running.process.poll() is None and running.ready_file.exists()
+
+
+def test_sigterm_during_load_fails_no_call_in_flight(
+    tmp_path: Path, infra: Infra, unique: str, ledger: Ledger
+) -> None:
+    seed = int(os.environ.get("CHAOS_SEED", "7"))
+    outcome = ledger.record(Outcome("SIGTERM during load", seed))
+    with chaos_suite(
+        tmp_path,
+        infra,
+        unique,
+        services=("connector", "sync", "payments", "rules"),
+        outcome=outcome,
+        service_env={"ARBRIDGE_DRAIN_DELAY_SECONDS": "1"},
+    ) as suite:
+        asyncio.run(_scenario(suite, outcome, random.Random(seed)))
+    assert outcome.passed, outcome.json()
