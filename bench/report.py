@@ -403,9 +403,7 @@ class Report:
             ]
             for o in data["scenarios"]
         ]
-        notes = [
-            f"- {o['scenario']}: {note}" for o in data["scenarios"] for note in o["notes"]
-        ]
+        notes = [f"- {o['scenario']}: {note}" for o in data["scenarios"] for note in o["notes"]]
         self.sections.append(
             "## Fault injection (`make chaos`)\n\n"
             f"Run {data['when']}. Each scenario drives the services as processes through "

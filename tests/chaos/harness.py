@@ -21,7 +21,9 @@ A scenario passes only with 0 lost, 0 duplicated, 0 wrong and 0 cross-account.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -31,10 +33,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
-import nats
 
 from arbridge_devinfra.infra import Infra
-from arbridge_devinfra.suite import StartedSuite, free_ports, started_suite
+from arbridge_devinfra.suite import StartedSuite, drop_streams, free_ports, started_suite
 
 T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "chaos.json"
@@ -161,7 +162,8 @@ def chaos_suite(
                 if outcome is not None and suite.restarts:
                     outcome.notes.append(f"started again by the supervisor: {suite.restarts}")
     finally:
-        asyncio.run(_drop(infra, name))
+        if not os.environ.get("CHAOS_KEEP"):  # CHAOS_KEEP=1 keeps the data to look at
+            asyncio.run(_drop(infra, name))
 
 
 async def _drop(infra: Infra, name: str) -> None:
@@ -173,17 +175,8 @@ async def _drop(infra: Infra, name: str) -> None:
             await conn.close()
     except (OSError, asyncpg.PostgresError):
         pass  # a private server already gone
-    try:
-        nc = await nats.connect(infra.nats_url, connect_timeout=3)
-    except Exception:
-        return
-    try:
-        js = nc.jetstream()
-        for stream in await js.streams_info():
-            if stream.config.name and stream.config.name.startswith(f"{name.upper()}_"):
-                await js.delete_stream(stream.config.name)
-    finally:
-        await nc.close()
+    with contextlib.suppress(Exception):  # a private server already gone
+        await drop_streams(infra.nats_url, name)
 
 
 async def until(

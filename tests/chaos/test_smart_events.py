@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp import web
 from lxml import etree
@@ -130,8 +131,20 @@ async def _scenario(suite: StartedSuite, dsn: str, outcome: Outcome, rng: random
             )
 
             # No roll-back: a record never holds an older edit than one already applied.
-            # (Checked at the end of the storm, before any repair.)
-            await asyncio.sleep(3)
+            # Checked once sync has handled every event the gateway stored, before any repair.
+            stored_events = sum(1 for _, status in network.forwarded if status == 202)
+
+            async def handled() -> bool:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    done = await conn.fetchval(
+                        "SELECT count(*) FROM sync.inbox WHERE consumer = 'sync-intacct-events'"
+                    )
+                finally:
+                    await conn.close()
+                return int(done) >= stored_events
+
+            await until("sync handling every stored event", handled, timeout=180, every=0.5)
             store = await _all_invoices(stubs)
             newest = _newest_delivered(network)
             rolled_back = [
@@ -142,6 +155,7 @@ async def _scenario(suite: StartedSuite, dsn: str, outcome: Outcome, rng: random
                     not store[k].po_number.startswith("E") or _round(store[k].po_number) < newest[k]
                 )
             ]
+            store_before_repair = {k: store[k].po_number for k in keys}
             # The repair (the daily sync): then everything agrees with Intacct.
             repaired = await manual_sync(stubs, ACCOUNT, timeout=300)
             assert repaired.state == sync_pb2.SYNC_STATE_SUCCEEDED, repaired.error
@@ -153,6 +167,10 @@ async def _scenario(suite: StartedSuite, dsn: str, outcome: Outcome, rng: random
             for what, items in (("rolled back", rolled_back), ("wrong after repair", wrong)):
                 if items:
                     outcome.notes.append(f"{what}: {items[:5]}")
+            for key in rolled_back[:3]:
+                outcome.notes.append(
+                    f"{key}: store {store_before_repair[key]}, newest delivered round {newest[key]}"
+                )
     finally:
         await runner.cleanup()
         await stubs.close()

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import asyncpg
-import nats
 import pytest
 
 from arbridge_devinfra.infra import Infra
+from arbridge_devinfra.suite import drop_streams
 from tests.support.runtime_env import ROOT
 
 
@@ -78,11 +78,4 @@ async def test_the_demo_tells_the_whole_story_and_cleans_up_after_itself(
             await conn.execute(f'DROP DATABASE IF EXISTS "arbridge_{unique}" WITH (FORCE)')
         finally:
             await conn.close()
-        nc = await nats.connect(infra.nats_url)
-        try:
-            js = nc.jetstream()
-            for stream in await js.streams_info():
-                if stream.config.name and stream.config.name.startswith(f"{unique.upper()}_"):
-                    await js.delete_stream(stream.config.name)
-        finally:
-            await nc.close()
+        await drop_streams(infra.nats_url, unique)

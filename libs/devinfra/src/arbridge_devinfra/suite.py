@@ -29,8 +29,10 @@ from typing import Any
 
 import asyncpg
 import nats
+import nats.js.errors
 
 from arbridge_devinfra.infra import Infra, ensure_infra, port_open, with_database
+from arbridge_runtime import streams
 from arbridge_runtime.jetstream import Namespace
 
 INTACCT_SANDBOX_PORT = 8410
@@ -70,17 +72,22 @@ async def _ensure_database(server_url: str, name: str, *, fresh: bool = False) -
     return with_database(server_url, name)
 
 
-async def _drop_streams(nats_url: str, namespace: str) -> None:
-    """Deletes the JetStream streams of ``namespace`` (their consumers go with them)."""
-    prefix = Namespace(namespace).stream("")
+async def drop_streams(nats_url: str, namespace: str) -> int:
+    """Deletes the suite's JetStream streams of ``namespace`` (their consumers go with them);
+    returns how many there were. Named one by one: a server's stream listing is paged."""
     nc = await nats.connect(nats_url, connect_timeout=5)
+    dropped = 0
     try:
         js = nc.jetstream()
-        for stream in await js.streams_info():
-            if stream.config.name and stream.config.name.startswith(prefix):
-                await js.delete_stream(stream.config.name)
+        for spec in streams.ALL:
+            try:
+                await js.delete_stream(Namespace(namespace).stream(spec.name))
+                dropped += 1
+            except nats.js.errors.NotFoundError:
+                continue
     finally:
         await nc.close()
+    return dropped
 
 
 def _service_env(
@@ -326,7 +333,7 @@ def started_suite(
     token = os.environ.get("ARBRIDGE_SERVICE_TOKEN") or secrets.token_urlsafe(24)
     try:
         if fresh and namespace:
-            asyncio.run(_drop_streams(found.nats_url, namespace))
+            asyncio.run(drop_streams(found.nats_url, namespace))
         database_url = asyncio.run(_ensure_database(found.database_url, database, fresh=fresh))
         say(f"infrastructure: {found.describe()}")
         intacct_run = _start(
