@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,9 +13,10 @@ from typing import Any
 import grpc
 
 from arbridge.payments.v1 import payments_pb2
-from arbridge_devinfra.onboarding import Stubs, open_invoices
+from arbridge_devinfra.onboarding import Stubs, add_card, open_invoices
 from arbridge_devinfra.sandboxes import Sandbox
 from arbridge_runtime.money import to_minor
+from tests.chaos.harness import Outcome, until
 
 RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
@@ -181,3 +183,100 @@ async def store_differences(
         if due != held:
             wrong.append(f"{record_no}: Intacct due {due}, AR store {held}")
     return wrong
+
+
+async def card_targets(
+    stubs: Stubs,
+    sandbox: Sandbox,
+    account: str,
+    *,
+    customers: int,
+    limit: int,
+    currency: str = "USD",
+) -> list[tuple[str, str]]:
+    """(customer, invoice) pairs to charge: open invoices of the first ``customers``
+    customers with invoices in ``currency``, each customer given a stored card."""
+    by_customer: dict[str, list[str]] = {}
+    for invoice in await open_invoices(stubs, account):
+        if invoice.currency == currency:
+            by_customer.setdefault(invoice.customer_id, []).append(invoice.record_no)
+    chosen = sorted(by_customer)[:customers]
+    for customer in chosen:
+        await add_card(stubs, sandbox, account, customer)
+    return [(c, i) for c in chosen for i in by_customer[c]][:limit]
+
+
+async def settle_charges(
+    stubs: Stubs,
+    sandbox: Sandbox,
+    account: str,
+    outcome: Outcome,
+    charges: ChargeLedger,
+    invoices: list[str],
+    *,
+    fault_ended: float,
+    must_be_charged: Iterable[str] = (),
+    timeout: float = 240.0,
+) -> MoneyCount:
+    """Waits for every charge to be made and posted, then counts into ``outcome``: lost
+    (acknowledged charges missing, ``must_be_charged`` invoices not charged, succeeded
+    charges not posted in Intacct by the end, questions never answered) and duplicated
+    (double charges, orphan gateway charges, double postings)."""
+    required = list(must_be_charged)
+
+    async def settled() -> bool:
+        money = await count_money(stubs, sandbox, account, invoices)
+        charged = all(money.succeeded_by_invoice.get(i) for i in required)
+        return charged and not money.unposted and not money.missing_postings
+
+    try:
+        await until("every charge made and posted", settled, timeout=timeout, every=1.0)
+    except AssertionError as exc:
+        outcome.notes.append(str(exc))
+    outcome.recovery_seconds = round(time.monotonic() - fault_ended, 1)
+    money = await count_money(stubs, sandbox, account, invoices)
+    lost = [k for k, c in charges.acknowledged.items() if c not in money.charges]
+    lost += [i for i in required if not money.succeeded_by_invoice.get(i)]
+    lost += money.missing_postings + money.unposted
+    lost += [k for k, why in charges.refused.items() if why.startswith("no answer")]
+    outcome.lost += len(set(lost))
+    outcome.duplicated += money.duplicates()
+    refusals = sorted({why for why in charges.refused.values() if not why.startswith("no answer")})
+    if refusals:
+        outcome.notes.append(f"refused: {refusals[:3]}")
+    for what, items in (
+        ("lost", lost),
+        ("double-charged invoices", money.double_charged_invoices),
+        ("orphan gateway charges", money.orphan_gateway_charges),
+        ("double postings", money.double_postings),
+    ):
+        if items:
+            outcome.notes.append(f"{what}: {items[:5]}")
+    return money
+
+
+async def agree_with_intacct(
+    stubs: Stubs,
+    sandbox: Sandbox,
+    account: str,
+    outcome: Outcome,
+    invoices: list[str],
+    *,
+    fault_ended: float,
+    timeout: float = 120.0,
+) -> None:
+    """Waits for the AR store to agree with Intacct on ``invoices``; counts the invoices that
+    still differ as wrong and the wait as recovery."""
+
+    async def agrees() -> bool:
+        return not await store_differences(stubs, sandbox, account, invoices)
+
+    try:
+        await until("the AR store agreeing with Intacct", agrees, timeout=timeout, every=1.0)
+    except AssertionError as exc:
+        outcome.notes.append(str(exc))
+    wrong = await store_differences(stubs, sandbox, account, invoices)
+    outcome.recovery_seconds = round(time.monotonic() - fault_ended, 1)
+    outcome.wrong += len(wrong)
+    if wrong:
+        outcome.notes.append(f"wrong records: {wrong[:5]}")

@@ -25,17 +25,21 @@ from arbridge.sync.v1 import sync_pb2
 from arbridge_devinfra.infra import Infra
 from arbridge_devinfra.onboarding import (
     Stubs,
-    add_card,
     connect,
     deposit_everywhere,
     install_smart_events,
-    open_invoices,
     wait_for_sync,
 )
 from arbridge_devinfra.sandboxes import Sandbox
 from arbridge_devinfra.suite import StartedSuite
-from tests.chaos.checks import ChargeLedger, charge_until_answered, count_money, store_differences
-from tests.chaos.harness import Ledger, Outcome, chaos_suite, until
+from tests.chaos.checks import (
+    ChargeLedger,
+    agree_with_intacct,
+    card_targets,
+    charge_until_answered,
+    settle_charges,
+)
+from tests.chaos.harness import Ledger, Outcome, chaos_suite
 
 pytestmark = pytest.mark.chaos
 ACCOUNT = "acme"
@@ -61,15 +65,7 @@ async def _scenario(suite: StartedSuite, outcome: Outcome, rng: random.Random) -
             outcome.notes.append(f"initial sync under faults: {time.monotonic() - started:.1f}s")
             await install_smart_events(stubs, sandbox, suite, ACCOUNT)
             await deposit_everywhere(stubs, ACCOUNT)
-            invoices = await open_invoices(stubs, ACCOUNT)
-            by_customer: dict[str, list[str]] = {}
-            for invoice in invoices:
-                if invoice.currency == "USD":
-                    by_customer.setdefault(invoice.customer_id, []).append(invoice.record_no)
-            customers = sorted(by_customer)[:10]
-            for customer in customers:
-                await add_card(stubs, sandbox, ACCOUNT, customer)
-            targets = [(c, i) for c in customers for i in by_customer[c]][:40]
+            targets = await card_targets(stubs, sandbox, ACCOUNT, customers=10, limit=40)
             rng.shuffle(targets)
 
             await sandbox.set_card_faults(timeout_after_charge_rate=0.33, latency_ms=50)
@@ -97,47 +93,17 @@ async def _scenario(suite: StartedSuite, outcome: Outcome, rng: random.Random) -
             outcome.attempted = len(targets)
             outcome.acknowledged = len(charges.acknowledged)
             keys = [i for _, i in targets]
-
-            async def settled() -> bool:
-                money = await count_money(stubs, sandbox, ACCOUNT, keys)
-                return not money.unposted and not money.missing_postings
-
-            try:
-                await until("every charge posted", settled, timeout=240, every=1.0)
-            except AssertionError as exc:
-                outcome.notes.append(str(exc))
-            money = await count_money(stubs, sandbox, ACCOUNT, keys)
+            await settle_charges(
+                stubs, sandbox, ACCOUNT, outcome, charges, keys, fault_ended=fault_ended
+            )
             # The faults stop; smart events then bring the posted payments to the AR store.
             await sandbox.set_faults(
                 **{k: 0 for k in INTACCT_FAULTS}, smart_event_retry_delays=[1, 3, 9]
             )
 
-            async def agrees() -> bool:
-                return not await store_differences(stubs, sandbox, ACCOUNT, keys)
-
-            try:
-                await until("the AR store agreeing with Intacct", agrees, timeout=120, every=1.0)
-            except AssertionError as exc:
-                outcome.notes.append(str(exc))
-            wrong = await store_differences(stubs, sandbox, ACCOUNT, keys)
-            outcome.recovery_seconds = round(time.monotonic() - fault_ended, 1)
-            lost = [k for k, c in charges.acknowledged.items() if c not in money.charges]
-            lost += money.missing_postings + [c for c in money.unposted]
-            outcome.lost = len(set(lost))
-            outcome.duplicated = money.duplicates()
-            outcome.wrong = len(wrong)
-            declined = sorted(set(charges.refused.values()))
-            if declined:
-                outcome.notes.append(f"refused: {declined}")
-            for what, items in (
-                ("lost", lost),
-                ("double-charged invoices", money.double_charged_invoices),
-                ("orphan gateway charges", money.orphan_gateway_charges),
-                ("double postings", money.double_postings),
-                ("wrong records", wrong),
-            ):
-                if items:
-                    outcome.notes.append(f"{what}: {items[:5]}")
+            await agree_with_intacct(
+                stubs, sandbox, ACCOUNT, outcome, keys, fault_ended=fault_ended
+            )
     finally:
         await stubs.close()
 

@@ -13,7 +13,6 @@ Intacct exactly once, and the AR store must agree with Intacct.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import time
@@ -33,12 +32,12 @@ from arbridge_devinfra.sandboxes import Sandbox
 from arbridge_devinfra.suite import StartedSuite
 from tests.chaos.checks import (
     ChargeLedger,
+    agree_with_intacct,
     charge_until_answered,
-    count_money,
     intacct_reference,
-    store_differences,
+    settle_charges,
 )
-from tests.chaos.harness import Ledger, Outcome, chaos_suite, until
+from tests.chaos.harness import Ledger, Outcome, chaos_suite
 
 pytestmark = pytest.mark.chaos
 ACCOUNT = "acme"
@@ -126,49 +125,20 @@ async def _scenario(suite: StartedSuite, outcome: Outcome, rng: random.Random) -
             invoices = [i for _, i in targets] + created
             outcome.attempted = len(targets) + len(created)
             outcome.acknowledged = len(charges.acknowledged) + len(created)
+            money = await settle_charges(
+                stubs,
+                sandbox,
+                ACCOUNT,
+                outcome,
+                charges,
+                invoices,
+                fault_ended=fault_ended,
+                must_be_charged=created,
+            )
 
-            async def settled() -> bool:
-                money = await count_money(stubs, sandbox, ACCOUNT, invoices)
-                charged = all(money.succeeded_by_invoice.get(i) for i in created)
-                return charged and not money.unposted and not money.missing_postings
-
-            try:
-                await until("every charge made and posted", settled, timeout=240, every=1.0)
-            except AssertionError as exc:
-                outcome.notes.append(str(exc))
-            money = await count_money(stubs, sandbox, ACCOUNT, invoices)
-
-            async def agrees() -> bool:
-                return not await store_differences(stubs, sandbox, ACCOUNT, invoices)
-
-            with contextlib.suppress(AssertionError):  # counted below as wrong records
-                await until("the AR store agreeing with Intacct", agrees, timeout=120, every=1.0)
-            wrong = await store_differences(stubs, sandbox, ACCOUNT, invoices)
-            outcome.recovery_seconds = round(time.monotonic() - fault_ended, 1)
-
-            lost = [
-                key
-                for key, charge_id in charges.acknowledged.items()
-                if charge_id not in money.charges
-            ]
-            lost += [i for i in created if not money.succeeded_by_invoice.get(i)]
-            lost += money.missing_postings
-            # Still not posted when the recovery window closed: counted as lost.
-            lost += [c for c in money.unposted if c not in money.missing_postings]
-            outcome.lost = len(lost)
-            outcome.duplicated = money.duplicates()
-            outcome.wrong = len(wrong)
-            if charges.refused:
-                outcome.notes.append(f"refused: {sorted(set(charges.refused.values()))}")
-            for what, items in (
-                ("lost", lost),
-                ("double-charged invoices", money.double_charged_invoices),
-                ("orphan gateway charges", money.orphan_gateway_charges),
-                ("double postings", money.double_postings),
-                ("wrong records", wrong),
-            ):
-                if items:
-                    outcome.notes.append(f"{what}: {items[:5]}")
+            await agree_with_intacct(
+                stubs, sandbox, ACCOUNT, outcome, invoices, fault_ended=fault_ended
+            )
             # Every client-acknowledged charge is one succeeded charge posted once.
             for charge_id in charges.acknowledged.values():
                 reference = intacct_reference(charge_id)

@@ -21,11 +21,11 @@ import aiohttp
 import pytest
 
 from arbridge_devinfra.infra import Infra, PrivatePostgres
-from arbridge_devinfra.onboarding import Stubs, add_card, onboard, open_invoices
+from arbridge_devinfra.onboarding import Stubs, onboard
 from arbridge_devinfra.sandboxes import Sandbox
 from arbridge_devinfra.suite import StartedSuite
-from tests.chaos.checks import ChargeLedger, charge_until_answered, count_money
-from tests.chaos.harness import Ledger, Outcome, chaos_suite, until
+from tests.chaos.checks import ChargeLedger, card_targets, charge_until_answered, settle_charges
+from tests.chaos.harness import Ledger, Outcome, chaos_suite
 
 pytestmark = pytest.mark.chaos
 ACCOUNT = "acme"
@@ -41,14 +41,7 @@ async def _scenario(
         async with aiohttp.ClientSession() as http:
             sandbox = Sandbox(http, suite)
             await onboard(stubs, sandbox, suite, ACCOUNT)
-            by_customer: dict[str, list[str]] = {}
-            for invoice in await open_invoices(stubs, ACCOUNT):
-                if invoice.currency == "USD":
-                    by_customer.setdefault(invoice.customer_id, []).append(invoice.record_no)
-            customers = sorted(by_customer)[:14]
-            for customer in customers:
-                await add_card(stubs, sandbox, ACCOUNT, customer)
-            targets = [(c, i) for c in customers for i in by_customer[c]][:60]
+            targets = await card_targets(stubs, sandbox, ACCOUNT, customers=14, limit=60)
             charges = ChargeLedger()
 
             async def one(customer: str, invoice: str) -> None:
@@ -74,35 +67,15 @@ async def _scenario(
             outcome.attempted = len(targets)
             outcome.acknowledged = len(charges.acknowledged)
             outcome.notes.append(f"client retries {charges.retries}")
-            unanswered = [k for k, why in charges.refused.items() if why.startswith("no answer")]
-            if unanswered:
-                outcome.notes.append(f"never answered within 240 s: {len(unanswered)}")
-            keys = [i for _, i in targets]
-
-            async def settled() -> bool:
-                money = await count_money(stubs, sandbox, ACCOUNT, keys)
-                return not money.unposted and not money.missing_postings
-
-            try:
-                await until("every charge posted", settled, timeout=240, every=1.0)
-            except AssertionError as exc:
-                outcome.notes.append(str(exc))
-            outcome.recovery_seconds = round(time.monotonic() - back_at, 1)
-            money = await count_money(stubs, sandbox, ACCOUNT, keys)
-            lost = [k for k, c in charges.acknowledged.items() if c not in money.charges]
-            lost += money.missing_postings + list(money.unposted) + unanswered
-            outcome.lost = len(set(lost))
-            outcome.duplicated = money.duplicates()
-            if charges.refused:
-                outcome.notes.append(f"refused: {sorted(set(charges.refused.values()))[:3]}")
-            for what, items in (
-                ("lost", lost),
-                ("double-charged invoices", money.double_charged_invoices),
-                ("orphan gateway charges", money.orphan_gateway_charges),
-                ("double postings", money.double_postings),
-            ):
-                if items:
-                    outcome.notes.append(f"{what}: {items[:5]}")
+            await settle_charges(
+                stubs,
+                sandbox,
+                ACCOUNT,
+                outcome,
+                charges,
+                [i for _, i in targets],
+                fault_ended=back_at,
+            )
     finally:
         await stubs.close()
 

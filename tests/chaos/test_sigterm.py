@@ -28,10 +28,10 @@ from arbridge.payments.v1 import payments_pb2
 from arbridge.rules.v1 import rules_pb2
 from arbridge.sync.v1 import sync_pb2
 from arbridge_devinfra.infra import Infra
-from arbridge_devinfra.onboarding import Stubs, add_card, onboard, open_invoices
+from arbridge_devinfra.onboarding import Stubs, onboard
 from arbridge_devinfra.sandboxes import Sandbox
 from arbridge_devinfra.suite import StartedSuite
-from tests.chaos.checks import ChargeLedger, charge_until_answered, count_money
+from tests.chaos.checks import ChargeLedger, card_targets, charge_until_answered, settle_charges
 from tests.chaos.harness import Ledger, Outcome, chaos_suite, until
 
 pytestmark = pytest.mark.chaos
@@ -63,14 +63,7 @@ async def _scenario(suite: StartedSuite, outcome: Outcome, rng: random.Random) -
         async with aiohttp.ClientSession() as http:
             sandbox = Sandbox(http, suite)
             await onboard(stubs, sandbox, suite, ACCOUNT)
-            by_customer: dict[str, list[str]] = {}
-            for invoice in await open_invoices(stubs, ACCOUNT):
-                if invoice.currency == "USD":
-                    by_customer.setdefault(invoice.customer_id, []).append(invoice.record_no)
-            customers = sorted(by_customer)[:12]
-            for customer in customers:
-                await add_card(stubs, sandbox, ACCOUNT, customer)
-            targets = [(c, i) for c in customers for i in by_customer[c]][:50]
+            targets = await card_targets(stubs, sandbox, ACCOUNT, customers=12, limit=50)
             charges = ChargeLedger()
             calls = Calls()
             signals: list[tuple[str, float]] = []
@@ -134,23 +127,16 @@ async def _scenario(suite: StartedSuite, outcome: Outcome, rng: random.Random) -
                 f" {refused_later} refused UNAVAILABLE after intake stopped (retried);"
                 f" charge retries {charges.retries}"
             )
-            keys = [i for _, i in targets]
-
-            async def settled() -> bool:
-                money = await count_money(stubs, sandbox, ACCOUNT, keys)
-                return not money.unposted and not money.missing_postings
-
-            try:
-                await until("every charge posted", settled, timeout=240, every=1.0)
-            except AssertionError as exc:
-                outcome.notes.append(str(exc))
-            outcome.recovery_seconds = round(time.monotonic() - fault_ended, 1)
-            money = await count_money(stubs, sandbox, ACCOUNT, keys)
-            lost = [k for k, c in charges.acknowledged.items() if c not in money.charges]
-            lost += money.missing_postings + list(money.unposted)
-            lost += [k for k, why in charges.refused.items() if why.startswith("no answer")]
-            outcome.lost = len(set(lost)) + len(failed)
-            outcome.duplicated = money.duplicates()
+            await settle_charges(
+                stubs,
+                sandbox,
+                ACCOUNT,
+                outcome,
+                charges,
+                [i for _, i in targets],
+                fault_ended=fault_ended,
+            )
+            outcome.lost += len(failed)
             if failed:
                 outcome.notes.append(f"in-flight calls that failed: {failed[:5]}")
     finally:

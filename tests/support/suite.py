@@ -195,6 +195,7 @@ async def install_smart_events(
     """Creates in the sandbox company the smart events of sync's set-up document for the
     account (only those of ``objects`` when given, none of ``exclude``); returns how many."""
     from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+    from arbridge_devinfra.sandboxes import Sandbox
     from arbridge_runtime.grpc_client import service_channel
 
     channel = service_channel(suite.target("sync"), TOKEN)
@@ -206,22 +207,12 @@ async def install_smart_events(
         )
     finally:
         await channel.close(None)
+    sandbox = Sandbox(http, suite)
     made = 0
     for spec in setup.events:
         if (objects is not None and spec.object not in objects) or spec.object in exclude:
             continue
-        async with http.post(
-            f"{suite.sandbox_admin}/companies/{suite.sandbox['company_id']}/smart-events",
-            json={
-                "object": spec.object,
-                "actions": list(spec.actions),
-                "url": spec.url,
-                "body_template": spec.body_template,
-                "content_type": spec.content_type,
-            },
-        ) as reply:
-            if reply.status not in (200, 201):
-                raise RuntimeError(f"smart event {spec.name} refused: {await reply.text()}")
+        await sandbox.add_smart_event(spec)
         made += 1
     return made
 

@@ -156,18 +156,15 @@ class PrivatePostgres:
 
     def _run(self, argv: list[str]) -> None:
         ids = _as_postgres_user()
-
-        def demote() -> None:
-            if ids:
-                os.setgid(ids[1])
-                os.setuid(ids[0])
-
+        # user=/group= rather than a preexec_fn, which is unsafe in a process with threads.
         subprocess.run(
             argv,
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=demote if ids else None,
+            user=ids[0] if ids else None,
+            group=ids[1] if ids else None,
+            extra_groups=[] if ids else None,
         )
 
     def start(self) -> None:

@@ -10,11 +10,16 @@ from __future__ import annotations
 import base64
 import re
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
-from arbridge_devinfra.suite import StartedSuite
+
+class Sandboxes(Protocol):
+    """What a running suite knows of its sandboxes (their ready files' facts)."""
+
+    sandbox: dict[str, Any]
+    cards: dict[str, Any]
 
 
 class SandboxRefused(Exception):
@@ -24,7 +29,7 @@ class SandboxRefused(Exception):
 class Sandbox:
     """The sandbox Intacct's admin screens and the card gateway's hosted fields."""
 
-    def __init__(self, http: aiohttp.ClientSession, suite: StartedSuite) -> None:
+    def __init__(self, http: aiohttp.ClientSession, suite: Sandboxes) -> None:
         self.http = http
         self.admin = (
             str(suite.sandbox["admin"]).rstrip("/")
