@@ -11,6 +11,7 @@ import pytest
 from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.connector.v1 import connector_pb2
 from arbridge_intacct import request as rq
+from arbridge_runtime.paging import streamed_records
 from tests.integration.connector.harness import connector_harness
 from tests.support.intacct import COMPANY, SENDER_PW, USER_PW, live_sandbox
 
@@ -123,9 +124,9 @@ async def test_a_full_read_costs_one_session_and_the_minimum_pages(
         ):
             if message.HasField("total"):
                 total = message.total
-            else:
-                keys.append(message.record.record_no)
-                assert message.record.HasField("when_modified")
+            for record in streamed_records(message):
+                keys.append(record.record_no)
+                assert record.HasField("when_modified")
         assert total == 4321 == len(keys) == len(set(keys))
         functions = (await h.stats())["functions"]
         assert functions == {"getAPISession": 1, "query": math.ceil(4321 / 2000)}
@@ -155,7 +156,7 @@ async def test_incremental_reads_use_the_company_time_zone(database_url: str, un
         )
         request.modified_since.FromDatetime(since.replace(tzinfo=None))
         got = [
-            m.record.record_no async for m in h.stub.StreamRecords(request) if m.HasField("record")
+            r.record_no async for m in h.stub.StreamRecords(request) for r in streamed_records(m)
         ]
         assert 0 < len(expected) < 2000
         assert set(got) == expected

@@ -8,6 +8,7 @@ import pytest
 
 from arbridge.common.v1 import common_pb2
 from arbridge.connector.v1 import connector_pb2
+from arbridge_runtime.paging import streamed_records
 from tests.integration.connector.harness import connector_harness
 from tests.support.intacct import COMPANY, live_sandbox
 
@@ -43,8 +44,7 @@ async def test_stream_and_writes_are_exactly_once_under_faults(
         ):
             if message.HasField("total"):
                 total = message.total
-            else:
-                seen.append(message.record.record_no)
+            seen.extend(r.record_no for r in streamed_records(message))
         stream_seconds = time.monotonic() - started
         company = live.sandbox.companies[COMPANY]
         expected = {str(k) for k in company.tables["ARINVOICE"].rows}

@@ -166,6 +166,24 @@ class Outbox:
         )
         return identifier
 
+    async def add_many(
+        self, conn: asyncpg.Connection, events: Sequence[tuple[str, _Message | bytes]]
+    ) -> None:
+        """Records several events in one statement, inside the caller's transaction."""
+        if not events:
+            return
+        headers: dict[str, str] = {}
+        tracing.inject(headers)
+        stored = json.dumps(headers)
+        await conn.execute(
+            "INSERT INTO outbox (id, subject, payload, headers)"
+            " SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::jsonb[])",
+            [uuid.uuid4() for _ in events],
+            [subject for subject, _ in events],
+            [m if isinstance(m, bytes) else m.SerializeToString() for _, m in events],
+            [stored] * len(events),
+        )
+
 
 @dataclass
 class OutboxRelay:

@@ -25,3 +25,13 @@ def next_page(rows: Sequence[Mapping[str, Any]], size: int, key: str) -> common_
     return common_pb2.PageResponse(
         next_page_token=str(rows[size - 1][key]) if len(rows) > size else ""
     )
+
+
+def streamed_records(message: Any) -> Sequence[Any]:
+    """The records one ``StreamRecordsResponse`` carries: a batch, a single record, or none
+    (the first message, which says how many will follow)."""
+    if message.HasField("batch"):
+        return list(message.batch.records)
+    if message.HasField("record"):
+        return [message.record]
+    return []

@@ -43,6 +43,7 @@ from arbridge_payments.charges import ChargeRequest, Charges, InvoicePart
 from arbridge_payments.methods import charged_source
 from arbridge_runtime.errors import Conflict, DomainError
 from arbridge_runtime.money import from_minor, to_minor
+from arbridge_runtime.paging import streamed_records
 
 log = structlog.get_logger(__name__)
 
@@ -147,13 +148,11 @@ class ChargeQueue:
         newest = cursor
         try:
             async for message in self._connector.StreamRecords(request, timeout=600):
-                if not message.HasField("record"):
-                    continue
-                record = message.record
-                await self._take(account_id, record.record_no, dict(record.fields))
-                if record.HasField("when_modified"):
-                    modified = record.when_modified.ToDatetime(tzinfo=UTC)
-                    newest = modified if newest is None else max(newest, modified)
+                for record in streamed_records(message):
+                    await self._take(account_id, record.record_no, dict(record.fields))
+                    if record.HasField("when_modified"):
+                        modified = record.when_modified.ToDatetime(tzinfo=UTC)
+                        newest = modified if newest is None else max(newest, modified)
         except grpc.aio.AioRpcError as err:
             await self._read_failed(account_id, err)
             return

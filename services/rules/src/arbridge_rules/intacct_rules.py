@@ -44,6 +44,7 @@ from arbridge.rules.v1 import rules_pb2
 from arbridge_rules.rules import message, request_reevaluation, stored_parts, validate
 from arbridge_runtime.errors import DomainError, InvalidArgument
 from arbridge_runtime.money import from_minor, to_minor
+from arbridge_runtime.paging import streamed_records
 
 log = structlog.get_logger(__name__)
 
@@ -305,16 +306,14 @@ class IntacctRules:
             request.modified_since.CopyFrom(since)
         newest = cursor
         async for item in self._connector.StreamRecords(request, timeout=300):
-            if not item.HasField("record"):
-                continue
-            record = item.record
-            modified = (
-                record.when_modified.ToDatetime(tzinfo=UTC)
-                if record.HasField("when_modified")
-                else datetime.now(UTC)
-            )
-            await self._take(account_id, record.record_no, dict(record.fields), modified)
-            newest = modified if newest is None else max(newest, modified)
+            for record in streamed_records(item):
+                modified = (
+                    record.when_modified.ToDatetime(tzinfo=UTC)
+                    if record.HasField("when_modified")
+                    else datetime.now(UTC)
+                )
+                await self._take(account_id, record.record_no, dict(record.fields), modified)
+                newest = modified if newest is None else max(newest, modified)
         await self._pool.execute(
             "UPDATE accounts SET intacct_rules_cursor = $2 WHERE account_id = $1",
             account_id,

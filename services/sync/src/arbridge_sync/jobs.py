@@ -33,6 +33,7 @@ from arbridge.events.v1 import events_pb2
 from arbridge_runtime.db import TRANSIENT_DB_ERRORS, Notifier, stop_listening
 from arbridge_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from arbridge_runtime.jetstream import Outbox
+from arbridge_runtime.paging import streamed_records
 from arbridge_runtime.workers import run_passes
 from arbridge_sync import store
 from arbridge_sync.mapping import Unmappable
@@ -323,7 +324,6 @@ class JobRunner:
         progress: ObjectProgress,
         seen: set[str],
     ) -> None:
-        batch: list[dict[str, str]] = []
         async with self.pool.acquire() as conn:
             tax_field = (
                 await conn.fetchval(
@@ -331,16 +331,33 @@ class JobRunner:
                 )
                 or ""
             )
-        async for message in self.connector.StreamRecords(request, timeout=3600):
-            if message.HasField("total"):
-                progress.total = message.total
-                progress.pages = max(1, math.ceil(message.total / PAGE))
-                continue
-            batch.append(dict(message.record.fields))
-            if len(batch) >= BATCH:
+        # Reading goes on while a batch is written: a queue of a few batches between them.
+        queue: asyncio.Queue[list[dict[str, str]] | None] = asyncio.Queue(maxsize=4)
+
+        async def read() -> None:
+            pending: list[dict[str, str]] = []
+            try:
+                async for message in self.connector.StreamRecords(request, timeout=3600):
+                    if message.HasField("total"):
+                        progress.total = message.total
+                        progress.pages = max(1, math.ceil(message.total / PAGE))
+                    pending.extend(dict(r.fields) for r in streamed_records(message))
+                    while len(pending) >= BATCH:
+                        await queue.put(pending[:BATCH])
+                        pending = pending[BATCH:]
+                await queue.put(pending)
+            finally:
+                await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (batch := await queue.get()) is not None:
                 await self._apply(account_id, synced, batch, tax_field, progress, seen)
-                batch = []
-        await self._apply(account_id, synced, batch, tax_field, progress, seen)
+        finally:
+            if not reader.done():
+                reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        await reader  # the stream's own error (a refusal, Intacct unavailable), if any
 
     async def _apply(
         self,

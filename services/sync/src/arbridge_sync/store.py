@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -179,11 +181,6 @@ class Counts:
         self.deleted += other.deleted
 
 
-def _value(table: Table, column: str, row: Mapping[str, Any]) -> Any:
-    value = row[column]
-    return json.dumps(value) if column in table.json_columns else value
-
-
 async def apply(
     conn: asyncpg.Connection,
     outbox: Outbox,
@@ -225,20 +222,7 @@ async def apply(
             [str(r["record_no"]) for r in rows],
         )
     }
-    placeholders = ", ".join(
-        f"${i + 1}" + ("::jsonb" if c in table.json_columns else "")
-        for i, c in enumerate(table.columns)
-    )
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in table.columns if c not in table.key)
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(table.columns)}) VALUES ({placeholders})"
-        f" ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates},"
-        f" version = {table.name}.version + 1, deleted = false, updated_at = now()"
-        f" WHERE NOT {table.name}.deleted AND {table.name}.data_hash <> EXCLUDED.data_hash"
-        f" AND ({table.name}.intacct_modified IS NULL OR EXCLUDED.intacct_modified IS NULL"
-        f" OR {table.name}.intacct_modified <= EXCLUDED.intacct_modified)"
-        f" RETURNING version"
-    )
+    to_write: dict[tuple[Any, ...], tuple[Mapping[str, Any], Change]] = {}
     for row in rows:
         key = tuple(str(row[c]) for c in key_cols)
         counts.seen.add("/".join(key))
@@ -263,15 +247,62 @@ async def apply(
             if exact_order and old["intacct_modified"] == row["intacct_modified"]:
                 counts.ambiguous.append(str(row["record_no"]))
                 continue
-        version = await conn.fetchval(sql, *[_value(table, c, row) for c in table.columns])
+        # A key twice in one batch: the later row stands (one statement cannot write twice).
+        to_write[key] = (row, CREATED if old is None else UPDATED)
+    versions = await _upsert(conn, table, key_cols, [row for row, _ in to_write.values()])
+    events: list[tuple[str, Message]] = []
+    for key, (row, change) in to_write.items():
+        version = versions.get(key)
         if version is None:  # lost a race to a newer version
             counts.stale += 1
             continue
-        change = CREATED if old is None else UPDATED
         counts.created += change == CREATED
         counts.updated += change == UPDATED
-        await _announce(conn, outbox, table, {**row, "version": version}, change)
+        event = _event(table, {**row, "version": version}, change)
+        if event is not None:
+            events.append(event)
+    await outbox.add_many(conn, events)
     return counts
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+async def _upsert(
+    conn: asyncpg.Connection,
+    table: Table,
+    key_cols: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+) -> dict[tuple[Any, ...], int]:
+    """Writes rows in one statement (newer data only); the version of each row written."""
+    if not rows:
+        return {}
+    columns = ", ".join(table.columns)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in table.columns if c not in table.key)
+    records = await conn.fetch(
+        f"INSERT INTO {table.name} ({columns}) SELECT {columns}"
+        f" FROM jsonb_populate_recordset(NULL::{table.name}, $1::jsonb)"
+        f" ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates},"
+        f" version = {table.name}.version + 1, deleted = false, updated_at = now()"
+        f" WHERE NOT {table.name}.deleted AND {table.name}.data_hash <> EXCLUDED.data_hash"
+        f" AND ({table.name}.intacct_modified IS NULL OR EXCLUDED.intacct_modified IS NULL"
+        f" OR {table.name}.intacct_modified <= EXCLUDED.intacct_modified)"
+        f" RETURNING {', '.join(key_cols)}, version",
+        json.dumps([{c: _jsonable(row[c]) for c in table.columns} for row in rows]),
+    )
+    return {tuple(str(r[c]) for c in key_cols): int(r["version"]) for r in records}
+
+
+def _event(table: Table, row: Mapping[str, Any], change: Change) -> tuple[str, Message] | None:
+    if table.event is None:
+        return None
+    event = table.event(row, change)
+    return None if event is None else (f"{table.subject}.{_VERB[change]}", event)
 
 
 async def _announce(
