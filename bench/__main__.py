@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -83,7 +84,12 @@ async def main(only: list[str]) -> int:
         ran = {r["name"] for r in results}
         kept = [r for r in json.loads(out.read_text())["results"] if r["name"] not in ran]
         results = kept + results
-    out.write_text(json.dumps({"environment": _environment(), "results": results}, indent=1))
+    text = json.dumps({"environment": _environment(), "results": results}, indent=1)
+    # Raw samples one array to a line: readable structure, a short diff.
+    text = re.sub(
+        r"\[\s+([-0-9.,\s]+?)\s+\]", lambda m: "[" + "".join(m.group(1).split()) + "]", text
+    )
+    out.write_text(text + "\n")
     print(f"wrote {out} and {report.write(out)}", flush=True)
     return 0
 
