@@ -346,8 +346,11 @@ class JobRunner:
                         await queue.put(pending[:BATCH])
                         pending = pending[BATCH:]
                 await queue.put(pending)
-            finally:
-                await queue.put(None)
+            except Exception:
+                await queue.put(None)  # the writer stops; the error is raised below
+                raise
+            # (Cancelled: the writer failed and is not reading; nothing more to put.)
+            await queue.put(None)
 
         reader = asyncio.create_task(read())
         try:
