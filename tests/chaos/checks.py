@@ -10,13 +10,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import grpc
 
+from arbridge.events.v1 import events_pb2
 from arbridge.payments.v1 import payments_pb2
-from arbridge_devinfra.onboarding import Stubs, add_card, open_invoices
+from arbridge_devinfra.onboarding import Stubs, add_card, invoices, open_invoices, until
 from arbridge_devinfra.sandboxes import Sandbox
 from arbridge_runtime.money import to_minor
-from tests.chaos.harness import Outcome, until
+from tests.chaos.harness import Outcome
 
 RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
@@ -231,7 +233,7 @@ async def settle_charges(
 
     try:
         await until("every charge made and posted", settled, timeout=timeout, every=1.0)
-    except AssertionError as exc:
+    except TimeoutError as exc:
         outcome.notes.append(str(exc))
     outcome.recovery_seconds = round(time.monotonic() - fault_ended, 1)
     money = await count_money(stubs, sandbox, account, invoices)
@@ -273,10 +275,29 @@ async def agree_with_intacct(
 
     try:
         await until("the AR store agreeing with Intacct", agrees, timeout=timeout, every=1.0)
-    except AssertionError as exc:
+    except TimeoutError as exc:
         outcome.notes.append(str(exc))
     wrong = await store_differences(stubs, sandbox, account, invoices)
     outcome.recovery_seconds = round(time.monotonic() - fault_ended, 1)
     outcome.wrong += len(wrong)
     if wrong:
         outcome.notes.append(f"wrong records: {wrong[:5]}")
+
+
+async def invoices_by_record(stubs: Stubs, account: str) -> dict[str, Any]:
+    """Every invoice of the AR store, open or not, by RECORDNO."""
+    return {i.record_no: i for i in await invoices(stubs, account)}
+
+
+async def republished_events(dsn: str) -> int:
+    """AR invoice events in sync's outbox that repeat a (record, version) already there."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT payload FROM sync.outbox WHERE subject LIKE 'ar.invoice.%'")
+    finally:
+        await conn.close()
+    seen: collections.Counter[tuple[str, int]] = collections.Counter()
+    for row in rows:
+        event = events_pb2.InvoiceChanged.FromString(row["payload"])
+        seen[(event.invoice.record_no, event.invoice.version)] += 1
+    return sum(n - 1 for n in seen.values() if n > 1)

@@ -26,18 +26,17 @@ import json
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
 from arbridge_devinfra.infra import Infra
 from arbridge_devinfra.suite import StartedSuite, drop_streams, free_ports, started_suite
 
-T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "chaos.json"
 
 
@@ -177,16 +176,3 @@ async def _drop(infra: Infra, name: str) -> None:
         pass  # a private server already gone
     with contextlib.suppress(Exception):  # a private server already gone
         await drop_streams(infra.nats_url, name)
-
-
-async def until(
-    what: str, check: Callable[[], Awaitable[T | None]], timeout: float, every: float = 0.25
-) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    raise AssertionError(f"{what} did not hold within {timeout:.0f}s (last: {last!r})")

@@ -41,6 +41,7 @@ from arbridge_devinfra.suite import StartedSuite
 from arbridge_runtime import webhooks
 from arbridge_runtime.grpc_client import service_channel
 from tests.chaos.harness import Ledger, Outcome, chaos_suite
+from tests.support.runtime_env import peak_rss_mib
 
 pytestmark = pytest.mark.chaos
 ACCOUNT = "acme"
@@ -293,7 +294,7 @@ async def _scenario(suite: StartedSuite, outcome: Outcome) -> None:
         after = await _counts(stubs)
         if after != before:
             failures.append(f"stored data changed: {before} -> {after}")
-        memory = {r.name: _rss_mib(r.process.pid) for r in suite.running[2:]}
+        memory = {r.name: peak_rss_mib(r.process.pid) for r in suite.running[2:]}
         outcome.notes.append("peak RSS MiB: " + ", ".join(f"{k} {v}" for k, v in memory.items()))
         failures += [f"{k} grew to {v} MiB" for k, v in memory.items() if v > 600]
         outcome.wrong = len(failures)
@@ -307,13 +308,6 @@ async def _counts(stubs: Stubs) -> tuple[int, int]:
     customers = await stubs.sync.ListCustomers(sync_pb2.ListCustomersRequest(account_id=ACCOUNT))
     invoices = await stubs.sync.ListInvoices(sync_pb2.ListInvoicesRequest(account_id=ACCOUNT))
     return len(customers.customers), len(invoices.invoices)
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
 
 
 def test_hostile_input_at_every_door(

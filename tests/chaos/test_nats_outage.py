@@ -23,11 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
-from arbridge.common.v1 import common_pb2
-from arbridge.events.v1 import events_pb2
 from arbridge.sync.v1 import sync_pb2
 from arbridge_devinfra.infra import Infra, PrivateNats, with_database
 from arbridge_devinfra.onboarding import (
@@ -35,46 +32,19 @@ from arbridge_devinfra.onboarding import (
     connect,
     install_smart_events,
     manual_sync,
+    until,
     wait_for_sync,
 )
 from arbridge_devinfra.sandboxes import Sandbox
 from arbridge_devinfra.suite import StartedSuite
-from tests.chaos.harness import Ledger, Outcome, chaos_suite, until
+from tests.chaos.checks import invoices_by_record, republished_events
+from tests.chaos.harness import Ledger, Outcome, chaos_suite
 
 pytestmark = pytest.mark.chaos
 ACCOUNT = "acme"
 FLOOD_SECONDS = 60.0
 RATE = 15
 OUTAGE_AT, OUTAGE_SECONDS = 15.0, 30.0
-
-
-async def _all_invoices(stubs: Stubs) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    token = ""
-    while True:
-        reply = await stubs.sync.ListInvoices(
-            sync_pb2.ListInvoicesRequest(
-                account_id=ACCOUNT, page=common_pb2.PageRequest(page_size=500, page_token=token)
-            )
-        )
-        found.update({i.record_no: i for i in reply.invoices})
-        token = reply.page.next_page_token
-        if not token:
-            return found
-
-
-async def _republished(dsn: str) -> int:
-    """AR invoice events in sync's outbox that repeat a (record, version) already there."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch("SELECT payload FROM sync.outbox WHERE subject LIKE 'ar.invoice.%'")
-    finally:
-        await conn.close()
-    seen: collections.Counter[tuple[str, int]] = collections.Counter()
-    for row in rows:
-        event = events_pb2.InvoiceChanged.FromString(row["payload"])
-        seen[(event.invoice.record_no, event.invoice.version)] += 1
-    return sum(n - 1 for n in seen.values() if n > 1)
 
 
 async def _scenario(
@@ -87,7 +57,7 @@ async def _scenario(
             await connect(stubs, suite, ACCOUNT)
             assert (await wait_for_sync(stubs, ACCOUNT)).state == sync_pb2.SYNC_STATE_SUCCEEDED
             await install_smart_events(stubs, sandbox, suite, ACCOUNT)
-            keys = sorted(await _all_invoices(stubs))
+            keys = sorted(await invoices_by_record(stubs, ACCOUNT))
             rng.shuffle(keys)
             keys = keys[:200]
             last_value: dict[str, str] = {}
@@ -143,15 +113,15 @@ async def _scenario(
             }
 
             async def stored() -> bool:
-                store = await _all_invoices(stubs)
+                store = await invoices_by_record(stubs, ACCOUNT)
                 return all(store[k].po_number == v for k, v in acknowledged.items())
 
             try:
                 await until("acknowledged edits in the AR store", stored, timeout=120, every=1.0)
-            except AssertionError as exc:
+            except TimeoutError as exc:
                 outcome.notes.append(str(exc))
             outcome.recovery_seconds = round(time.monotonic() - back_at, 1)
-            store = await _all_invoices(stubs)
+            store = await invoices_by_record(stubs, ACCOUNT)
             lost = [k for k, v in acknowledged.items() if store[k].po_number != v]
             outcome.lost = len(lost)
             if lost:
@@ -160,12 +130,12 @@ async def _scenario(
             # The daily sync's repair: then every edited invoice agrees with Intacct.
             repaired = await manual_sync(stubs, ACCOUNT, timeout=300)
             assert repaired.state == sync_pb2.SYNC_STATE_SUCCEEDED, repaired.error
-            store = await _all_invoices(stubs)
+            store = await invoices_by_record(stubs, ACCOUNT)
             wrong = [k for k, v in last_value.items() if store[k].po_number != v]
             outcome.wrong = len(wrong)
             if wrong:
                 outcome.notes.append(f"wrong after the repair: {wrong[:5]}")
-            outcome.duplicated = await _republished(dsn)
+            outcome.duplicated = await republished_events(dsn)
     finally:
         await stubs.close()
 

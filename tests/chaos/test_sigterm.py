@@ -28,11 +28,11 @@ from arbridge.payments.v1 import payments_pb2
 from arbridge.rules.v1 import rules_pb2
 from arbridge.sync.v1 import sync_pb2
 from arbridge_devinfra.infra import Infra
-from arbridge_devinfra.onboarding import Stubs, onboard
+from arbridge_devinfra.onboarding import Stubs, onboard, until
 from arbridge_devinfra.sandboxes import Sandbox
 from arbridge_devinfra.suite import StartedSuite
 from tests.chaos.checks import ChargeLedger, card_targets, charge_until_answered, settle_charges
-from tests.chaos.harness import Ledger, Outcome, chaos_suite, until
+from tests.chaos.harness import Ledger, Outcome, chaos_suite
 
 pytestmark = pytest.mark.chaos
 ACCOUNT = "acme"

@@ -28,11 +28,11 @@ from lxml import etree
 
 from arbridge.sync.v1 import sync_pb2
 from arbridge_devinfra.infra import Infra, with_database
-from arbridge_devinfra.onboarding import Stubs, connect, manual_sync, wait_for_sync
+from arbridge_devinfra.onboarding import Stubs, connect, manual_sync, until, wait_for_sync
 from arbridge_devinfra.sandboxes import Sandbox
 from arbridge_devinfra.suite import StartedSuite
-from tests.chaos.harness import Ledger, Outcome, chaos_suite, until
-from tests.chaos.test_nats_outage import _all_invoices, _republished
+from tests.chaos.checks import invoices_by_record, republished_events
+from tests.chaos.harness import Ledger, Outcome, chaos_suite
 
 pytestmark = pytest.mark.chaos
 ACCOUNT = "acme"
@@ -110,7 +110,7 @@ async def _scenario(suite: StartedSuite, dsn: str, outcome: Outcome, rng: random
             )
             for spec in setup.events:
                 await sandbox.add_smart_event(spec)
-            keys = sorted(await _all_invoices(stubs))
+            keys = sorted(await invoices_by_record(stubs, ACCOUNT))
             rng.shuffle(keys)
             keys = keys[:120]
             last: dict[str, str] = {}
@@ -145,7 +145,7 @@ async def _scenario(suite: StartedSuite, dsn: str, outcome: Outcome, rng: random
                 return int(done) >= stored_events
 
             await until("sync handling every stored event", handled, timeout=180, every=0.5)
-            store = await _all_invoices(stubs)
+            store = await invoices_by_record(stubs, ACCOUNT)
             newest = _newest_delivered(network)
             rolled_back = [
                 k
@@ -159,11 +159,11 @@ async def _scenario(suite: StartedSuite, dsn: str, outcome: Outcome, rng: random
             # The repair (the daily sync): then everything agrees with Intacct.
             repaired = await manual_sync(stubs, ACCOUNT, timeout=300)
             assert repaired.state == sync_pb2.SYNC_STATE_SUCCEEDED, repaired.error
-            store = await _all_invoices(stubs)
+            store = await invoices_by_record(stubs, ACCOUNT)
             wrong = [k for k in keys if store[k].po_number != last[k]]
             outcome.recovery_seconds = round(time.monotonic() - began, 1)
             outcome.wrong = len(wrong) + len(rolled_back)
-            outcome.duplicated = await _republished(dsn)
+            outcome.duplicated = await republished_events(dsn)
             for what, items in (("rolled back", rolled_back), ("wrong after repair", wrong)):
                 if items:
                     outcome.notes.append(f"{what}: {items[:5]}")

@@ -59,6 +59,17 @@ async def _store_po(db: asyncpg.Connection, schema: str, keys: list[str]) -> dic
     return {r["record_no"]: r["po_number"] for r in rows}
 
 
+def _inbound(delivery_id: str, body: bytes, token: str) -> sync_pb2.InboundEvent:
+    """An Intacct event as a forwarder hands it over, with the account's URL token."""
+    return sync_pb2.InboundEvent(
+        account_id=ACCOUNT,
+        body=body,
+        content_type="application/xml",
+        delivery_id=delivery_id,
+        url_token=token,
+    )
+
+
 async def _updates(db: asyncpg.Connection, schema: str) -> int:
     return int(
         await db.fetchval(
@@ -105,13 +116,7 @@ async def test_both_doors_at_once_and_a_resumed_stream(
             before = await _updates(db, schema)
 
             def inbound(key: str, body: bytes) -> sync_pb2.InboundEvent:
-                return sync_pb2.InboundEvent(
-                    account_id=ACCOUNT,
-                    body=body,
-                    content_type="application/xml",
-                    delivery_id=f"fwd-{key}",
-                    url_token=token,
-                )
+                return _inbound(f"fwd-{key}", body, token)
 
             async def requests() -> AsyncIterator[sync_pb2.StreamIngestEventsRequest]:
                 for key, body in bodies.items():
@@ -267,16 +272,7 @@ async def test_an_overtaken_event_of_the_same_second_does_not_roll_a_record_back
             async def deliver(bodies: dict[str, bytes], tag: str) -> None:
                 reply = await sync.IngestEvents(
                     sync_pb2.IngestEventsRequest(
-                        events=[
-                            sync_pb2.InboundEvent(
-                                account_id=ACCOUNT,
-                                body=body,
-                                content_type="application/xml",
-                                delivery_id=f"{tag}-{key}",
-                                url_token=token,
-                            )
-                            for key, body in bodies.items()
-                        ]
+                        events=[_inbound(f"{tag}-{k}", b, token) for k, b in bodies.items()]
                     )
                 )
                 assert {r.outcome for r in reply.results} == {sync_pb2.INGEST_OUTCOME_ACCEPTED}

@@ -78,17 +78,22 @@ class ServiceProcess:
 
     def peak_rss_mib(self) -> float:
         """The process's peak resident memory so far (the kernel's VmHWM), in MiB."""
-        try:
-            status = Path(f"/proc/{self.process.pid}/status").read_text()
-        except OSError:
-            return 0.0
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-        return 0.0
+        return peak_rss_mib(self.process.pid)
 
     def logs(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+def peak_rss_mib(pid: int) -> float:
+    """A process's peak resident memory so far (the kernel's VmHWM), in MiB; 0 when gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def start_process(

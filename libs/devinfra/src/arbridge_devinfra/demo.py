@@ -24,10 +24,10 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import grpc
@@ -44,6 +44,7 @@ from arbridge_devinfra.onboarding import (
     deposit_everywhere,
     install_smart_events,
     open_invoices,
+    until,
     wait_for_sync,
 )
 from arbridge_devinfra.sandboxes import Sandbox, SandboxRefused
@@ -51,7 +52,6 @@ from arbridge_devinfra.suite import StartedSuite, free_ports, started_suite
 from arbridge_runtime.money import from_minor, to_minor
 
 ACCOUNT = "demo"
-T = TypeVar("T")
 
 
 class DemoFailed(Exception):
@@ -64,18 +64,6 @@ class Summary:
 
     def add(self, what: str, value: object) -> None:
         self.facts.append((what, str(value)))
-
-
-async def _until(
-    what: str, check: Callable[[], Awaitable[T | None]], timeout: float, every: float = 0.25
-) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = await check()
-        if found:
-            return found
-        await asyncio.sleep(every)
-    raise DemoFailed(f"{what} did not happen within {timeout:.0f}s")
 
 
 async def _story(suite: StartedSuite, say: Callable[[str], None], traces: Path) -> Summary:
@@ -166,7 +154,7 @@ async def _story(suite: StartedSuite, say: Callable[[str], None], traces: Path) 
                 done = [c for c in found if c.state == payments_pb2.CHARGE_STATE_SUCCEEDED]
                 return done[0] if done else None
 
-            charge = await _until("the rule's charge", charged, timeout=120)
+            charge = await until("the rule's charge", charged, timeout=120)
             charged_seconds = time.monotonic() - created_at
             say(
                 f"   charged {from_minor(charge.amount.amount_minor, currency)} {currency} "
@@ -177,7 +165,7 @@ async def _story(suite: StartedSuite, say: Callable[[str], None], traces: Path) 
             async def applied() -> bool:
                 return to_minor(await sandbox.invoice_due(record_no), currency) == 0
 
-            await _until("the payment applied in Intacct", applied, timeout=120)
+            await until("the payment applied in Intacct", applied, timeout=120)
             applied_seconds = time.monotonic() - created_at
             say(f"   applied in Intacct: amount due 0.00, {applied_seconds * 1000:.0f} ms in all")
 
@@ -302,7 +290,7 @@ def run_demo(root: Path, name: str = "demo") -> int:
             say=say,
         ) as suite:
             summary = asyncio.run(_story(suite, say, traces))
-    except (DemoFailed, SandboxRefused, grpc.aio.AioRpcError) as exc:
+    except (DemoFailed, SandboxRefused, TimeoutError, grpc.aio.AioRpcError) as exc:
         detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
         print(f"\ndemo failed: {detail}", flush=True)
         return 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc.aio
 
@@ -19,6 +19,23 @@ from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_devinfra.sandboxes import Sandbox, SandboxRefused
 from arbridge_devinfra.suite import StartedSuite
 from arbridge_runtime.grpc_client import service_channel
+
+T = TypeVar("T")
+
+
+async def until(
+    what: str, check: Callable[[], Awaitable[T | None]], timeout: float, every: float = 0.25
+) -> T:
+    """Asks ``check`` every ``every`` seconds until it answers something true; returns that.
+    Raises TimeoutError naming ``what`` (and the last answer) when ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise TimeoutError(f"{what} did not happen within {timeout:.0f}s (last: {last!r})")
 
 
 @dataclass
@@ -120,15 +137,15 @@ async def install_smart_events(
     return len(setup.events)
 
 
-async def open_invoices(stubs: Stubs, account: str) -> list[Any]:
-    """Every invoice of the AR store with an amount due."""
+async def invoices(stubs: Stubs, account: str, *, open_only: bool = False) -> list[Any]:
+    """Every invoice of the AR store (only those with an amount due, with ``open_only``)."""
     found: list[Any] = []
     token = ""
     while True:
         reply = await stubs.sync.ListInvoices(
             sync_pb2.ListInvoicesRequest(
                 account_id=account,
-                open_only=True,
+                open_only=open_only,
                 page=common_pb2.PageRequest(page_size=500, page_token=token),
             )
         )
@@ -136,6 +153,11 @@ async def open_invoices(stubs: Stubs, account: str) -> list[Any]:
         token = reply.page.next_page_token
         if not token:
             return found
+
+
+async def open_invoices(stubs: Stubs, account: str) -> list[Any]:
+    """Every invoice of the AR store with an amount due."""
+    return await invoices(stubs, account, open_only=True)
 
 
 async def deposit_everywhere(stubs: Stubs, account: str) -> tuple[list[str], list[str]]:

@@ -299,7 +299,7 @@ class JobRunner:
         seen: set[str] = set()
         for attempt in range(self.transient_retries + 1):
             try:
-                await self._stream(account_id, synced, request, progress, seen)
+                await self._stream(account_id, synced, request, tax_field, progress, seen)
                 break
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in TRANSIENT or attempt == self.transient_retries:
@@ -321,16 +321,10 @@ class JobRunner:
         account_id: str,
         synced: Synced,
         request: connector_pb2.StreamRecordsRequest,
+        tax_field: str,
         progress: ObjectProgress,
         seen: set[str],
     ) -> None:
-        async with self.pool.acquire() as conn:
-            tax_field = (
-                await conn.fetchval(
-                    "SELECT level2_tax_field FROM preferences WHERE account_id = $1", account_id
-                )
-                or ""
-            )
         # Reading goes on while a batch is written: a queue of a few batches between them.
         queue: asyncio.Queue[list[dict[str, str]] | None] = asyncio.Queue(maxsize=4)
 

@@ -308,11 +308,9 @@ def _event(table: Table, row: Mapping[str, Any], change: Change) -> tuple[str, M
 async def _announce(
     conn: asyncpg.Connection, outbox: Outbox, table: Table, row: Mapping[str, Any], change: Change
 ) -> None:
-    if table.event is None:
-        return
-    event = table.event(row, change)
+    event = _event(table, row, change)
     if event is not None:
-        await outbox.add(conn, f"{table.subject}.{_VERB[change]}", event)
+        await outbox.add(conn, *event)
 
 
 async def delete(
