@@ -167,19 +167,6 @@ async def test_an_invoice_created_in_intacct_is_charged_by_its_rule_and_explaine
             rules_pb2.SetCustomerAutoPayRequest(account_id="acme", customer_id=opted, enabled=False)
         )
         # A dry run of a draft rule: the open invoices it would charge, when and how much.
-        preview = await rules.PreviewRule(
-            rules_pb2.PreviewRuleRequest(
-                account_id="acme",
-                draft=rules_pb2.Rule(
-                    name="on the due date at 09:00",
-                    timing=rules_pb2.Timing(
-                        trigger=rules_pb2.TIMING_TRIGGER_ON_DUE_DATE, time_of_day="09:00"
-                    ),
-                    conditions=rules_pb2.Conditions(currencies=[currency]),
-                ),
-                limit=500,
-            )
-        )
         by_record = {
             i.record_no: i
             for found in (await open_invoices_by_customer(suite, "acme")).values()
@@ -196,6 +183,29 @@ async def test_an_invoice_created_in_intacct_is_charged_by_its_rule_and_explaine
             ).replace(tzinfo=ZoneInfo("America/Los_Angeles"))
             > datetime.now(UTC)
         ]
+
+        # The rules service learns of the cards just added from payments' events, so
+        # its preview catches up with them shortly after.
+        async def previewed() -> rules_pb2.PreviewRuleResponse:
+            return await rules.PreviewRule(
+                rules_pb2.PreviewRuleRequest(
+                    account_id="acme",
+                    draft=rules_pb2.Rule(
+                        name="on the due date at 09:00",
+                        timing=rules_pb2.Timing(
+                            trigger=rules_pb2.TIMING_TRIGGER_ON_DUE_DATE, time_of_day="09:00"
+                        ),
+                        conditions=rules_pb2.Conditions(currencies=[currency]),
+                    ),
+                    limit=500,
+                )
+            )
+
+        preview = await previewed()
+        deadline = time.monotonic() + 15
+        while preview.matching_invoices != len(expected) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            preview = await previewed()
         assert preview.matching_invoices == len(expected) > 0
         zone = ZoneInfo("America/Los_Angeles")
         for item in preview.items:
