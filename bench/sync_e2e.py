@@ -32,6 +32,7 @@ from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_devinfra.infra import ensure_infra, scratch_database
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
+from tests.support.runtime_env import machine_cpu
 from tests.support.suite import install_smart_events, running_suite
 
 LATENCY_MS = 150
@@ -69,6 +70,7 @@ async def run(
                         json={"latency_ms": LATENCY_MS, "concurrency_limit": CONCURRENCY},
                     ) as reply:
                         assert reply.status == 200, await reply.text()
+                    cpu_before, machine_before = suite.cpu_seconds(), machine_cpu()
                     started = time.perf_counter()
                     await connector.ConnectAccount(
                         connector_pb2.ConnectAccountRequest(
@@ -86,12 +88,20 @@ async def run(
                         sync_pb2.SYNC_STATE_SUCCEEDED,
                         sync_pb2.SYNC_STATE_FAILED,
                     ):
-                        await asyncio.sleep(0.5)
+                        await asyncio.sleep(0.1)
                         syncs = (
                             await sync.ListSyncs(sync_pb2.ListSyncsRequest(account_id="acme"))
                         ).syncs
                         job = syncs[0] if syncs else None
                     initial_seconds = time.perf_counter() - started
+                    cpu_after, machine_after = suite.cpu_seconds(), machine_cpu()
+                    cpu = {
+                        name: round(cpu_after[name] - cpu_before.get(name, 0.0), 1)
+                        for name in cpu_after
+                    }
+                    busy = (machine_after[0] - machine_before[0]) / (
+                        machine_after[1] - machine_before[1]
+                    )
                     job_seconds = job.elapsed_seconds
                     assert job.state == sync_pb2.SYNC_STATE_SUCCEEDED, job.error
                     async with http.get(f"{admin_url}/stats?company={company}") as reply:
@@ -162,6 +172,8 @@ async def run(
         "initial_sync_time_bound_seconds": round(bound_seconds, 2),
         "initial_sync_over_bound": round(initial_seconds / bound_seconds, 2),
         "records_synced": records,
+        "initial_sync_cpu_seconds": cpu,
+        "initial_sync_machine_busy": round(busy, 2),
         "pages_by_object": {
             common_pb2.ObjectType.Name(p.object_type): n
             for p, n in zip(job.objects, pages, strict=True)

@@ -80,8 +80,32 @@ class ServiceProcess:
         """The process's peak resident memory so far (the kernel's VmHWM), in MiB."""
         return peak_rss_mib(self.process.pid)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far, in seconds."""
+        return cpu_seconds(self.process.pid)
+
     def logs(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in seconds; 0 when gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # The fields after the command name, which is in parentheses and may hold spaces.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """The machine's CPU time so far as (busy, total) seconds over all cores."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    total = sum(ticks[:8])  # guest time is already counted in user
+    rate = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / rate, total / rate
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import TOKEN
-from tests.support.runtime_env import ROOT, ServiceProcess, service_env, start_process
+from tests.support.runtime_env import (
+    ROOT,
+    ServiceProcess,
+    cpu_seconds,
+    service_env,
+    start_process,
+)
 
 WEBHOOK_SECRET = "test-webhook-master-secret-0123456789"
 
@@ -25,9 +31,17 @@ class Suite:
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     # The card gateway sandbox's ready info (base_url, username, password) when payments runs.
     cards: dict[str, Any] = field(default_factory=dict)
+    sandbox_pid: int = 0
 
     def target(self, name: str) -> str:
         return self.processes[name].grpc_target
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time each process (the Intacct sandbox included) has used so far, in seconds."""
+        used = {name: process.cpu_seconds() for name, process in self.processes.items()}
+        if self.sandbox_pid:
+            used["intacct sandbox"] = cpu_seconds(self.sandbox_pid)
+        return used
 
     def peak_memory(self) -> dict[str, float]:
         """Each arbridge process's peak resident memory so far, in MiB (benchmarks report it)."""
@@ -84,7 +98,7 @@ def running_suite(
         cwd=ROOT,
     )
     log.close()
-    suite = Suite(sandbox={})
+    suite = Suite(sandbox={}, sandbox_pid=sandbox.pid)
     try:
         deadline = time.monotonic() + 300
         while not ready.exists():

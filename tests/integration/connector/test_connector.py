@@ -136,6 +136,47 @@ async def test_a_full_read_costs_one_session_and_the_minimum_pages(
         assert usage.total_calls == sum(by_function.values())
 
 
+async def test_a_walk_asks_for_the_next_page_while_the_reader_is_busy(
+    database_url: str, unique: str
+) -> None:
+    import asyncio
+
+    async with (
+        live_sandbox(customers=50, invoices=7000) as live,
+        connector_harness(database_url, unique, live) as h,
+    ):
+        await h.stub.ConnectAccount(h.connect_request())
+        client = await h.core.client("acct-1")
+        await live.admin("POST", "/sandbox/stats/reset")
+        walk = client.stream_query("ARINVOICE", ["RECORDNO"], page_size=2000)
+        seen: list[str] = []
+        async for _, records in walk:
+            seen.extend(str(r["RECORDNO"]) for r in records)
+            if len(seen) == 2000:
+                # The reader holds the first page: the walk has already asked for the
+                # second (its first key is known), and for no more than that.
+                await asyncio.sleep(0.3)
+                assert (await h.stats())["functions"]["query"] == 2
+        assert len(seen) == len(set(seen)) == 7000
+        assert (await h.stats())["functions"]["query"] == math.ceil(7000 / 2000)
+
+        # A reader that stops early leaves no page being fetched behind it.
+        await live.admin("PUT", f"/sandbox/companies/{COMPANY}/faults", json={"latency_ms": 300})
+        await live.admin("POST", "/sandbox/stats/reset")
+        early = client.stream_query("ARINVOICE", ["RECORDNO"], page_size=2000)
+        async for _ in early:
+            break
+        await early.aclose()  # the second page's request is cancelled in flight
+        await asyncio.sleep(0.5)
+        assert (await h.stats())["functions"]["query"] <= 2
+        assert not [
+            t
+            for t in asyncio.all_tasks()
+            if getattr(t.get_coro(), "__qualname__", "")
+            == "IntacctClient.stream_query.<locals>.page"
+        ]
+
+
 async def test_incremental_reads_use_the_company_time_zone(database_url: str, unique: str) -> None:
     from datetime import UTC, datetime, timedelta
 

@@ -24,6 +24,7 @@ from typing import Any
 from lxml import etree
 
 from arbridge_intacct_sandbox.schema import BOOL, DATE, DATETIME, DECIMAL, INT, FieldDef
+from arbridge_runtime.dates import us_datetime
 
 Predicate = Callable[[Mapping[str, str]], bool]
 
@@ -40,11 +41,11 @@ def typed(field: FieldDef, raw: str) -> Any:
         if field.type in (INT, DECIMAL):
             return Decimal(raw)
         if field.type == DATE:
-            return datetime.strptime(raw[:10], "%m/%d/%Y")
+            return us_datetime(raw[:10]) or datetime.strptime(raw[:10], "%m/%d/%Y")
         if field.type == DATETIME:
             if len(raw) > 10:
-                return datetime.strptime(raw, "%m/%d/%Y %H:%M:%S")
-            return datetime.strptime(raw, "%m/%d/%Y")
+                return us_datetime(raw) or datetime.strptime(raw, "%m/%d/%Y %H:%M:%S")
+            return us_datetime(raw) or datetime.strptime(raw, "%m/%d/%Y")
     except (ValueError, InvalidOperation):
         return raw
     return raw

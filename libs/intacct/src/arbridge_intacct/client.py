@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Protocol
@@ -51,6 +52,7 @@ from arbridge_intacct.response import (
     StreamingResponseReader,
 )
 from arbridge_runtime import tracing
+from arbridge_runtime.dates import us_datetime
 from arbridge_runtime.xml import XmlRejected
 
 log = structlog.get_logger(__name__)
@@ -74,6 +76,16 @@ class Credentials:
             f"Credentials(company_id={self.company_id!r}, user_id={self.user_id!r}, "
             f"sender_id={self.sender_id!r}, entity_id={self.entity_id!r}, passwords=***)"
         )
+
+
+# How urgently the requests made in this context need one of the company's slots:
+# a limiter that orders its waiters serves the highest first. Single calls (a
+# write, a read, a permission check) come first; a query walk's first page next;
+# then each walk by the pages it has left, so of several walks at once (a sync
+# reads six objects through two slots) the longest never waits behind the others.
+INTERACTIVE = 1 << 30
+WALK_START = 1 << 20
+SLOT_PRIORITY: ContextVar[int] = ContextVar("intacct_slot_priority", default=INTERACTIVE)
 
 
 class Limiter(Protocol):
@@ -166,11 +178,13 @@ class IntacctClient:
         """Intacct's company-local timestamp (or date) as a UTC moment."""
         if not text:
             return None
-        fmt = LOCAL_FORMAT if len(text) > 10 else "%m/%d/%Y"
-        try:
-            naive = datetime.strptime(text, fmt)
-        except ValueError:
-            return None
+        naive = us_datetime(text)
+        if naive is None:
+            fmt = LOCAL_FORMAT if len(text) > 10 else "%m/%d/%Y"
+            try:
+                naive = datetime.strptime(text, fmt)
+            except ValueError:
+                return None
         return naive.replace(tzinfo=self.tz).astimezone(UTC)
 
     # Sessions --------------------------------------------------------------------------
@@ -360,7 +374,7 @@ class IntacctClient:
         docparid: str = "",
         page_size: int = QUERY_PAGE,
         key_field: str = "RECORDNO",
-    ) -> AsyncIterator[tuple[Data, list[Record]]]:
+    ) -> AsyncGenerator[tuple[Data, list[Record]], None]:
         """Pages of records ordered by RECORDNO, walked by key, not by offset.
 
         Each page asks for records with ``RECORDNO > last``: a record changed
@@ -370,8 +384,9 @@ class IntacctClient:
         minimum number of calls, ceil(total / page_size).
         """
         fields = list(dict.fromkeys([key_field, *fields]))
-        last: int | None = None
-        while True:
+
+        async def page(last: int | None, pages_left: int) -> Data:
+            SLOT_PRIORITY.set(pages_left)  # this task's own context
             keyed = list(conditions)
             if last is not None:
                 keyed.append(rq.Condition("greaterthan", key_field, (str(last),)))
@@ -388,13 +403,29 @@ class IntacctClient:
             result = response.results[0]
             if not result.ok:
                 raise classify(result.errors, level="result")
-            data = result.data or Data()
-            records = data.records
-            if records:
-                last = int(str(records[-1].get(key_field, last or 0)))
-            yield data, records
-            if not records or (data.numremaining or 0) == 0:
-                return
+            return result.data or Data()
+
+        # The next page is asked for as soon as this one's last key is known, while
+        # this one is handed out: the walk goes at Intacct's pace, not the reader's.
+        pending: asyncio.Future[Data] | None = asyncio.ensure_future(page(None, WALK_START))
+        try:
+            while pending is not None:
+                data = await pending
+                pending = None
+                records = data.records
+                if records and (data.numremaining or 0) > 0:
+                    last = str(records[-1].get(key_field, ""))
+                    if not last.isdigit():
+                        raise MalformedResponse(
+                            f"a {object_name} page's last record has no numeric {key_field}"
+                        )
+                    left = min(WALK_START - 1, -(-(data.numremaining or 0) // page_size))
+                    pending = asyncio.ensure_future(page(int(last), left))
+                yield data, records
+        finally:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
 
     # Writing ---------------------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 * Concurrency: a request holds one of N PostgreSQL advisory locks for its
   company while it is in flight. Locks belong to a connection, so a replica
-  that dies releases its slots with its connections.
+  that dies releases its slots with its connections. A slot given back in a
+  replica goes at once to that replica's waiters, highest ``SLOT_PRIORITY``
+  first (single calls, then query walks by the pages they have left); slots
+  given back elsewhere are found by polling.
 * Rate: a token bucket per company in ``intacct_rate``; a request that takes
   the bucket below zero waits out the debt, so replicas share one rate.
 * Metering: every function sent is counted per account, UTC day and function.
@@ -11,14 +14,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
-from prometheus_client import Counter
+from prometheus_client import Counter as MetricCounter
+
+from arbridge_intacct.client import SLOT_PRIORITY
 
 _SLOT_NAMESPACE = 0x1A7A  # keeps these locks apart from any other two-key advisory lock
 
@@ -29,32 +37,72 @@ def _company_key(company_id: str) -> int:
 
 
 @dataclass
+class _Releases:
+    """One company's slots as this process sees them: how many it gave back (a count
+    and a wake-up for its waiters) and the priorities of those waiting."""
+
+    count: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: Counter[int] = field(default_factory=Counter)
+
+    def outranked(self, priority: int) -> bool:
+        return any(p > priority for p in self.waiting)
+
+    def leave(self, priority: int) -> None:
+        """A waiter stopped waiting: those it outranked look again at once."""
+        self.waiting[priority] -= 1
+        if not self.waiting[priority]:
+            del self.waiting[priority]
+        self.pulse()
+
+    def pulse(self) -> None:
+        self.count += 1
+        self.wake.set()  # wakes every current waiter; later ones wait for the next pulse
+        self.wake.clear()
+
+
+@dataclass
 class PgLimiter:
     pool: asyncpg.Pool
     concurrency: int
     rate_per_second: float
     max_wait_seconds: float = 600.0
+    # A slot given back here is taken at once by a waiter here; slots given back
+    # by other replicas are found by polling.
+    _releases: dict[str, _Releases] = field(default_factory=dict, init=False, repr=False)
 
     @asynccontextmanager
     async def slot(self, company_id: str) -> AsyncIterator[None]:
         key = _company_key(company_id)
+        releases = self._releases.setdefault(company_id, _Releases())
+        priority = SLOT_PRIORITY.get()
         conn: asyncpg.Connection = await self.pool.acquire()
         held: int | None = None
+        releases.waiting[priority] += 1
+        waiting = True
         try:
             delay = 0.005
             waited = 0.0
             while held is None:
-                for slot in range(self.concurrency):
+                seen = releases.count
+                # A waiter here with a higher priority goes first.
+                for slot in range(0 if releases.outranked(priority) else self.concurrency):
                     if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", key, slot):
                         held = slot
                         break
                 else:
                     if waited > self.max_wait_seconds:
                         raise TimeoutError(f"no Intacct slot for {company_id} in {waited:.0f}s")
+                    if releases.count != seen:
+                        continue  # a slot came back while this one was trying
                     pause = random.uniform(delay / 2, delay)  # noqa: S311 (jitter)
-                    await asyncio.sleep(pause)
-                    waited += pause
+                    began = time.monotonic()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(releases.wake.wait(), pause)
+                    waited += time.monotonic() - began
                     delay = min(delay * 2, 0.1)
+            waiting = False
+            releases.leave(priority)
             tokens = await conn.fetchval(
                 """INSERT INTO intacct_rate (company_id, tokens, updated_at)
                    VALUES ($1, $2 - 1, now())
@@ -71,16 +119,22 @@ class PgLimiter:
                 await asyncio.sleep(-tokens / self.rate_per_second)
             yield
         finally:
-            if held is not None:
-                await conn.execute("SELECT pg_advisory_unlock($1, $2)", key, held)
-            await self.pool.release(conn)
+            if waiting:  # gave up (an error, a cancellation)
+                releases.leave(priority)
+            try:
+                if held is not None:
+                    await conn.execute("SELECT pg_advisory_unlock($1, $2)", key, held)
+            finally:
+                await self.pool.release(conn)
+                if held is not None:
+                    releases.pulse()
 
 
 @dataclass
 class PgMeter:
     pool: asyncpg.Pool
     account_id: str
-    calls: Counter | None = None
+    calls: MetricCounter | None = None
 
     async def record(self, functions: Sequence[str]) -> None:
         counts: dict[str, int] = {}

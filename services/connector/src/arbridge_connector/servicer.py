@@ -18,6 +18,7 @@ from arbridge_connector.objects import object_for
 from arbridge_connector.repository import AccountRow
 from arbridge_intacct import request as rq
 from arbridge_intacct.errors import ErrorDetail, IntacctError
+from arbridge_runtime.dates import timestamp
 from arbridge_runtime.errors import InvalidArgument
 
 # Records per StreamRecords message.
@@ -205,14 +206,13 @@ class ConnectorService(connector_pb2_grpc.ConnectorServiceServicer):
             for start in range(0, len(records), STREAM_BATCH):
                 batch = connector_pb2.RecordBatch()
                 for fields in records[start : start + STREAM_BATCH]:
-                    record = batch.records.add(
+                    modified = client.from_local(str(fields.get(obj.modified_field, "")))
+                    batch.records.add(
                         object_type=request.object_type,
                         record_no=str(fields.get(obj.key_field, "")),
-                        fields={k: str(v) for k, v in fields.items()},
+                        fields=fields,  # flattened: every value is text
+                        when_modified=None if modified is None else timestamp(modified),
                     )
-                    modified = client.from_local(str(fields.get(obj.modified_field, "")))
-                    if modified is not None:
-                        record.when_modified.FromDatetime(modified)
                 yield connector_pb2.StreamRecordsResponse(batch=batch)
 
     async def GetRecords(

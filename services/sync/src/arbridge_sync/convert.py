@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from arbridge.common.v1 import ar_pb2, common_pb2
+from arbridge_runtime.dates import timestamp
 
 _STATES = {
     "draft": ar_pb2.INVOICE_STATE_DRAFT,
@@ -34,17 +35,15 @@ def _json(value: Any) -> Any:
 
 
 def _stamp(local: datetime | None, time_zone: str) -> Timestamp | None:
+    """Company-local wall time as an instant."""
     if local is None:
         return None
-    zone = ZoneInfo(time_zone or "UTC")
-    ts = Timestamp()
-    ts.FromDatetime(local.replace(tzinfo=zone))  # aware: protobuf converts to UTC
-    return ts
+    return timestamp(local.replace(tzinfo=ZoneInfo(time_zone) if time_zone else UTC))
 
 
 def customer(row: Mapping[str, Any], time_zone: str = "") -> ar_pb2.Customer:
     contact = _json(row["contact"]) or {}
-    message = ar_pb2.Customer(
+    return ar_pb2.Customer(
         account_id=row["account_id"],
         record_no=row["record_no"],
         customer_id=row["customer_id"],
@@ -56,6 +55,7 @@ def customer(row: Mapping[str, Any], time_zone: str = "") -> ar_pb2.Customer:
         groups=list(row["groups"]),
         custom_fields=_json(row["custom_fields"]) or {},
         version=row.get("version", 1),
+        intacct_modified_at=_stamp(row.get("intacct_modified"), time_zone),
         display_contact=ar_pb2.Contact(
             name=contact.get("CONTACTNAME", ""),
             email=contact.get("EMAIL1", ""),
@@ -71,10 +71,6 @@ def customer(row: Mapping[str, Any], time_zone: str = "") -> ar_pb2.Customer:
         ),
         bill_to=ar_pb2.Contact(name=contact.get("CONTACTNAME", "")),
     )
-    stamp = _stamp(row.get("intacct_modified"), time_zone)
-    if stamp:
-        message.intacct_modified_at.CopyFrom(stamp)
-    return message
 
 
 def _money(minor: int | None, currency: str) -> common_pb2.Money:
@@ -101,18 +97,16 @@ def invoice(row: Mapping[str, Any], time_zone: str = "") -> ar_pb2.Invoice:
         po_number=row["po_number"],
         custom_fields=_json(row["custom_fields"]) or {},
         version=row.get("version", 1),
+        intacct_modified_at=_stamp(row.get("intacct_modified"), time_zone),
         allow_partial_payment=True,
     )
     if row.get("tax_minor") is not None:
         message.tax.CopyFrom(_money(row["tax_minor"], currency))
-    stamp = _stamp(row.get("intacct_modified"), time_zone)
-    if stamp:
-        message.intacct_modified_at.CopyFrom(stamp)
     return message
 
 
 def payment(row: Mapping[str, Any], time_zone: str = "") -> ar_pb2.Payment:
-    message = ar_pb2.Payment(
+    return ar_pb2.Payment(
         account_id=row["account_id"],
         record_no=row["record_no"],
         customer_id=row["customer_id"],
@@ -121,11 +115,8 @@ def payment(row: Mapping[str, Any], time_zone: str = "") -> ar_pb2.Payment:
         reference=row["reference"],
         received_date=row["received_date"].isoformat() if row["received_date"] else "",
         version=row.get("version", 1),
+        intacct_modified_at=_stamp(row.get("intacct_modified"), time_zone),
     )
-    stamp = _stamp(row.get("intacct_modified"), time_zone)
-    if stamp:
-        message.intacct_modified_at.CopyFrom(stamp)
-    return message
 
 
 def bank_account(row: Mapping[str, Any]) -> ar_pb2.BankAccount:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
+from arbridge_runtime.dates import us_datetime
 from arbridge_runtime.money import to_minor
 
 INVOICE_STATES = {
@@ -42,16 +43,23 @@ def minor_units(value: str, currency: str, field: str) -> int:
 def intacct_date(value: str, field: str) -> date | None:
     if not value:
         return None
-    try:
+    fast = us_datetime(value[:10])
+    if fast is not None:
+        return fast.date()
+    try:  # the forms strptime also takes (unpadded months and days)
         return datetime.strptime(value[:10], "%m/%d/%Y").date()
     except ValueError:
         raise Unmappable(f"{field} {value!r} is not a date (MM/DD/YYYY)") from None
 
 
 def intacct_timestamp(value: str) -> datetime | None:
+    """``MM/DD/YYYY HH:MM:SS`` (or a bare date), company-local wall time."""
     if not value:
         return None
-    for fmt in ("%m/%d/%Y %H:%M:%S", "%m/%d/%Y"):
+    fast = us_datetime(value)
+    if fast is not None:
+        return fast
+    for fmt in ("%m/%d/%Y %H:%M:%S", "%m/%d/%Y"):  # the forms strptime also takes
         try:
             return datetime.strptime(value, fmt)
         except ValueError:

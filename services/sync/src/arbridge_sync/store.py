@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
 from typing import Any, TypeAlias
 
 import asyncpg
 from google.protobuf.message import Message
 
 from arbridge.events.v1 import events_pb2
+from arbridge_runtime.dates import now_timestamp
 from arbridge_runtime.jetstream import Outbox
 from arbridge_sync import convert
 
@@ -28,21 +27,21 @@ EventFactory = Callable[[Mapping[str, Any], Change], Message | None]
 
 
 def _customer_event(row: Mapping[str, Any], change: Change) -> Message:
-    event = events_pb2.CustomerChanged(change=change, customer=convert.customer(row))
-    event.occurred_at.GetCurrentTime()
-    return event
+    return events_pb2.CustomerChanged(
+        change=change, customer=convert.customer(row), occurred_at=now_timestamp()
+    )
 
 
 def _invoice_event(row: Mapping[str, Any], change: Change) -> Message:
-    event = events_pb2.InvoiceChanged(change=change, invoice=convert.invoice(row))
-    event.occurred_at.GetCurrentTime()
-    return event
+    return events_pb2.InvoiceChanged(
+        change=change, invoice=convert.invoice(row), occurred_at=now_timestamp()
+    )
 
 
 def _payment_event(row: Mapping[str, Any], change: Change) -> Message:
-    event = events_pb2.PaymentChanged(change=change, payment=convert.payment(row))
-    event.occurred_at.GetCurrentTime()
-    return event
+    return events_pb2.PaymentChanged(
+        change=change, payment=convert.payment(row), occurred_at=now_timestamp()
+    )
 
 
 @dataclass(frozen=True)
@@ -249,7 +248,13 @@ async def apply(
                 continue
         # A key twice in one batch: the later row stands (one statement cannot write twice).
         to_write[key] = (row, CREATED if old is None else UPDATED)
-    versions = await _upsert(conn, table, key_cols, [row for row, _ in to_write.values()])
+    versions = await _upsert(
+        conn,
+        table,
+        key_cols,
+        [row for row, _ in to_write.values()],
+        all_new=not existing and not gone,
+    )
     events: list[tuple[str, Message]] = []
     for key, (row, change) in to_write.items():
         version = versions.get(key)
@@ -265,37 +270,58 @@ async def apply(
     return counts
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
-
-
 async def _upsert(
     conn: asyncpg.Connection,
     table: Table,
     key_cols: Sequence[str],
     rows: Sequence[Mapping[str, Any]],
+    *,
+    all_new: bool = False,
 ) -> dict[tuple[Any, ...], int]:
-    """Writes rows in one statement (newer data only); the version of each row written."""
+    """Writes rows (newer data only); the version of each row written.
+
+    The rows go in by binary COPY: ``all_new`` rows (none of their keys stored)
+    straight into the table; others into a session-local staging table and from
+    there in one INSERT ... ON CONFLICT, which empties the staging table (as
+    does every commit), so it never holds rows between batches.
+    """
     if not rows:
         return {}
+    if not conn.is_in_transaction():
+        raise RuntimeError("store writes run inside the caller's transaction")
+    jsonb = table.json_columns
+    records = [
+        tuple(json.dumps(row[c]) if c in jsonb else row[c] for c in table.columns) for row in rows
+    ]
+    if all_new:
+        # None of these keys was stored a moment ago (an initial sync's batches): straight
+        # into the table. A key another writer stored since fails the copy as a whole,
+        # and the rows go the general way below.
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(table.name, columns=table.columns, records=records)
+            return {tuple(str(row[c]) for c in key_cols): 1 for row in rows}
+        except asyncpg.UniqueViolationError:
+            pass
+    stage = f"stage_{table.name}"
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table.name} INCLUDING DEFAULTS)"
+        " ON COMMIT DELETE ROWS"
+    )
+    await conn.copy_records_to_table(stage, columns=table.columns, records=records)
     columns = ", ".join(table.columns)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in table.columns if c not in table.key)
-    records = await conn.fetch(
-        f"INSERT INTO {table.name} ({columns}) SELECT {columns}"
-        f" FROM jsonb_populate_recordset(NULL::{table.name}, $1::jsonb)"
+    written = await conn.fetch(
+        f"WITH staged AS (DELETE FROM {stage} RETURNING *)"
+        f" INSERT INTO {table.name} ({columns}) SELECT {columns} FROM staged"
         f" ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates},"
         f" version = {table.name}.version + 1, deleted = false, updated_at = now()"
         f" WHERE NOT {table.name}.deleted AND {table.name}.data_hash <> EXCLUDED.data_hash"
         f" AND ({table.name}.intacct_modified IS NULL OR EXCLUDED.intacct_modified IS NULL"
         f" OR {table.name}.intacct_modified <= EXCLUDED.intacct_modified)"
-        f" RETURNING {', '.join(key_cols)}, version",
-        json.dumps([{c: _jsonable(row[c]) for c in table.columns} for row in rows]),
+        f" RETURNING {', '.join(key_cols)}, version"
     )
-    return {tuple(str(r[c]) for c in key_cols): int(r["version"]) for r in records}
+    return {tuple(str(r[c]) for c in key_cols): int(r["version"]) for r in written}
 
 
 def _event(table: Table, row: Mapping[str, Any], change: Change) -> tuple[str, Message] | None:

@@ -1,0 +1,116 @@
+"""The AR store's batch writes against real PostgreSQL: the straight copy of new rows,
+its fallback when a key turns up meanwhile, and the events each write announces."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from arbridge.events.v1 import events_pb2
+from arbridge_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
+from arbridge_runtime.jetstream import Outbox
+from arbridge_sync import mapping, store
+
+
+def _invoice(record_no: int, modified: str = "10/01/2026 10:00:00", due: str = "100.00") -> Any:
+    return mapping.invoice_row(
+        "acme",
+        {
+            "RECORDNO": str(record_no),
+            "RECORDID": f"INV-{record_no}",
+            "STATE": "Posted",
+            "CUSTOMERID": "C-1",
+            "CURRENCY": "USD",
+            "TRX_TOTALENTERED": due,
+            "TRX_TOTALPAID": "0",
+            "TRX_TOTALDUE": due,
+            "WHENCREATED": "10/01/2026",
+            "WHENDUE": "10/31/2026",
+            "WHENMODIFIED": modified,
+            "PAYMENT_LINK": f"https://pay.example/{record_no}",
+        },
+        "",
+    )
+
+
+async def _events(conn: asyncpg.Connection) -> list[tuple[str, events_pb2.InvoiceChanged]]:
+    rows = await conn.fetch("SELECT id, subject, payload FROM outbox ORDER BY seq")
+    assert len({r["id"] for r in rows}) == len(rows)  # every event its own id
+    return [(r["subject"], events_pb2.InvoiceChanged.FromString(r["payload"])) for r in rows]
+
+
+async def test_new_rows_are_copied_in_and_each_announced(database_url: str, unique: str) -> None:
+    await migrate(
+        database_url, unique, [*runtime_migrations(), *load_migrations("arbridge_sync", "sync")]
+    )
+    pool = await create_pool(database_url, unique)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            counts = await store.apply(
+                conn, Outbox(), store.INVOICES, [_invoice(n) for n in range(1, 501)]
+            )
+        assert (counts.created, counts.updated) == (500, 0)
+        async with pool.acquire() as conn:
+            stored = await conn.fetch(
+                "SELECT record_no, version, custom_fields, due_minor, invoice_date::text"
+                " FROM invoices ORDER BY record_no::int"
+            )
+            assert len(stored) == 500
+            first = stored[0]
+            assert (first["record_no"], first["version"], first["due_minor"]) == ("1", 1, 10000)
+            assert first["invoice_date"] == "2026-10-01"
+            assert '"PAYMENT_LINK": "https://pay.example/1"' in first["custom_fields"]
+            events = await _events(conn)
+        assert [s for s, _ in events] == ["ar.invoice.created"] * 500
+        assert [e.invoice.record_no for _, e in events] == [str(n) for n in range(1, 501)]
+        # Events stamp the company-local wall time as UTC (the store keeps it local).
+        modified = datetime(2026, 10, 1, 10, tzinfo=UTC)
+        assert events[0][1].invoice.intacct_modified_at.seconds == int(modified.timestamp())
+        assert events[0][1].occurred_at.seconds > 0
+    finally:
+        await pool.close()
+
+
+async def test_a_key_stored_meanwhile_sends_the_batch_the_general_way(
+    database_url: str, unique: str
+) -> None:
+    await migrate(
+        database_url, unique, [*runtime_migrations(), *load_migrations("arbridge_sync", "sync")]
+    )
+    pool = await create_pool(database_url, unique)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await store.apply(conn, Outbox(), store.INVOICES, [_invoice(7)])
+        newer = [_invoice(n, modified="10/02/2026 09:00:00", due="55.00") for n in (6, 7, 8)]
+        async with pool.acquire() as conn, conn.transaction():
+            # As if another writer stored 7 after this batch was checked: the straight
+            # copy fails on it, and the upsert writes all three in the same transaction.
+            versions = await store._upsert(conn, store.INVOICES, ["record_no"], newer, all_new=True)
+            assert versions == {("6",): 1, ("7",): 2, ("8",): 1}
+            # The same table again in the same transaction: the staging table was emptied.
+            again = [_invoice(n, modified="10/03/2026 09:00:00", due="44.00") for n in (6, 8)]
+            assert await store._upsert(conn, store.INVOICES, ["record_no"], again) == {
+                ("6",): 2,
+                ("8",): 2,
+            }
+        async with pool.acquire() as conn:
+            due = dict(
+                await conn.fetch("SELECT record_no, due_minor FROM invoices ORDER BY record_no")
+            )
+            assert due == {"6": 4400, "7": 5500, "8": 4400}
+            # An older version of a stored record changes nothing.
+            async with conn.transaction():
+                counts = await store.apply(
+                    conn, Outbox(), store.INVOICES, [_invoice(7, due="1.00")]
+                )
+            assert (counts.created, counts.updated, counts.stale) == (0, 0, 1)
+            assert (
+                await conn.fetchval("SELECT due_minor FROM invoices WHERE record_no = '7'") == 5500
+            )
+            staged = await conn.fetchval("SELECT to_regclass('pg_temp.stage_invoices') IS NULL")
+            if not staged:
+                assert await conn.fetchval("SELECT count(*) FROM pg_temp.stage_invoices") == 0
+    finally:
+        await pool.close()
