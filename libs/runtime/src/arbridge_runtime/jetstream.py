@@ -205,11 +205,6 @@ class OutboxRelay:
         return f"arbridge_outbox_{self.schema}"
 
     async def run(self, stop: asyncio.Event) -> None:
-        import os
-
-        if os.environ.get("XNORELAY") and self.schema.endswith("_sync"):
-            await stop.wait()
-            return
         notifier = Notifier(self.pool, self.channel)
         self._wake = notifier.wake
         listening = asyncio.create_task(notifier.run(stop))
