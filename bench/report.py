@@ -116,6 +116,15 @@ class Report:
             ax.set_title("Initial sync: wall time beside the latency/concurrency bound")
 
         chart = self.plot("sync", draw, (7, 2.4))
+        cpu = r.get("initial_sync_cpu_seconds", {})
+        cpu_text = (
+            "CPU time used meanwhile (the machine's two cores were "
+            f"{r.get('initial_sync_machine_busy', 0) * 100:.0f}% busy over the wall time; "
+            "postgres is every PostgreSQL process, the shared server's):\n\n"
+            + _table(["process", "CPU seconds"], [[k, v] for k, v in sorted(cpu.items())])
+            if cpu
+            else ""
+        )
         lag_chart = self._cdf("ar_store_lag", {"change to AR store": lags}, "ms")
         self.sections.append(
             "## Initial sync and event lag\n\n"
@@ -123,14 +132,18 @@ class Report:
             f"sandbox company; the initial sync reads six months ({r['records_synced']:,} "
             f"records). The sandbox answers each call after {p['intacct_latency_ms']} ms and "
             f"refuses a third concurrent call (it saw at most {r.get('intacct_max_concurrency')} "
-            f"at once, throttled {r.get('intacct_throttled')}). The bound is "
-            "max(longest object's pages, ceil(all pages / 2)) x latency, plus the session: "
-            "one object's pages follow one another (each asks for the keys after the last).\n\n"
+            f"at once, throttled {r.get('intacct_throttled')}). The wall time runs from the "
+            "ConnectAccount call to the sync's end. The bound is max(longest object's pages, "
+            "ceil(all pages / 2)) x latency, plus the connect's two requests (the session, "
+            "then the permission and multi-entity checks): one object's pages follow one "
+            "another (each asks for the keys after the last).\n\n"
             + _table(
                 ["object", "pages of 2,000"],
                 [[k.removeprefix("OBJECT_TYPE_").lower(), v] for k, v in pages.items()],
             )
-            + f"\n\n{chart}\n\nThen {r['changes_applied']:,} changes made in the sandbox's UI, "
+            + f"\n\n{chart}\n\n"
+            + cpu_text
+            + "\n\nThen {r['changes_applied']:,} changes made in the sandbox's UI, "
             "each firing a smart event through the gateway: time from the change to the "
             f"record in the AR store, p50 {r['lag_ms_p50']} ms, p99 {r['lag_ms_p99']} ms.\n\n"
             f"{lag_chart}\n"

@@ -99,6 +99,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_by_command(commands: tuple[str, ...]) -> dict[str, float]:
+    """CPU time used so far by the live processes with each of these command names
+    (all of PostgreSQL's backends, say), in seconds."""
+    used = dict.fromkeys(commands, 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        command = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if command in used:
+            used[command] += cpu_seconds(int(entry.name))
+    return used
+
+
 def machine_cpu() -> tuple[float, float]:
     """The machine's CPU time so far as (busy, total) seconds over all cores."""
     ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]

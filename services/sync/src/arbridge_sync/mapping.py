@@ -67,9 +67,14 @@ def intacct_timestamp(value: str) -> datetime | None:
     raise Unmappable(f"WHENMODIFIED {value!r} is not an Intacct timestamp")
 
 
+# One encoder for every row (json.dumps would build one per call); the output is
+# what json.dumps(material, sort_keys=True, default=str) gives, as stored hashes are.
+_HASH_JSON = json.JSONEncoder(sort_keys=True, default=str)
+
+
 def _hash(row: Mapping[str, Any]) -> str:
-    material = {k: v for k, v in row.items() if k not in ("intacct_modified",)}
-    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+    material = {k: v for k, v in row.items() if k != "intacct_modified"}
+    return hashlib.sha256(_HASH_JSON.encode(material).encode()).hexdigest()
 
 
 def _currency(f: Mapping[str, str], default: str = "USD") -> str:
