@@ -32,6 +32,11 @@ def test_padded_forms_read_as_strptime_reads_them(text: str) -> None:
         "\uff111/26/2026",  # a full-width digit
         "11/26/2026T10:03:04",
         "11/26/2026 10:03",
+        "11/26/+026",  # what fromisoformat would take as a sign
+        "-1/26/2026",
+        "11/26/2026 10: 3:04",
+        "11/26/2026 10:03:0Z",
+        "11/26/2026 10:03:04.5",
     ],
 )
 def test_anything_else_is_none(text: str) -> None:

@@ -17,27 +17,19 @@ from google.protobuf.timestamp_pb2 import Timestamp
 def us_datetime(text: str) -> datetime | None:
     """``MM/DD/YYYY`` (at midnight) or ``MM/DD/YYYY HH:MM:SS``, zero-padded; else None."""
     size = len(text)
-    if size not in (10, 19) or text[2] != "/" or text[5] != "/":
+    if size < 10 or text[2] != "/" or text[5] != "/":
         return None
-    digits = text[0:2] + text[3:5] + text[6:10]
-    if size == 19:
-        if text[10] != " " or text[13] != ":" or text[16] != ":":
-            return None
-        digits += text[11:13] + text[14:16] + text[17:19]
-    if not (digits.isascii() and digits.isdigit()):
+    if size == 10:
+        iso = f"{text[6:10]}-{text[0:2]}-{text[3:5]}"
+    elif size == 19 and text[10] == " " and text[13] == ":" and text[16] == ":":
+        iso = f"{text[6:10]}-{text[0:2]}-{text[3:5]}T{text[11:19]}"
+    else:
+        return None
+    if not iso.isascii():
         return None
     try:
-        if size == 10:
-            return datetime(int(digits[4:8]), int(digits[0:2]), int(digits[2:4]))
-        return datetime(
-            int(digits[4:8]),
-            int(digits[0:2]),
-            int(digits[2:4]),
-            int(digits[8:10]),
-            int(digits[10:12]),
-            int(digits[12:14]),
-        )
-    except ValueError:  # 02/30, 25:00:00
+        return datetime.fromisoformat(iso)  # in C: checks every digit and the calendar
+    except ValueError:  # 02/30, 25:00:00, a letter where a digit goes
         return None
 
 

@@ -45,6 +45,7 @@ log = structlog.get_logger(__name__)
 WINDOW = timedelta(days=183)
 PAGE = 2000
 BATCH = 500
+WRITERS = 2  # batches of one object written at once
 LEASE = timedelta(seconds=60)
 # Invoices and payments are read for the six-month window. Customers are read
 # whole: an invoice in the window needs its customer even when the customer
@@ -346,14 +347,22 @@ class JobRunner:
             # (Cancelled: the writer failed and is not reading; nothing more to put.)
             await queue.put(None)
 
-        reader = asyncio.create_task(read())
-        try:
+        async def write() -> None:
             while (batch := await queue.get()) is not None:
                 await self._apply(account_id, synced, batch, tax_field, progress, seen)
+            queue.put_nowait(None)  # the end, for the other writer
+
+        reader = asyncio.create_task(read())
+        # Two writers, each on its own connection: one maps its batch while the
+        # other's waits on PostgreSQL. A walk's batches hold distinct records.
+        writers = [asyncio.create_task(write()) for _ in range(WRITERS)]
+        try:
+            await asyncio.gather(*writers)
         finally:
-            if not reader.done():
-                reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            for task in (reader, *writers):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(reader, *writers, return_exceptions=True)
         await reader  # the stream's own error (a refusal, Intacct unavailable), if any
 
     async def _apply(
