@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
 from arbridge.common.v1 import common_pb2
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_devinfra.onboarding import manual_sync
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
 from tests.support.suite import connect_and_sync, running_suite
+
+
+@dataclass
+class _Sync:
+    sync: sync_pb2_grpc.SyncServiceAsyncStub
 
 
 async def test_a_batch_postgresql_refuses_fails_the_sync_and_stops_its_readers(
@@ -25,7 +32,7 @@ async def test_a_batch_postgresql_refuses_fails_the_sync_and_stops_its_readers(
             # Sync's schema exists once the service has started; about one invoice in
             # a hundred is refused by the database.
             await db.execute(
-                f'ALTER TABLE "{unique}_sync".invoices ADD CONSTRAINT refuse_one'
+                f'ALTER TABLE "{unique}_sync".invoices ADD CONSTRAINT refuse_some'
                 " CHECK (right(record_no, 2) <> '77')"
             )
             finished = await asyncio.wait_for(connect_and_sync(suite, "acme"), 120)
@@ -33,28 +40,13 @@ async def test_a_batch_postgresql_refuses_fails_the_sync_and_stops_its_readers(
             assert "CheckViolationError" in finished.error
             stored = await db.fetchval(f'SELECT count(*) FROM "{unique}_sync".invoices')
             # The service goes on: it answers, and a sync after the fix completes.
-            await db.execute(f'ALTER TABLE "{unique}_sync".invoices DROP CONSTRAINT refuse_one')
+            await db.execute(f'ALTER TABLE "{unique}_sync".invoices DROP CONSTRAINT refuse_some')
             channel = service_channel(suite.target("sync"), TOKEN)
             try:
-                stub = sync_pb2_grpc.SyncServiceStub(channel)
-                estimate = await stub.EstimateSync(sync_pb2.EstimateSyncRequest(account_id="acme"))
-                started = await stub.StartSync(
-                    sync_pb2.StartSyncRequest(
-                        account_id="acme",
-                        kind=sync_pb2.SYNC_KIND_MANUAL,
-                        confirmation_token=estimate.confirmation_token,
-                    )
-                )
-                last = None
-                async for update in stub.WatchSync(
-                    sync_pb2.WatchSyncRequest(account_id="acme", sync_id=started.sync.sync_id),
-                    timeout=120,
-                ):
-                    last = update.sync
-                assert last is not None
-                assert last.state == sync_pb2.SYNC_STATE_SUCCEEDED
+                last = await manual_sync(_Sync(sync_pb2_grpc.SyncServiceStub(channel)), "acme", 120)
             finally:
                 await channel.close(None)
+            assert last.state == sync_pb2.SYNC_STATE_SUCCEEDED
             invoices = await db.fetchval(
                 f'SELECT count(*) FROM "{unique}_sync".invoices WHERE NOT deleted'
             )

@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc.aio
 
@@ -87,8 +87,15 @@ async def connect(
     )
 
 
+class HasSync(Protocol):
+    """What the sync helpers below use of :class:`Stubs` (a test's own stub will do)."""
+
+    @property
+    def sync(self) -> sync_pb2_grpc.SyncServiceAsyncStub: ...
+
+
 async def wait_for_sync(
-    stubs: Stubs,
+    stubs: HasSync,
     account: str,
     *,
     sync_id: str = "",
@@ -112,7 +119,7 @@ async def wait_for_sync(
     raise TimeoutError(f"the sync of {account} did not end within {timeout:.0f}s")
 
 
-async def manual_sync(stubs: Stubs, account: str, timeout: float = 600) -> sync_pb2.Sync:
+async def manual_sync(stubs: HasSync, account: str, timeout: float = 600) -> sync_pb2.Sync:
     """Sync Account: the estimate, then the sync, waited for."""
     estimate = await stubs.sync.EstimateSync(sync_pb2.EstimateSyncRequest(account_id=account))
     started = await stubs.sync.StartSync(
