@@ -89,3 +89,31 @@ async def test_a_cancelled_waiter_stops_outranking_the_others(limiter: PgLimiter
     assert got == ["holder", "low"]
     assert high.cancelled()
     assert limiter._releases["C"].waiting == {}
+
+
+async def test_a_low_priority_waiter_is_not_starved_by_a_stream_of_higher_ones(
+    limiter: PgLimiter,
+) -> None:
+    limiter.patience_seconds = 0.3
+    got: list[str] = []
+    release = asyncio.Event()
+    holder = await _held(limiter, got, release)
+    low = asyncio.create_task(_take(limiter, got, "low", 1))
+    flood: list[asyncio.Task[None]] = []
+
+    async def keep_one_higher_waiting() -> None:
+        while "low" not in got:
+            if sum(not t.done() for t in flood) < 3:
+                flood.append(asyncio.create_task(_take(limiter, got, "high", 50)))
+            await asyncio.sleep(0.002)
+
+    flooding = asyncio.create_task(keep_one_higher_waiting())
+    await asyncio.sleep(0.05)
+    release.set()
+    # Higher priorities go first while its patience lasts; then it takes its turn
+    # although higher ones are still queued.
+    await asyncio.wait_for(low, 30)
+    assert "high" in got[: got.index("low")]
+    assert any(not t.done() for t in flood)  # overtaken ones were still waiting
+    await flooding
+    await asyncio.gather(holder, *flood)

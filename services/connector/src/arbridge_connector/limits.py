@@ -4,8 +4,8 @@
   company while it is in flight. Locks belong to a connection, so a replica
   that dies releases its slots with its connections. A slot given back in a
   replica goes at once to that replica's waiters, highest ``SLOT_PRIORITY``
-  first (single calls, then query walks by the pages they have left); slots
-  given back elsewhere are found by polling.
+  first (single calls, then query walks by the pages they have left) until a
+  waiter's patience runs out; slots given back elsewhere are found by polling.
 * Rate: a token bucket per company in ``intacct_rate``; a request that takes
   the bucket below zero waits out the debt, so replicas share one rate.
 * Metering: every function sent is counted per account, UTC day and function.
@@ -67,6 +67,9 @@ class PgLimiter:
     concurrency: int
     rate_per_second: float
     max_wait_seconds: float = 600.0
+    # How long a waiter gives way to higher priorities at most: after that it tries
+    # for every freed slot, so a long walk cannot starve a short one.
+    patience_seconds: float = 10.0
     # A slot given back here is taken at once by a waiter here; slots given back
     # by other replicas are found by polling.
     _releases: dict[str, _Releases] = field(default_factory=dict, init=False, repr=False)
@@ -85,8 +88,9 @@ class PgLimiter:
             waited = 0.0
             while held is None:
                 seen = releases.count
-                # A waiter here with a higher priority goes first.
-                for slot in range(0 if releases.outranked(priority) else self.concurrency):
+                # A waiter here with a higher priority goes first, for a while.
+                yields = waited < self.patience_seconds and releases.outranked(priority)
+                for slot in range(0 if yields else self.concurrency):
                     if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", key, slot):
                         held = slot
                         break
