@@ -77,6 +77,7 @@ def build(args: argparse.Namespace) -> tuple[Sandbox, web.Application]:
     )
 
     def default_company() -> None:
+        gc.unfreeze()  # a reset: the company it replaces can be collected
         sandbox.add_company(
             make_company(
                 company_id=args.company_id,
@@ -88,8 +89,8 @@ def build(args: argparse.Namespace) -> tuple[Sandbox, web.Application]:
                 platform_services=not args.no_platform_services,
             )
         )
-        # The company lives as long as the process: frozen, the garbage collector no
-        # longer walks it (a full collection of a 100,000-invoice company stalled
+        # The company lives until a reset replaces it: frozen, the garbage collector
+        # no longer walks it (a full collection of a 100,000-invoice company stalled
         # whichever call set it off for about a second).
         gc.collect()
         gc.freeze()
