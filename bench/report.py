@@ -143,7 +143,7 @@ class Report:
             )
             + f"\n\n{chart}\n\n"
             + cpu_text
-            + "\n\nThen {r['changes_applied']:,} changes made in the sandbox's UI, "
+            + f"\n\nThen {r['changes_applied']:,} changes made in the sandbox's UI, "
             "each firing a smart event through the gateway: time from the change to the "
             f"record in the AR store, p50 {r['lag_ms_p50']} ms, p99 {r['lag_ms_p99']} ms.\n\n"
             f"{lag_chart}\n"
