@@ -44,6 +44,16 @@ async def _take(
         await asyncio.sleep(0.01)
 
 
+async def _waiting(limiter: PgLimiter, count: int, priority: int | None = None) -> None:
+    """Until ``count`` callers (of ``priority``, when given) wait for company C's slot."""
+    for _ in range(3000):
+        waiting = limiter._releases["C"].waiting
+        if (waiting[priority] if priority is not None else sum(waiting.values())) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} waiters did not queue")
+
+
 async def _held(limiter: PgLimiter, got: list[str], release: asyncio.Event) -> asyncio.Task[None]:
     holder = asyncio.create_task(_take(limiter, got, "holder", 0, release))
     while not got:
@@ -66,7 +76,7 @@ async def test_waiters_get_a_freed_slot_highest_priority_first(limiter: PgLimite
             ("first page", WALK_START),
         )
     ]
-    await asyncio.sleep(0.3)  # every waiter has tried and is waiting
+    await _waiting(limiter, 4)
     assert got == ["holder"]
     release.set()
     await asyncio.gather(holder, *waiters)
@@ -82,7 +92,7 @@ async def test_a_cancelled_waiter_stops_outranking_the_others(limiter: PgLimiter
     holder = await _held(limiter, got, release)
     high = asyncio.create_task(_take(limiter, got, "high", 50))
     low = asyncio.create_task(_take(limiter, got, "low", 1))
-    await asyncio.sleep(0.2)
+    await _waiting(limiter, 2)
     high.cancel()
     release.set()
     await asyncio.gather(holder, low)
@@ -108,7 +118,7 @@ async def test_a_low_priority_waiter_is_not_starved_by_a_stream_of_higher_ones(
             await asyncio.sleep(0.002)
 
     flooding = asyncio.create_task(keep_one_higher_waiting())
-    await asyncio.sleep(0.05)
+    await _waiting(limiter, 1, priority=50)
     release.set()
     # Higher priorities go first while its patience lasts; then it takes its turn
     # although higher ones are still queued.
