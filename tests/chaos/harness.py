@@ -26,15 +26,18 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 
 from arbridge_devinfra.infra import Infra
+from arbridge_devinfra.onboarding import Stubs
+from arbridge_devinfra.sandboxes import Sandbox
 from arbridge_devinfra.suite import StartedSuite, drop_streams, free_ports, started_suite
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "chaos.json"
@@ -73,7 +76,9 @@ class Ledger:
     def __init__(self) -> None:
         self.outcomes: list[Outcome] = []
 
-    def record(self, outcome: Outcome) -> Outcome:
+    def start(self, scenario: str) -> Outcome:
+        """A scenario's outcome, recorded, with the run's seed (``CHAOS_SEED``, else 7)."""
+        outcome = Outcome(scenario, int(os.environ.get("CHAOS_SEED", "7")))
         self.outcomes.append(outcome)
         return outcome
 
@@ -176,3 +181,16 @@ async def _drop(infra: Infra, name: str) -> None:
         pass  # a private server already gone
     with contextlib.suppress(Exception):  # a private server already gone
         await drop_streams(infra.nats_url, name)
+
+
+@asynccontextmanager
+async def clients(suite: StartedSuite, deadline: float) -> AsyncIterator[tuple[Stubs, Sandbox]]:
+    """What a scenario drives the suite with: gRPC stubs (calls end after ``deadline``
+    seconds) and the sandboxes' admin (its ``http`` session serves any other HTTP);
+    closed when it ends."""
+    stubs = Stubs.of(suite, deadline=deadline)
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield stubs, Sandbox(http, suite)
+    finally:
+        await stubs.close()

@@ -11,11 +11,9 @@ nothing of acme's may change.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import grpc
 import pytest
 from google.protobuf import json_format
@@ -39,7 +37,7 @@ from arbridge_devinfra.sandboxes import Sandbox
 from arbridge_devinfra.suite import StartedSuite
 from arbridge_runtime import webhooks
 from arbridge_runtime.grpc_client import service_channel
-from tests.chaos.harness import Ledger, Outcome, chaos_suite
+from tests.chaos.harness import Ledger, Outcome, chaos_suite, clients
 
 pytestmark = pytest.mark.chaos
 SERVICES = {
@@ -138,61 +136,56 @@ async def _state(stubs: Stubs, ids: dict[str, str]) -> tuple[Any, ...]:
 
 
 async def _scenario(suite: StartedSuite, outcome: Outcome) -> None:
-    stubs = Stubs.of(suite, deadline=30)
-    try:
-        async with aiohttp.ClientSession() as http:
-            sandbox = Sandbox(http, suite)
-            ids = await _acme(stubs, sandbox, suite)
-            await connect(stubs, suite, "globex")
-            await wait_for_sync(stubs, "globex")
-            before = await _state(stubs, ids)
-            unique = {k: v for k, v in ids.items() if k not in ("customer_id", "invoice_record_no")}
-            leaks: list[str] = []
-            for service, (module, name) in SERVICES.items():
-                descriptor = module.DESCRIPTOR.services_by_name[name]
-                channel = service_channel(suite.target(service), suite.token, deadline=30)
-                try:
-                    for method in descriptor.methods:
-                        if method.name in SKIPPED or method.client_streaming:
-                            continue
-                        request = _request(module, method, ids)
-                        if not any(f.name == "account_id" for f in method.input_type.fields):
-                            continue
-                        outcome.attempted += 1
-                        path = f"/{descriptor.full_name}/{method.name}"
-                        output = getattr(module, method.output_type.name)
-                        answers = await _call(channel, path, method, request, output)
-                        if answers is None:
-                            continue
-                        outcome.acknowledged += 1
-                        text = "".join(json_format.MessageToJson(a) for a in answers)
-                        for what, value in unique.items():
-                            if value and value in text:
-                                leaks.append(f"{method.name} answered globex with acme's {what}")
-                finally:
-                    await channel.close(None)
-            # Acme's webhook token on globex's address.
-            secret = (suite.root / ".infra" / "webhook.secret").read_text().strip()
-            acme_token = webhooks.url_token(secret, "acme")
-            outcome.attempted += 1
-            async with http.post(
-                f"{suite.webhooks_base}/v1/intacct/globex/{acme_token}",
-                data=b"<intacct-event><object>CUSTOMER</object><action>set</action></intacct-event>",
-                headers={"Content-Type": "application/xml"},
-            ) as reply:
-                if reply.status != 401:
-                    leaks.append(f"acme's webhook token accepted for globex ({reply.status})")
-            after = await _state(stubs, ids)
-            if after != before:
-                leaks.append(f"acme's records changed: {before} -> {after}")
-            outcome.cross_account = len(leaks)
-            outcome.notes += leaks[:10]
-            outcome.notes.append(
-                f"{outcome.attempted} calls as globex with acme's identifiers;"
-                f" {outcome.acknowledged} answered OK (with globex's own data)"
-            )
-    finally:
-        await stubs.close()
+    async with clients(suite, deadline=30) as (stubs, sandbox):
+        ids = await _acme(stubs, sandbox, suite)
+        await connect(stubs, suite, "globex")
+        await wait_for_sync(stubs, "globex")
+        before = await _state(stubs, ids)
+        unique = {k: v for k, v in ids.items() if k not in ("customer_id", "invoice_record_no")}
+        leaks: list[str] = []
+        for service, (module, name) in SERVICES.items():
+            descriptor = module.DESCRIPTOR.services_by_name[name]
+            channel = service_channel(suite.target(service), suite.token, deadline=30)
+            try:
+                for method in descriptor.methods:
+                    if method.name in SKIPPED or method.client_streaming:
+                        continue
+                    request = _request(module, method, ids)
+                    if not any(f.name == "account_id" for f in method.input_type.fields):
+                        continue
+                    outcome.attempted += 1
+                    path = f"/{descriptor.full_name}/{method.name}"
+                    output = getattr(module, method.output_type.name)
+                    answers = await _call(channel, path, method, request, output)
+                    if answers is None:
+                        continue
+                    outcome.acknowledged += 1
+                    text = "".join(json_format.MessageToJson(a) for a in answers)
+                    for what, value in unique.items():
+                        if value and value in text:
+                            leaks.append(f"{method.name} answered globex with acme's {what}")
+            finally:
+                await channel.close(None)
+        # Acme's webhook token on globex's address.
+        secret = (suite.root / ".infra" / "webhook.secret").read_text().strip()
+        acme_token = webhooks.url_token(secret, "acme")
+        outcome.attempted += 1
+        async with sandbox.http.post(
+            f"{suite.webhooks_base}/v1/intacct/globex/{acme_token}",
+            data=b"<intacct-event><object>CUSTOMER</object><action>set</action></intacct-event>",
+            headers={"Content-Type": "application/xml"},
+        ) as reply:
+            if reply.status != 401:
+                leaks.append(f"acme's webhook token accepted for globex ({reply.status})")
+        after = await _state(stubs, ids)
+        if after != before:
+            leaks.append(f"acme's records changed: {before} -> {after}")
+        outcome.cross_account = len(leaks)
+        outcome.notes += leaks[:10]
+        outcome.notes.append(
+            f"{outcome.attempted} calls as globex with acme's identifiers;"
+            f" {outcome.acknowledged} answered OK (with globex's own data)"
+        )
 
 
 async def _call(
@@ -224,9 +217,7 @@ async def _call(
 def test_one_accounts_identifiers_reach_nothing_of_another(
     tmp_path: Path, infra: Infra, unique: str, ledger: Ledger
 ) -> None:
-    outcome = ledger.record(
-        Outcome("another account's identifiers", int(os.environ.get("CHAOS_SEED", "7")))
-    )
+    outcome = ledger.start("another account's identifiers")
     with chaos_suite(tmp_path, infra, unique, outcome=outcome) as suite:
         asyncio.run(_scenario(suite, outcome))
     assert outcome.passed, outcome.json()

@@ -16,29 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import random
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from arbridge.sync.v1 import sync_pb2
 from arbridge_devinfra.infra import Infra, PrivateNats, with_database
 from arbridge_devinfra.onboarding import (
-    Stubs,
     connect,
     install_smart_events,
     manual_sync,
     until,
     wait_for_sync,
 )
-from arbridge_devinfra.sandboxes import Sandbox
 from arbridge_devinfra.suite import StartedSuite
 from tests.chaos.checks import invoices_by_record, republished_events
-from tests.chaos.harness import Ledger, Outcome, chaos_suite
+from tests.chaos.harness import Ledger, Outcome, chaos_suite, clients
 
 pytestmark = pytest.mark.chaos
 ACCOUNT = "acme"
@@ -50,101 +46,95 @@ OUTAGE_AT, OUTAGE_SECONDS = 15.0, 30.0
 async def _scenario(
     suite: StartedSuite, nats: PrivateNats, dsn: str, outcome: Outcome, rng: random.Random
 ) -> None:
-    stubs = Stubs.of(suite, deadline=60)
-    try:
-        async with aiohttp.ClientSession() as http:
-            sandbox = Sandbox(http, suite)
-            await connect(stubs, suite, ACCOUNT)
-            assert (await wait_for_sync(stubs, ACCOUNT)).state == sync_pb2.SYNC_STATE_SUCCEEDED
-            await install_smart_events(stubs, sandbox, suite, ACCOUNT)
-            keys = sorted(await invoices_by_record(stubs, ACCOUNT))
-            rng.shuffle(keys)
-            keys = keys[:200]
-            last_value: dict[str, str] = {}
-            began = time.monotonic()
+    async with clients(suite, deadline=60) as (stubs, sandbox):
+        await connect(stubs, suite, ACCOUNT)
+        assert (await wait_for_sync(stubs, ACCOUNT)).state == sync_pb2.SYNC_STATE_SUCCEEDED
+        await install_smart_events(stubs, sandbox, suite, ACCOUNT)
+        keys = sorted(await invoices_by_record(stubs, ACCOUNT))
+        rng.shuffle(keys)
+        keys = keys[:200]
+        last_value: dict[str, str] = {}
+        began = time.monotonic()
 
-            async def flood() -> int:
-                made = 0
-                while (elapsed := time.monotonic() - began) < FLOOD_SECONDS:
-                    key = keys[made % len(keys)]
-                    value = f"F-{made}"
-                    await sandbox.update_record("ARINVOICE", key, {"DOCNUMBER": value})
-                    last_value[key] = value
-                    made += 1
-                    await asyncio.sleep(max(0.0, made / RATE - elapsed))
-                return made
+        async def flood() -> int:
+            made = 0
+            while (elapsed := time.monotonic() - began) < FLOOD_SECONDS:
+                key = keys[made % len(keys)]
+                value = f"F-{made}"
+                await sandbox.update_record("ARINVOICE", key, {"DOCNUMBER": value})
+                last_value[key] = value
+                made += 1
+                await asyncio.sleep(max(0.0, made / RATE - elapsed))
+            return made
 
-            async def resync() -> sync_pb2.Sync:
-                await asyncio.sleep(10)
-                return await manual_sync(stubs, ACCOUNT, timeout=300)
+        async def resync() -> sync_pb2.Sync:
+            await asyncio.sleep(10)
+            return await manual_sync(stubs, ACCOUNT, timeout=300)
 
-            async def outage() -> float:
-                await asyncio.sleep(OUTAGE_AT)
-                await asyncio.to_thread(nats.stop)
-                await asyncio.sleep(OUTAGE_SECONDS)
-                await asyncio.to_thread(nats.start)
-                return time.monotonic()
+        async def outage() -> float:
+            await asyncio.sleep(OUTAGE_AT)
+            await asyncio.to_thread(nats.stop)
+            await asyncio.sleep(OUTAGE_SECONDS)
+            await asyncio.to_thread(nats.start)
+            return time.monotonic()
 
-            made, synced, back_at = await asyncio.gather(flood(), resync(), outage())
-            outcome.faults = 1
-            outcome.attempted = made
-            outcome.notes.append(
-                f"the Sync Account during the outage ended {sync_pb2.SyncState.Name(synced.state)}"
+        made, synced, back_at = await asyncio.gather(flood(), resync(), outage())
+        outcome.faults = 1
+        outcome.attempted = made
+        outcome.notes.append(
+            f"the Sync Account during the outage ended {sync_pb2.SyncState.Name(synced.state)}"
+        )
+        # Let Intacct's retries finish (1 + 3 + 9 s).
+        await asyncio.sleep(15)
+        log = [e for e in await sandbox.smart_event_log() if e["object"] == "ARINVOICE"]
+        delivered = [e for e in log if e["status"] == "delivered"]
+        outcome.acknowledged = len(delivered)
+        outcome.notes.append(
+            "deliveries: "
+            + ", ".join(
+                f"{k} {v}" for k, v in collections.Counter(e["status"] for e in log).items()
             )
-            # Let Intacct's retries finish (1 + 3 + 9 s).
-            await asyncio.sleep(15)
-            log = [e for e in await sandbox.smart_event_log() if e["object"] == "ARINVOICE"]
-            delivered = [e for e in log if e["status"] == "delivered"]
-            outcome.acknowledged = len(delivered)
-            outcome.notes.append(
-                "deliveries: "
-                + ", ".join(
-                    f"{k} {v}" for k, v in collections.Counter(e["status"] for e in log).items()
-                )
-            )
-            # The last edit of each invoice, if its event was acknowledged, is in the store.
-            last_delivery: dict[str, dict[str, Any]] = {}
-            for entry in log:
-                last_delivery[str(entry["recordno"])] = entry
-            acknowledged = {
-                key: value
-                for key, value in last_value.items()
-                if last_delivery.get(key, {}).get("status") == "delivered"
-            }
+        )
+        # The last edit of each invoice, if its event was acknowledged, is in the store.
+        last_delivery: dict[str, dict[str, Any]] = {}
+        for entry in log:
+            last_delivery[str(entry["recordno"])] = entry
+        acknowledged = {
+            key: value
+            for key, value in last_value.items()
+            if last_delivery.get(key, {}).get("status") == "delivered"
+        }
 
-            async def stored() -> bool:
-                store = await invoices_by_record(stubs, ACCOUNT)
-                return all(store[k].po_number == v for k, v in acknowledged.items())
-
-            try:
-                await until("acknowledged edits in the AR store", stored, timeout=120, every=1.0)
-            except TimeoutError as exc:
-                outcome.notes.append(str(exc))
-            outcome.recovery_seconds = round(time.monotonic() - back_at, 1)
+        async def stored() -> bool:
             store = await invoices_by_record(stubs, ACCOUNT)
-            lost = [k for k, v in acknowledged.items() if store[k].po_number != v]
-            outcome.lost = len(lost)
-            if lost:
-                outcome.notes.append(f"acknowledged but lost: {lost[:5]}")
+            return all(store[k].po_number == v for k, v in acknowledged.items())
 
-            # The daily sync's repair: then every edited invoice agrees with Intacct.
-            repaired = await manual_sync(stubs, ACCOUNT, timeout=300)
-            assert repaired.state == sync_pb2.SYNC_STATE_SUCCEEDED, repaired.error
-            store = await invoices_by_record(stubs, ACCOUNT)
-            wrong = [k for k, v in last_value.items() if store[k].po_number != v]
-            outcome.wrong = len(wrong)
-            if wrong:
-                outcome.notes.append(f"wrong after the repair: {wrong[:5]}")
-            outcome.duplicated = await republished_events(dsn)
-    finally:
-        await stubs.close()
+        try:
+            await until("acknowledged edits in the AR store", stored, timeout=120, every=1.0)
+        except TimeoutError as exc:
+            outcome.notes.append(str(exc))
+        outcome.recovery_seconds = round(time.monotonic() - back_at, 1)
+        store = await invoices_by_record(stubs, ACCOUNT)
+        lost = [k for k, v in acknowledged.items() if store[k].po_number != v]
+        outcome.lost = len(lost)
+        if lost:
+            outcome.notes.append(f"acknowledged but lost: {lost[:5]}")
+
+        # The daily sync's repair: then every edited invoice agrees with Intacct.
+        repaired = await manual_sync(stubs, ACCOUNT, timeout=300)
+        assert repaired.state == sync_pb2.SYNC_STATE_SUCCEEDED, repaired.error
+        store = await invoices_by_record(stubs, ACCOUNT)
+        wrong = [k for k, v in last_value.items() if store[k].po_number != v]
+        outcome.wrong = len(wrong)
+        if wrong:
+            outcome.notes.append(f"wrong after the repair: {wrong[:5]}")
+        outcome.duplicated = await republished_events(dsn)
 
 
 def test_nats_stopped_for_30s_during_a_webhook_flood_and_a_sync(
     tmp_path: Path, infra: Infra, unique: str, ledger: Ledger
 ) -> None:
-    seed = int(os.environ.get("CHAOS_SEED", "7"))
-    outcome = ledger.record(Outcome("NATS down 30 s: flood and sync", seed))
+    outcome = ledger.start("NATS down 30 s: flood and sync")
     nats = PrivateNats(tmp_path / "nats")
     nats.start()
     try:
@@ -159,7 +149,7 @@ def test_nats_stopped_for_30s_during_a_webhook_flood_and_a_sync(
             outcome=outcome,
         ) as suite:
             dsn = with_database(infra.database_url, f"arbridge_{unique}")
-            asyncio.run(_scenario(suite, nats, dsn, outcome, random.Random(seed)))
+            asyncio.run(_scenario(suite, nats, dsn, outcome, random.Random(outcome.seed)))
     finally:
         nats.stop()
     assert outcome.passed, outcome.json()

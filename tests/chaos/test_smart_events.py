@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import random
 import time
 from pathlib import Path
@@ -204,8 +203,7 @@ def _newest_delivered(network: ChaoticNetwork) -> dict[str, int]:
 def test_duplicated_reordered_and_dropped_smart_events(
     tmp_path: Path, infra: Infra, unique: str, ledger: Ledger
 ) -> None:
-    seed = int(os.environ.get("CHAOS_SEED", "7"))
-    outcome = ledger.record(Outcome("smart events dup/reordered/dropped", seed))
+    outcome = ledger.start("smart events dup/reordered/dropped")
     with chaos_suite(
         tmp_path,
         infra,
@@ -216,5 +214,5 @@ def test_duplicated_reordered_and_dropped_smart_events(
         outcome=outcome,
     ) as suite:
         dsn = with_database(infra.database_url, f"arbridge_{unique}")
-        asyncio.run(_scenario(suite, dsn, outcome, random.Random(seed)))
+        asyncio.run(_scenario(suite, dsn, outcome, random.Random(outcome.seed)))
     assert outcome.passed, outcome.json()

@@ -59,6 +59,19 @@ async def _store_po(db: asyncpg.Connection, schema: str, keys: list[str]) -> dic
     return {r["record_no"]: r["po_number"] for r in rows}
 
 
+async def _synced_invoice_event(
+    suite: Suite, sync: sync_pb2_grpc.SyncServiceAsyncStub, timeout: float
+) -> sync_pb2.SmartEventSpec:
+    """Connects the account and waits for its initial sync; the smart event that
+    announces an invoice's changes, as sync's set-up document gives it."""
+    initial = await connect_and_sync(suite, ACCOUNT, timeout=timeout)
+    assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
+    setup = await sync.GetSmartEventSetup(
+        sync_pb2.GetSmartEventSetupRequest(account_id=ACCOUNT, gateway_base_url=suite.gateway_base)
+    )
+    return next(s for s in setup.events if s.object == "ARINVOICE" and "set" in s.actions)
+
+
 def _inbound(delivery_id: str, body: bytes, token: str) -> sync_pb2.InboundEvent:
     """An Intacct event as a forwarder hands it over, with the account's URL token."""
     return sync_pb2.InboundEvent(
@@ -90,14 +103,7 @@ async def test_both_doors_at_once_and_a_resumed_stream(
         sync = sync_pb2_grpc.SyncServiceStub(
             service_channel(suite.target("sync"), TOKEN, deadline=600)
         )
-        initial = await connect_and_sync(suite, ACCOUNT, timeout=300)
-        assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
-        setup = await sync.GetSmartEventSetup(
-            sync_pb2.GetSmartEventSetupRequest(
-                account_id=ACCOUNT, gateway_base_url=suite.gateway_base
-            )
-        )
-        spec = next(s for s in setup.events if s.object == "ARINVOICE" and "set" in s.actions)
+        spec = await _synced_invoice_event(suite, sync, timeout=300)
         token = webhooks.url_token(WEBHOOK_SECRET, ACCOUNT)
         db = await asyncpg.connect(database_url)
         async with aiohttp.ClientSession() as http:
@@ -247,14 +253,7 @@ async def test_an_overtaken_event_of_the_same_second_does_not_roll_a_record_back
         tmp_path, database_url, nats_url, unique, customers=20, invoices=200
     ) as suite:
         sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
-        initial = await connect_and_sync(suite, ACCOUNT, timeout=120)
-        assert initial.state == sync_pb2.SYNC_STATE_SUCCEEDED, initial.error
-        setup = await sync.GetSmartEventSetup(
-            sync_pb2.GetSmartEventSetupRequest(
-                account_id=ACCOUNT, gateway_base_url=suite.gateway_base
-            )
-        )
-        spec = next(s for s in setup.events if s.object == "ARINVOICE" and "set" in s.actions)
+        spec = await _synced_invoice_event(suite, sync, timeout=120)
         token = webhooks.url_token(WEBHOOK_SECRET, ACCOUNT)
         db = await asyncpg.connect(database_url)
         try:

@@ -91,9 +91,13 @@ class ServiceProcess:
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used so far, in seconds; 0 when gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return _stat_cpu(Path(f"/proc/{pid}/stat").read_text())
     except OSError:
         return 0.0
+
+
+def _stat_cpu(stat: str) -> float:
+    """User + system seconds from the text of a /proc/<pid>/stat file."""
     # The fields after the command name, which is in parentheses and may hold spaces.
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -112,7 +116,7 @@ def cpu_by_command(commands: tuple[str, ...]) -> dict[str, float]:
             continue
         command = stat[stat.index("(") + 1 : stat.rindex(")")]
         if command in used:
-            used[command] += cpu_seconds(int(entry.name))
+            used[command] += _stat_cpu(stat)
     return used
 
 

@@ -342,9 +342,9 @@ class JobRunner:
                         pending = pending[BATCH:]
                 await queue.put(pending)
             except Exception:
-                await queue.put(None)  # the writer stops; the error is raised below
+                await queue.put(None)  # the writers stop; the error is raised below
                 raise
-            # (Cancelled: the writer failed and is not reading; nothing more to put.)
+            # (Cancelled: a writer failed and none is reading; nothing more to put.)
             await queue.put(None)
 
         async def write() -> None:
