@@ -117,11 +117,20 @@ class Report:
 
         chart = self.plot("sync", draw, (7, 2.4))
         cpu = r.get("initial_sync_cpu_seconds", {})
+        floor = r.get("initial_sync_cpu_floor_seconds", 0.0)
         cpu_text = (
             "CPU time used meanwhile (the machine's two cores were "
             f"{r.get('initial_sync_machine_busy', 0) * 100:.0f}% busy over the wall time; "
             "postgres is every PostgreSQL process, the shared server's):\n\n"
             + _table(["process", "CPU seconds"], [[k, v] for k, v in sorted(cpu.items())])
+            + (
+                f"\n\nTogether {sum(cpu.values()):.1f} CPU seconds: on this machine's cores the "
+                f"work alone needs at least {r['initial_sync_cpu_floor_seconds']} s "
+                f"({floor / r['initial_sync_time_bound_seconds']:.2f}x the latency/concurrency"
+                " bound), whatever Intacct's latency."
+                if "initial_sync_cpu_floor_seconds" in r
+                else ""
+            )
             if cpu
             else ""
         )
@@ -130,7 +139,8 @@ class Report:
             "## Initial sync and event lag\n\n"
             f"{p['customers']:,} customers and {p['invoices']:,} invoices over 18 months in the "
             f"sandbox company; the initial sync reads six months ({r['records_synced']:,} "
-            f"records). The sandbox answers each call after {p['intacct_latency_ms']} ms and "
+            f"records). The sandbox answers each call {p['intacct_latency_ms']} ms after it "
+            "arrived (its own work included, as a remote Intacct's would be) and "
             f"refuses a third concurrent call (it saw at most {r.get('intacct_max_concurrency')} "
             f"at once, throttled {r.get('intacct_throttled')}). The wall time runs from the "
             "ConnectAccount call to the sync's end. The bound is max(longest object's pages, "

@@ -293,7 +293,9 @@ async def republished_events(dsn: str) -> int:
     """AR invoice events in sync's outbox that repeat a (record, version) already there."""
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT payload FROM sync.outbox WHERE subject LIKE 'ar.invoice.%'")
+        rows = await conn.fetch(
+            "SELECT payload FROM sync.outbox_events WHERE subject LIKE 'ar.invoice.%'"
+        )
     finally:
         await conn.close()
     seen: collections.Counter[tuple[str, int]] = collections.Counter()

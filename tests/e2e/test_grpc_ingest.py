@@ -86,7 +86,7 @@ def _inbound(delivery_id: str, body: bytes, token: str) -> sync_pb2.InboundEvent
 async def _updates(db: asyncpg.Connection, schema: str) -> int:
     return int(
         await db.fetchval(
-            f"SELECT count(*) FROM \"{schema}\".outbox WHERE subject = 'ar.invoice.updated'"
+            f"SELECT count(*) FROM \"{schema}\".outbox_events WHERE subject = 'ar.invoice.updated'"
         )
     )
 

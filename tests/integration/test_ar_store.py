@@ -36,8 +36,10 @@ def _invoice(record_no: int, modified: str = "10/01/2026 10:00:00", due: str = "
 
 
 async def _events(conn: asyncpg.Connection) -> list[tuple[str, events_pb2.InvoiceChanged]]:
-    rows = await conn.fetch("SELECT id, subject, payload FROM outbox ORDER BY seq")
-    assert len({r["id"] for r in rows}) == len(rows)  # every event its own id
+    rows = await conn.fetch(
+        "SELECT message_id, subject, payload FROM outbox_events ORDER BY seq, position"
+    )
+    assert len({r["message_id"] for r in rows}) == len(rows)  # every event its own id
     return [(r["subject"], events_pb2.InvoiceChanged.FromString(r["payload"])) for r in rows]
 
 
@@ -112,5 +114,48 @@ async def test_a_key_stored_meanwhile_sends_the_batch_the_general_way(
             staged = await conn.fetchval("SELECT to_regclass('pg_temp.stage_invoices') IS NULL")
             if not staged:
                 assert await conn.fetchval("SELECT count(*) FROM pg_temp.stage_invoices") == 0
+    finally:
+        await pool.close()
+
+
+async def test_a_deleted_record_stays_deleted_and_its_tombstone_is_checked_by_key(
+    database_url: str, unique: str
+) -> None:
+    await migrate(
+        database_url, unique, [*runtime_migrations(), *load_migrations("arbridge_sync", "sync")]
+    )
+    pool = await create_pool(database_url, unique)
+    bank = {"BANKACCOUNTID": "BOA", "CURRENCY": "USD", "WHENMODIFIED": "10/01/2026 10:00:00"}
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await store.apply(conn, Outbox(), store.INVOICES, [_invoice(n) for n in (1, 2, 3)])
+            checking = mapping.bank_row("acme", "checking", {**bank, "RECORDNO": "9"})
+            await store.apply(conn, Outbox(), store.BANK_ACCOUNTS, [checking])
+            assert await store.delete(conn, Outbox(), store.INVOICES, "acme", ["2"]) == 1
+            assert await store.delete(conn, Outbox(), store.BANK_ACCOUNTS, "acme", ["9"]) == 1
+        later = [_invoice(n, modified="10/05/2026 10:00:00", due="9.00") for n in (1, 2, 3, 4)]
+        savings = mapping.bank_row(
+            "acme", "savings", {**bank, "RECORDNO": "9", "WHENMODIFIED": "10/05/2026 10:00:00"}
+        )
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                counts = await store.apply(conn, Outbox(), store.INVOICES, later)
+                # A late add of the deleted RECORDNO 9 under the other kind of bank account:
+                # tombstones hold per RECORDNO, which Intacct never reuses.
+                banks = await store.apply(conn, Outbox(), store.BANK_ACCOUNTS, [savings])
+            assert (counts.created, counts.updated, counts.stale) == (1, 2, 1)
+            assert (banks.created, banks.stale) == (0, 1)
+            live = dict(
+                await conn.fetch(
+                    "SELECT record_no, deleted FROM invoices WHERE account_id = 'acme'"
+                    " ORDER BY record_no"
+                )
+            )
+            assert live == {"1": False, "2": True, "3": False, "4": False}
+            events = await _events(conn)
+        subjects = [s for s, _ in events]
+        assert subjects.count("ar.invoice.deleted") == 1
+        assert subjects.count("ar.invoice.created") == 4
+        assert subjects.count("ar.invoice.updated") == 2
     finally:
         await pool.close()

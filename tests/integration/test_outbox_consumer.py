@@ -74,10 +74,13 @@ async def apply_effect(conn: asyncpg.Connection, delivery: Delivery) -> None:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("per_tx", [5, 700], ids=["rows", "bundles"])
 async def test_ten_thousand_events_survive_a_nats_restart_exactly_once(
-    harness: Harness, private_nats: PrivateNats
+    harness: Harness, private_nats: PrivateNats, per_tx: int
 ) -> None:
-    total, per_tx = 10_000, 5
+    """Five events a transaction, a row each; or 700 a transaction in one bundle row,
+    larger than the relay's batch of 500 (so such a bundle is published alone)."""
+    total = 10_000 if per_tx == 5 else 9_800
     nc = await connect(private_nats.url, "outbox-test")
     js = nc.jetstream(timeout=5)
     await ensure_streams(js, harness.namespace, [STREAM])
@@ -109,15 +112,19 @@ async def test_ten_thousand_events_survive_a_nats_restart_exactly_once(
     async def writer() -> None:
         for batch in range(total // per_tx):
             async with harness.pool.acquire() as conn, conn.transaction():
+                bundle: list[tuple[str, bytes]] = []
                 for _ in range(per_tx):
                     event_id = uuid.uuid4()
                     await conn.execute(
                         "INSERT INTO orders (id, event_id) VALUES ($1, $2)", uuid.uuid4(), event_id
                     )
-                    await outbox.add(
-                        conn, "orders.created", f"order {event_id}".encode(), event_id=event_id
-                    )
+                    payload = f"order {event_id}".encode()
+                    if per_tx == 5:
+                        await outbox.add(conn, "orders.created", payload, event_id=event_id)
+                    else:
+                        bundle.append(("orders.created", payload))
                     written.append(event_id)
+                await outbox.add_many(conn, bundle)
             if batch == (total // per_tx) // 3:
                 # NATS goes away a third of the way in; writes go on meanwhile.
                 await asyncio.to_thread(private_nats.stop)
@@ -145,12 +152,18 @@ async def test_ten_thousand_events_survive_a_nats_restart_exactly_once(
         effect_ids = {r["event_id"] for r in await conn.fetch("SELECT event_id FROM effects")}
         unpublished = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         orders = await conn.fetchval("SELECT count(*) FROM orders")
+        # Every event the outbox holds, by the message id it was published under.
+        message_ids = {r["message_id"] for r in await conn.fetch("SELECT * FROM outbox_events")}
+        rows = await conn.fetchval("SELECT count(*) FROM outbox")
     done, most = await count_effects(harness.pool)
-    lost = {str(e) for e in written} - effect_ids
+    expected = {str(e) for e in written} if per_tx == 5 else message_ids
+    lost = expected - effect_ids
     assert orders == total
     assert len(written) == total
+    assert len(message_ids) == total
+    assert rows == (total if per_tx == 5 else total // per_tx)
     assert not lost, f"{len(lost)} events lost"
-    assert effect_ids == {str(e) for e in written}
+    assert effect_ids == expected
     assert most == 1, "an effect was applied more than once"
     assert unpublished == 0
 

@@ -181,6 +181,38 @@ async def test_a_walk_asks_for_the_next_page_while_the_reader_is_busy(
         ]
 
 
+async def test_a_wrong_guess_of_the_next_key_costs_a_call_not_a_record(
+    database_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The walk asks for its next page from the last key its answer's bytes show; should
+    # the decoded page end elsewhere, that request is dropped and the right one made.
+    import arbridge_intacct.client as client_module
+
+    real = client_module.peek_page
+
+    def off_by_one(chunks: list[bytes], key_field: str) -> tuple[int, int] | None:
+        found = real(chunks, key_field)
+        return None if found is None else (found[0] - 1, found[1])
+
+    monkeypatch.setattr(client_module, "peek_page", off_by_one)
+    async with (
+        live_sandbox(customers=50, invoices=5000) as live,
+        connector_harness(database_url, unique, live) as h,
+    ):
+        await h.stub.ConnectAccount(h.connect_request())
+        client = await h.core.client("acct-1")
+        await live.admin("POST", "/sandbox/stats/reset")
+        seen = [
+            str(r["RECORDNO"])
+            async for _, records in client.stream_query("ARINVOICE", ["RECORDNO"])
+            for r in records
+        ]
+        assert len(seen) == len(set(seen)) == 5000
+        assert seen == sorted(seen, key=int)
+        # Three pages, each but the last guessed wrong once: at most two calls more.
+        assert 3 <= (await h.stats())["functions"]["query"] <= 5
+
+
 async def test_incremental_reads_use_the_company_time_zone(database_url: str, unique: str) -> None:
     from datetime import UTC, datetime, timedelta
 

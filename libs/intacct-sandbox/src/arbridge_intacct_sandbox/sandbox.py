@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -119,6 +120,7 @@ class Sandbox:
     # The XML gateway -------------------------------------------------------------
 
     async def handle(self, body: bytes, endpoint: str) -> Reply:
+        arrived = time.monotonic()
         try:
             root = parse_xml(body, MAX_REQUEST_BYTES)
         except XmlRejected as exc:
@@ -209,9 +211,12 @@ class Sandbox:
                     stats.max_concurrency, self._inflight[company.company_id]
                 )
         try:
-            if faults and faults.latency_ms:
-                await asyncio.sleep(faults.latency_ms / 1000)
             reply = self._execute(control, operations, endpoint)
+            if faults and faults.latency_ms:
+                # The latency is the time Intacct takes to answer, its own work
+                # included: the sandbox's work (building a page of 2,000 records
+                # takes it tens of ms) is not added on top.
+                await asyncio.sleep(max(0.0, arrived + faults.latency_ms / 1000 - time.monotonic()))
         finally:
             if company:
                 self._inflight[company.company_id] -= 1

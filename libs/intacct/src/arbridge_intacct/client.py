@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
@@ -44,6 +45,7 @@ from arbridge_intacct.errors import (
     classify,
 )
 from arbridge_intacct.response import (
+    MAX_RESPONSE_BYTES,
     Data,
     Record,
     Response,
@@ -251,6 +253,7 @@ class IntacctClient:
         *,
         transaction: bool = False,
         record_tag: str | None = None,
+        on_body: Callable[[list[bytes]], None] | None = None,
     ) -> Response:
         """Runs functions in one request with session auth; retries as the module says.
 
@@ -276,6 +279,7 @@ class IntacctClient:
                     [f.name for f in functions],
                     write=write,
                     record_tag=record_tag,
+                    on_body=on_body,
                 )
             except SessionExpired:
                 self._drop_session(session)
@@ -298,6 +302,7 @@ class IntacctClient:
         *,
         write: bool,
         record_tag: str | None = None,
+        on_body: Callable[[list[bytes]], None] | None = None,
     ) -> Response:
         """POSTs with retries; returns a response whose control and auth succeeded."""
         last: IntacctError | None = None
@@ -305,7 +310,7 @@ class IntacctClient:
             if attempt:
                 await self.sleep(self.retry.delay(attempt))
             try:
-                response = await self._post_once(endpoint, body, names, record_tag)
+                response = await self._post_once(endpoint, body, names, record_tag, on_body)
             except (Throttled, IntacctUnavailable, MalformedResponse) as exc:
                 last = exc
                 if isinstance(exc, OutcomeUnknown) and write:
@@ -316,8 +321,15 @@ class IntacctClient:
         raise last
 
     async def _post_once(
-        self, endpoint: str, body: bytes, names: Sequence[str], record_tag: str | None = None
+        self,
+        endpoint: str,
+        body: bytes,
+        names: Sequence[str],
+        record_tag: str | None = None,
+        on_body: Callable[[list[bytes]], None] | None = None,
     ) -> Response:
+        """One POST. ``on_body`` sees the answer's bytes (in chunks) before they are
+        decoded, once they are all in."""
         reader = StreamingResponseReader(record_tag=record_tag)
         functions = ",".join(dict.fromkeys(names))
         async with self.limiter.slot(self.credentials.company_id):
@@ -342,17 +354,37 @@ class IntacctClient:
                             raise OutcomeUnknown("Intacct answered 524: the outcome is unknown")
                         if reply.status >= 500:
                             raise IntacctUnavailable(f"Intacct answered HTTP {reply.status}")
-                        records: list[Record] = []
+                        chunks: list[bytes] = []
+                        size = 0
                         async for chunk in reply.content.iter_chunked(65536):
-                            records.extend(reader.feed(chunk))
-                        records.extend(reader.end())
-                        response = reader.close()
+                            size += len(chunk)
+                            if size > MAX_RESPONSE_BYTES:
+                                raise MalformedResponse(
+                                    "Intacct sent an invalid response: larger than "
+                                    f"{MAX_RESPONSE_BYTES} bytes"
+                                )
+                            chunks.append(chunk)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     raise IntacctUnavailable(
                         f"could not reach Intacct: {type(exc).__name__}"
                     ) from None
-                except (XmlRejected, ResponseStructureError) as exc:
-                    raise MalformedResponse(f"Intacct sent an invalid response: {exc}") from None
+        # Intacct's part ends when its answer is in: the slot goes to the next call
+        # while this one is decoded (a page of 2,000 records takes tens of ms).
+        if on_body is not None:
+            on_body(chunks)
+        records: list[Record] = []
+        try:
+            for chunk in chunks:
+                records.extend(reader.feed(chunk))
+                # Decoding a page takes tens of ms: others (the next call waiting for
+                # this slot among them) get the loop between its chunks.
+                await asyncio.sleep(0)
+            records.extend(reader.end())
+            response = reader.close()
+        except (XmlRejected, ResponseStructureError) as exc:
+            raise MalformedResponse(f"Intacct sent an invalid response: {exc}") from None
+        finally:
+            chunks.clear()
         _attach(response, records, reader.record_results)
         await self.meter.record(names)
         if response.control_status != "success":
@@ -385,7 +417,7 @@ class IntacctClient:
         """
         fields = list(dict.fromkeys([key_field, *fields]))
 
-        async def page(last: int | None, pages_left: int) -> Data:
+        async def page(last: int | None, pages_left: int, hint: _Hint) -> Data:
             SLOT_PRIORITY.set(pages_left)  # this task's own context
             keyed = list(conditions)
             if last is not None:
@@ -399,19 +431,41 @@ class IntacctClient:
                 show_private=show_private,
                 docparid=docparid,
             )
-            response = await self.execute([rq.Function("q", body)], record_tag=object_name)
+
+            def peek(chunks: list[bytes]) -> None:
+                if not hint.done() and (found := peek_page(chunks, key_field)) is not None:
+                    hint.set_result(found)
+
+            response = await self.execute(
+                [rq.Function("q", body)], record_tag=object_name, on_body=peek
+            )
             result = response.results[0]
             if not result.ok:
                 raise classify(result.errors, level="result")
             return result.data or Data()
 
-        # The next page is asked for as soon as this one's last key is known, while
-        # this one is handed out: the walk goes at Intacct's pace, not the reader's.
-        pending: asyncio.Future[Data] | None = asyncio.ensure_future(page(None, WALK_START))
+        def ask(last: int | None, pages_left: int) -> tuple[_Hint, asyncio.Future[Data]]:
+            hint: _Hint = asyncio.get_running_loop().create_future()
+            return hint, asyncio.ensure_future(page(last, pages_left, hint))
+
+        def left_after(remaining: int) -> int:
+            return min(WALK_START - 1, -(-remaining // page_size))
+
+        # The next page is asked for as soon as this one's last key is known: from
+        # the answer's bytes, before they are decoded (checked against the decoded
+        # page, and asked again in the rare case they differ), and while this page is
+        # handed out. The walk goes at Intacct's pace, not the decoder's or the reader's.
+        current: tuple[_Hint, asyncio.Future[Data]] | None = ask(None, WALK_START)
+        guessed: tuple[int, tuple[_Hint, asyncio.Future[Data]]] | None = None
         try:
-            while pending is not None:
+            while current is not None:
+                hint, pending = current
+                await asyncio.wait((hint, pending), return_when=asyncio.FIRST_COMPLETED)
+                if hint.done() and hint.result()[1] > 0:
+                    last_key, remaining = hint.result()
+                    guessed = (last_key, ask(last_key, left_after(remaining)))
                 data = await pending
-                pending = None
+                current = None
                 records = data.records
                 if records and (data.numremaining or 0) > 0:
                     last = str(records[-1].get(key_field, ""))
@@ -419,13 +473,20 @@ class IntacctClient:
                         raise MalformedResponse(
                             f"a {object_name} page's last record has no numeric {key_field}"
                         )
-                    left = min(WALK_START - 1, -(-(data.numremaining or 0) // page_size))
-                    pending = asyncio.ensure_future(page(int(last), left))
+                    if guessed is not None and guessed[0] == int(last):
+                        current = guessed[1]
+                    else:
+                        current = ask(int(last), left_after(data.numremaining or 0))
+                if guessed is not None and current is not guessed[1]:
+                    guessed[1][1].cancel()  # asked for after a wrong guess: not needed
+                    log.warning("intacct_walk_guess_differed", object=object_name)
+                guessed = None
                 yield data, records
         finally:
-            if pending is not None:
-                pending.cancel()
-                await asyncio.gather(pending, return_exceptions=True)
+            asked = [c[1] for c in (current, guessed and guessed[1]) if c is not None]
+            for future in asked:
+                future.cancel()
+            await asyncio.gather(*asked, return_exceptions=True)
 
     # Writing ---------------------------------------------------------------------------
 
@@ -453,6 +514,29 @@ class IntacctClient:
                 )
                 outcomes.append(WriteOutcome(function.controlid, result, already_applied=duplicate))
         return outcomes
+
+
+# A page's last key and numremaining, known before the page is decoded.
+_Hint = asyncio.Future[tuple[int, int]]
+_NUMREMAINING = re.compile(rb'<data\b[^>]*\bnumremaining="(\d+)"')
+
+
+def peek_page(chunks: Sequence[bytes], key_field: str) -> tuple[int, int] | None:
+    """A query page's last key and ``numremaining``, read from its bytes before they
+    are decoded (None when they do not show them plainly)."""
+    if not chunks:
+        return None
+    remaining = _NUMREMAINING.search(chunks[0])
+    tail = b"".join(chunks[-2:])  # a record spanning more than a chunk would be unusual
+    tag = f"<{key_field}>".encode()
+    at = tail.rfind(tag)
+    if remaining is None or at < 0:
+        return None
+    end = tail.find(b"<", at + len(tag))
+    key = tail[at + len(tag) : end]
+    if end < 0 or not key.isdigit():
+        return None
+    return int(key), int(remaining.group(1))
 
 
 def _attach(response: Response, records: list[Record], owners: list[int]) -> None:

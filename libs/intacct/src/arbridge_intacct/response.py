@@ -501,6 +501,31 @@ def flatten(record: Record, prefix: str = "") -> dict[str, str]:
     return out
 
 
+_TEXT_ONLY = {str}
+
+
+def as_rows(records: Iterable[Record]) -> list[tuple[list[str], list[list[str]]]]:
+    """Flattened records as rows: each run of records with the same field names
+    becomes those names and each record's values in their order.
+
+    A query's records are flat and name their fields alike, so a page is one
+    run, and a flat record is not copied field by field.
+    """
+    runs: list[tuple[list[str], list[list[str]]]] = []
+    names: list[str] | None = None
+    rows: list[list[str]] = []
+    for record in records:
+        keys, values = list(record), list(record.values())
+        if set(map(type, values)) != _TEXT_ONLY:  # nested, repeated or empty
+            flat = flatten(record)
+            keys, values = list(flat), list(flat.values())
+        if keys != names:
+            names, rows = keys, []
+            runs.append((names, rows))
+        rows.append(values)
+    return runs
+
+
 def iter_records(body: bytes) -> Iterable[Record]:
     reader = StreamingResponseReader()
     yield from reader.feed(body)

@@ -4,7 +4,9 @@
   test runs) can share one NATS server without seeing each other's events.
 * :class:`Outbox` writes events in the caller's transaction;
   :class:`OutboxRelay` publishes them with ``Nats-Msg-Id`` set to the event id
-  and marks a row only after JetStream acknowledged it. A crash between the
+  (``<row id>.<position>`` for the events of a bundle row, which holds the
+  events one transaction wrote together) and marks a row only after JetStream
+  acknowledged every event in it. A crash between the
   acknowledgement and the mark republishes the row: JetStream drops the
   duplicate inside its window and consumers' inboxes drop it after.
 * :class:`JetStreamConsumer` is a durable pull consumer with explicit acks.
@@ -169,15 +171,19 @@ class Outbox:
     async def add_many(
         self, conn: asyncpg.Connection, events: Sequence[tuple[str, _Message | bytes]]
     ) -> None:
-        """Records several events in one statement, inside the caller's transaction."""
+        """Records several events as one bundle row, inside the caller's transaction.
+
+        Each event is still published on its own, with the message id
+        ``<row id>.<position>``; the bundle spares PostgreSQL a row, its index
+        entries and its later update per event.
+        """
         if not events:
             return
         headers: dict[str, str] = {}
         tracing.inject(headers)
         await conn.execute(
-            "INSERT INTO outbox (id, subject, payload, headers)"
-            " SELECT gen_random_uuid(), s, p, $3::jsonb"
-            " FROM unnest($1::text[], $2::bytea[]) AS e(s, p)",
+            "INSERT INTO outbox (id, subjects, payloads, headers)"
+            " VALUES (gen_random_uuid(), $1::text[], $2::bytea[], $3::jsonb)",
             [subject for subject, _ in events],
             [m if isinstance(m, bytes) else m.SerializeToString() for _, m in events],
             json.dumps(headers),
@@ -237,11 +243,19 @@ class OutboxRelay:
             await stop_listening(listening)
 
     async def publish_batch(self) -> int:
-        """Publishes up to one batch; returns how many rows were published."""
+        """Publishes up to one batch (``batch_size`` events); returns how many events."""
         async with self.pool.acquire() as conn, conn.transaction():
+            # Rows in order, as many as fit the batch's events (always the first:
+            # a bundle larger than a batch goes alone). Rows locked beyond that
+            # stay unread here and free again at commit.
             rows = await conn.fetch(
-                "SELECT seq, id::text AS id, subject, payload, headers FROM outbox"
-                " WHERE published_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "WITH locked AS (SELECT seq, coalesce(cardinality(subjects), 1) AS n"
+                " FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1"
+                " FOR UPDATE SKIP LOCKED),"
+                " chosen AS (SELECT seq FROM (SELECT seq, n, sum(n) OVER (ORDER BY seq) AS upto"
+                " FROM locked) t WHERE upto - n < $1)"
+                " SELECT o.seq, o.id::text AS id, o.subject, o.payload, o.subjects, o.payloads,"
+                " o.headers FROM outbox o JOIN chosen USING (seq) ORDER BY o.seq",
                 self.batch_size,
             )
             if not rows:
@@ -249,16 +263,8 @@ class OutboxRelay:
                 return 0
             results = await self._publish(rows)
             self.faults.hit("outbox.after_publish")
-            acked = [
-                row["seq"]
-                for row, res in zip(rows, results, strict=True)
-                if not isinstance(res, BaseException)
-            ]
-            failed = [
-                row["seq"]
-                for row, res in zip(rows, results, strict=True)
-                if isinstance(res, BaseException)
-            ]
+            acked = [row["seq"] for row, error in zip(rows, results, strict=True) if error is None]
+            failed = [row["seq"] for row, error in zip(rows, results, strict=True) if error]
             if acked:
                 await conn.execute(
                     "UPDATE outbox SET published_at = now(), attempts = attempts + 1"
@@ -266,29 +272,30 @@ class OutboxRelay:
                     acked,
                 )
             if failed:
-                first = next(r for r in results if isinstance(r, BaseException))
+                first = next(r for r in results if r is not None)
                 await conn.execute(
                     "UPDATE outbox SET attempts = attempts + 1, last_error = $2"
                     " WHERE seq = ANY($1::bigint[])",
                     failed,
                     type(first).__name__,
                 )
-        self.metrics.outbox_published.inc(len(acked))
-        if len(rows) < self.batch_size:
-            self.metrics.outbox_depth.set(len(failed))  # the whole backlog was in this batch
+        published = sum(_events_in(row) for row, e in zip(rows, results, strict=True) if e is None)
+        self.metrics.outbox_published.inc(published)
+        read = sum(_events_in(row) for row in rows)
+        if read < self.batch_size and len(rows) < self.batch_size:
+            # Every unpublished row was in this batch.
+            self.metrics.outbox_depth.set(read - published)
         else:
             async with self.pool.acquire() as conn:
-                depth = await conn.fetchval(
-                    "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-                )
-            self.metrics.outbox_depth.set(depth)
+                self.metrics.outbox_depth.set(await _depth(conn))
         if failed:
-            raise OutboxPublishError(f"{len(failed)} of {len(rows)} events not acknowledged")
-        return len(acked)
+            raise OutboxPublishError(f"{len(failed)} of {len(rows)} outbox rows not acknowledged")
+        return published
 
     async def _publish(self, rows: Sequence[asyncpg.Record]) -> list[BaseException | None]:
-        """Publishes rows without waiting for each acknowledgement in turn (JetStream's
-        asynchronous publish), then waits for all; each row's error, or None."""
+        """Publishes rows' events without waiting for each acknowledgement in turn
+        (JetStream's asynchronous publish), then waits for all; for each row, the
+        first error of its events, or None."""
         results: list[BaseException | None] = [None] * len(rows)
         sent: list[tuple[int, asyncio.Future[Any]]] = []
         decoded: dict[str, dict[str, str]] = {}  # a batch's rows mostly share their headers
@@ -296,29 +303,41 @@ class OutboxRelay:
             stored = row["headers"]
             if stored not in decoded:
                 decoded[stored] = {str(k): str(v) for k, v in json.loads(stored).items()}
-            headers = {**decoded[stored], MSG_ID: row["id"]}
-            try:
-                sent.append(
-                    (
-                        position,
-                        await self.js.publish_async(
-                            self.namespace.subject(row["subject"]),
-                            row["payload"],
-                            # No stall timeout: a batch is far below the client's
-                            # limit of pending publishes, and waiting with a timeout
-                            # would hand each message to the socket on its own.
-                            wait_stall=None,
-                            headers=headers,
-                        ),
+            common = decoded[stored]
+            if row["subjects"] is None:
+                events = [(row["subject"], row["payload"], row["id"])]
+            else:
+                events = [
+                    (subject, payload, f"{row['id']}.{n}")
+                    for n, (subject, payload) in enumerate(
+                        zip(row["subjects"], row["payloads"], strict=True), 1
                     )
-                )
-            except Exception as exc:
-                results[position] = exc
+                ]
+            for subject, payload, message_id in events:
+                try:
+                    sent.append(
+                        (
+                            position,
+                            await self.js.publish_async(
+                                self.namespace.subject(subject),
+                                payload,
+                                # No stall timeout: a batch is far below the client's
+                                # limit of pending publishes, and waiting with a timeout
+                                # would hand each message to the socket on its own.
+                                wait_stall=None,
+                                headers={**common, MSG_ID: message_id},
+                            ),
+                        )
+                    )
+                except Exception as exc:
+                    results[position] = results[position] or exc
         if sent:
             _, late = await asyncio.wait([f for _, f in sent], timeout=self.publish_timeout)
             for future in late:
                 future.cancel()
         for position, future in sent:
+            if results[position] is not None:
+                continue
             if future.cancelled():
                 results[position] = TimeoutError("no acknowledgement from JetStream in time")
             elif future.exception() is not None:
@@ -331,8 +350,21 @@ class OutboxRelay:
                 "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
                 self.retention_seconds,
             )
-            depth = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            self.metrics.outbox_depth.set(depth)
+            self.metrics.outbox_depth.set(await _depth(conn))
+
+
+def _events_in(row: asyncpg.Record) -> int:
+    return 1 if row["subjects"] is None else len(row["subjects"])
+
+
+async def _depth(conn: asyncpg.Connection) -> int:
+    """Events not yet published (a bundle counts each of its events)."""
+    return int(
+        await conn.fetchval(
+            "SELECT coalesce(sum(coalesce(cardinality(subjects), 1)), 0) FROM outbox"
+            " WHERE published_at IS NULL"
+        )
+    )
 
 
 class OutboxPublishError(Exception):

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from arbridge.common.v1 import common_pb2
+from arbridge.connector.v1 import connector_pb2
 from arbridge_runtime.errors import InvalidArgument
 
 
@@ -28,10 +29,33 @@ def next_page(rows: Sequence[Mapping[str, Any]], size: int, key: str) -> common_
 
 
 def streamed_records(message: Any) -> Sequence[Any]:
-    """The records one ``StreamRecordsResponse`` carries: a batch, a single record, or none
-    (the first message, which says how many will follow)."""
-    if message.HasField("batch"):
+    """The records one ``StreamRecordsResponse`` carries, as ``Record`` messages: rows,
+    a batch, a single record, or none (the first message, which says how many will
+    follow)."""
+    shape = message.WhichOneof("item")
+    if shape == "rows":
+        rows = message.rows
+        names = list(rows.fields)
+        return [
+            connector_pb2.Record(
+                object_type=rows.object_type,
+                record_no=row.record_no,
+                when_modified=row.when_modified if row.HasField("when_modified") else None,
+                fields=dict(zip(names, row.values, strict=True)),
+            )
+            for row in rows.rows
+        ]
+    if shape == "batch":
         return list(message.batch.records)
-    if message.HasField("record"):
+    if shape == "record":
         return [message.record]
     return []
+
+
+def streamed_fields(message: Any) -> list[dict[str, str]]:
+    """The fields of each record one ``StreamRecordsResponse`` carries, by name: for a
+    reader that needs nothing else, without building a ``Record`` per row."""
+    if message.WhichOneof("item") == "rows":
+        names = list(message.rows.fields)
+        return [dict(zip(names, row.values, strict=True)) for row in message.rows.rows]
+    return [dict(record.fields) for record in streamed_records(message)]

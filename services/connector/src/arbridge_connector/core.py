@@ -31,7 +31,7 @@ from arbridge_connector.permissions import REQUIRED, Required, where_to_fix
 from arbridge_intacct import request as rq
 from arbridge_intacct.client import Credentials, IntacctClient, WriteOutcome
 from arbridge_intacct.errors import BadCredentials, ErrorDetail, IntacctError, RecordFailure
-from arbridge_intacct.response import Record, flatten
+from arbridge_intacct.response import Record, as_rows, flatten
 from arbridge_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from arbridge_runtime.jetstream import Outbox
 
@@ -326,8 +326,9 @@ class Connector:
         since: datetime | None,
         before: datetime | None,
         fields: Sequence[str],
-    ) -> AsyncIterator[tuple[int | None, list[Record]]]:
-        """Pages of flattened records; the first page also carries the total."""
+    ) -> AsyncIterator[tuple[int | None, list[tuple[list[str], list[list[str]]]]]]:
+        """Pages of flattened records as rows (``as_rows``); the first page also
+        carries the total."""
         client = await self.client(account_id)
         row = await self.account(account_id)
         wanted = list(dict.fromkeys([*obj.fields, *fields])) if fields else list(obj.fields)
@@ -349,7 +350,7 @@ class Connector:
             show_private=row.multi_entity and not row.entity_id,
             key_field=obj.key_field,
         ):
-            yield (data.totalcount if first else None), [flatten(r) for r in records]
+            yield (data.totalcount if first else None), as_rows(records)
             first = False
 
     async def get_records(

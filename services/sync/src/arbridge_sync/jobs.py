@@ -33,7 +33,7 @@ from arbridge.events.v1 import events_pb2
 from arbridge_runtime.db import TRANSIENT_DB_ERRORS, Notifier, stop_listening
 from arbridge_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from arbridge_runtime.jetstream import Outbox
-from arbridge_runtime.paging import streamed_records
+from arbridge_runtime.paging import streamed_fields
 from arbridge_runtime.workers import run_passes
 from arbridge_sync import store
 from arbridge_sync.mapping import Unmappable
@@ -327,7 +327,7 @@ class JobRunner:
         seen: set[str],
     ) -> None:
         # Reading goes on while a batch is written: a queue of a few batches between them.
-        queue: asyncio.Queue[list[dict[str, str]] | None] = asyncio.Queue(maxsize=4)
+        queue: asyncio.Queue[list[dict[str, str]] | None] = asyncio.Queue(maxsize=16)
 
         async def read() -> None:
             pending: list[dict[str, str]] = []
@@ -336,7 +336,7 @@ class JobRunner:
                     if message.HasField("total"):
                         progress.total = message.total
                         progress.pages = max(1, math.ceil(message.total / PAGE))
-                    pending.extend(dict(r.fields) for r in streamed_records(message))
+                    pending.extend(streamed_fields(message))
                     while len(pending) >= BATCH:
                         await queue.put(pending[:BATCH])
                         pending = pending[BATCH:]
@@ -348,8 +348,9 @@ class JobRunner:
             await queue.put(None)
 
         async def write() -> None:
-            while (batch := await queue.get()) is not None:
-                await self._apply(account_id, synced, batch, tax_field, progress, seen)
+            async with self.pool.acquire() as conn:  # one connection for all its batches
+                while (batch := await queue.get()) is not None:
+                    await self._apply(conn, account_id, synced, batch, tax_field, progress, seen)
             queue.put_nowait(None)  # the end, for the other writer
 
         reader = asyncio.create_task(read())
@@ -367,6 +368,7 @@ class JobRunner:
 
     async def _apply(
         self,
+        conn: asyncpg.Connection,
         account_id: str,
         synced: Synced,
         records: list[dict[str, str]],
@@ -377,7 +379,7 @@ class JobRunner:
         if not records:
             return
         rows = []
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with conn.transaction():
             for fields in records:
                 try:
                     rows.append(synced.map(account_id, fields, tax_field))

@@ -10,12 +10,14 @@ the outbox in the same transaction.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import asyncpg
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from arbridge.events.v1 import events_pb2
 from arbridge_runtime.dates import now_timestamp
@@ -23,25 +25,31 @@ from arbridge_runtime.jetstream import Outbox
 from arbridge_sync import convert
 
 Change: TypeAlias = events_pb2.ChangeType.ValueType
-EventFactory = Callable[[Mapping[str, Any], Change], Message | None]
+EventFactory = Callable[[Mapping[str, Any], Change, Timestamp], Message | None]
+
+# Events are filled in place (a message handed to a constructor is copied): a sync
+# announces every record it writes.
 
 
-def _customer_event(row: Mapping[str, Any], change: Change) -> Message:
-    return events_pb2.CustomerChanged(
-        change=change, customer=convert.customer(row), occurred_at=now_timestamp()
-    )
+def _customer_event(row: Mapping[str, Any], change: Change, occurred_at: Timestamp) -> Message:
+    event = events_pb2.CustomerChanged(change=change)
+    convert.fill_customer(event.customer, row)
+    event.occurred_at.CopyFrom(occurred_at)
+    return event
 
 
-def _invoice_event(row: Mapping[str, Any], change: Change) -> Message:
-    return events_pb2.InvoiceChanged(
-        change=change, invoice=convert.invoice(row), occurred_at=now_timestamp()
-    )
+def _invoice_event(row: Mapping[str, Any], change: Change, occurred_at: Timestamp) -> Message:
+    event = events_pb2.InvoiceChanged(change=change)
+    convert.fill_invoice(event.invoice, row)
+    event.occurred_at.CopyFrom(occurred_at)
+    return event
 
 
-def _payment_event(row: Mapping[str, Any], change: Change) -> Message:
-    return events_pb2.PaymentChanged(
-        change=change, payment=convert.payment(row), occurred_at=now_timestamp()
-    )
+def _payment_event(row: Mapping[str, Any], change: Change, occurred_at: Timestamp) -> Message:
+    event = events_pb2.PaymentChanged(change=change)
+    convert.fill_payment(event.payment, row)
+    event.occurred_at.CopyFrom(occurred_at)
+    return event
 
 
 @dataclass(frozen=True)
@@ -202,25 +210,25 @@ async def apply(
     account_id = rows[0]["account_id"]
     key_cols = [c for c in table.key if c != "account_id"]
     existing: dict[tuple[Any, ...], asyncpg.Record] = {}
-    records = await conn.fetch(
-        f"SELECT {', '.join(table.key)}, data_hash, intacct_modified, deleted FROM {table.name}"
-        f" WHERE account_id = $1 AND ({', '.join(key_cols)}) IN "
-        f"(SELECT * FROM unnest({', '.join(f'${i + 2}::text[]' for i in range(len(key_cols)))}))",
+    gone: set[str] = set()
+    # The stored versions of these keys and their tombstones, in one round trip.
+    keys = ", ".join(f"${i + 3}::text[]" for i in range(len(key_cols)))
+    for record in await conn.fetch(
+        f"SELECT {', '.join(key_cols)}, data_hash, intacct_modified, deleted,"
+        f" NULL::text AS tombstone FROM {table.name}"
+        f" WHERE account_id = $1 AND ({', '.join(key_cols)}) IN (SELECT * FROM unnest({keys}))"
+        f" UNION ALL SELECT {', '.join('NULL::text' for _ in key_cols)}, NULL::text,"
+        " NULL::timestamp, NULL::boolean, record_no FROM deleted_records"
+        " WHERE account_id = $1 AND table_name = $2"
+        f" AND record_no = ANY(${key_cols.index('record_no') + 3}::text[])",
         account_id,
+        table.name,
         *[[str(r[c]) for r in rows] for c in key_cols],
-    )
-    for record in records:
-        existing[tuple(str(record[c]) for c in key_cols)] = record
-    gone = {
-        r["record_no"]
-        for r in await conn.fetch(
-            "SELECT record_no FROM deleted_records WHERE account_id = $1 AND table_name = $2"
-            " AND record_no = ANY($3::text[])",
-            account_id,
-            table.name,
-            [str(r["record_no"]) for r in rows],
-        )
-    }
+    ):
+        if record["tombstone"] is not None:
+            gone.add(record["tombstone"])
+        else:
+            existing[tuple(str(record[c]) for c in key_cols)] = record
     to_write: dict[tuple[Any, ...], tuple[Mapping[str, Any], Change]] = {}
     for row in rows:
         key = tuple(str(row[c]) for c in key_cols)
@@ -256,6 +264,7 @@ async def apply(
         all_new=not existing and not gone,
     )
     events: list[tuple[str, Message]] = []
+    occurred_at = now_timestamp()
     for key, (row, change) in to_write.items():
         version = versions.get(key)
         if version is None:  # lost a race to a newer version
@@ -263,7 +272,7 @@ async def apply(
             continue
         counts.created += change == CREATED
         counts.updated += change == UPDATED
-        event = _event(table, {**row, "version": version}, change)
+        event = _event(table, {**row, "version": version}, change, occurred_at)
         if event is not None:
             events.append(event)
     await outbox.add_many(conn, events)
@@ -289,10 +298,15 @@ async def _upsert(
         return {}
     if not conn.is_in_transaction():
         raise RuntimeError("store writes run inside the caller's transaction")
-    jsonb = table.json_columns
-    records = [
-        tuple(json.dumps(row[c]) if c in jsonb else row[c] for c in table.columns) for row in rows
-    ]
+    values = operator.itemgetter(*table.columns)
+    records: list[tuple[Any, ...]] = [values(row) for row in rows]
+    if table.json_columns:
+        at = [table.columns.index(c) for c in table.json_columns]
+        for n, record in enumerate(records):
+            listed = list(record)
+            for i in at:
+                listed[i] = json.dumps(listed[i])
+            records[n] = tuple(listed)
     if all_new:
         # None of these keys was stored a moment ago (an initial sync's batches): straight
         # into the table. A key another writer stored since fails the copy as a whole,
@@ -324,19 +338,13 @@ async def _upsert(
     return {tuple(str(r[c]) for c in key_cols): int(r["version"]) for r in written}
 
 
-def _event(table: Table, row: Mapping[str, Any], change: Change) -> tuple[str, Message] | None:
+def _event(
+    table: Table, row: Mapping[str, Any], change: Change, occurred_at: Timestamp
+) -> tuple[str, Message] | None:
     if table.event is None:
         return None
-    event = table.event(row, change)
+    event = table.event(row, change, occurred_at)
     return None if event is None else (f"{table.subject}.{_VERB[change]}", event)
-
-
-async def _announce(
-    conn: asyncpg.Connection, outbox: Outbox, table: Table, row: Mapping[str, Any], change: Change
-) -> None:
-    event = _event(table, row, change)
-    if event is not None:
-        await outbox.add(conn, *event)
 
 
 async def delete(
@@ -362,6 +370,7 @@ async def delete(
         account_id,
         list(record_nos),
     )
-    for row in rows:
-        await _announce(conn, outbox, table, dict(row), DELETED)
+    occurred_at = now_timestamp()
+    events = [_event(table, dict(row), DELETED, occurred_at) for row in rows]
+    await outbox.add_many(conn, [e for e in events if e is not None])
     return len(rows)
