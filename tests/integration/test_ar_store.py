@@ -3,10 +3,12 @@ its fallback when a key turns up meanwhile, and the events each write announces.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import pytest
 
 from arbridge.events.v1 import events_pb2
 from arbridge_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
@@ -35,6 +37,19 @@ def _invoice(record_no: int, modified: str = "10/01/2026 10:00:00", due: str = "
     )
 
 
+@pytest.fixture
+async def pool(database_url: str, unique: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a schema with the runtime's and sync's tables."""
+    await migrate(
+        database_url, unique, [*runtime_migrations(), *load_migrations("arbridge_sync", "sync")]
+    )
+    pool = await create_pool(database_url, unique)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 async def _events(conn: asyncpg.Connection) -> list[tuple[str, events_pb2.InvoiceChanged]]:
     rows = await conn.fetch(
         "SELECT message_id, subject, payload FROM outbox_events ORDER BY seq, position"
@@ -43,119 +58,90 @@ async def _events(conn: asyncpg.Connection) -> list[tuple[str, events_pb2.Invoic
     return [(r["subject"], events_pb2.InvoiceChanged.FromString(r["payload"])) for r in rows]
 
 
-async def test_new_rows_are_copied_in_and_each_announced(database_url: str, unique: str) -> None:
-    await migrate(
-        database_url, unique, [*runtime_migrations(), *load_migrations("arbridge_sync", "sync")]
-    )
-    pool = await create_pool(database_url, unique)
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            counts = await store.apply(
-                conn, Outbox(), store.INVOICES, [_invoice(n) for n in range(1, 501)]
-            )
-        assert (counts.created, counts.updated) == (500, 0)
-        async with pool.acquire() as conn:
-            stored = await conn.fetch(
-                "SELECT record_no, version, custom_fields, due_minor, invoice_date::text"
-                " FROM invoices ORDER BY record_no::int"
-            )
-            assert len(stored) == 500
-            first = stored[0]
-            assert (first["record_no"], first["version"], first["due_minor"]) == ("1", 1, 10000)
-            assert first["invoice_date"] == "2026-10-01"
-            assert '"PAYMENT_LINK": "https://pay.example/1"' in first["custom_fields"]
-            events = await _events(conn)
-        assert [s for s, _ in events] == ["ar.invoice.created"] * 500
-        assert [e.invoice.record_no for _, e in events] == [str(n) for n in range(1, 501)]
-        # Events stamp the company-local wall time as UTC (the store keeps it local).
-        modified = datetime(2026, 10, 1, 10, tzinfo=UTC)
-        assert events[0][1].invoice.intacct_modified_at.seconds == int(modified.timestamp())
-        assert events[0][1].occurred_at.seconds > 0
-    finally:
-        await pool.close()
+async def test_new_rows_are_copied_in_and_each_announced(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        counts = await store.apply(
+            conn, Outbox(), store.INVOICES, [_invoice(n) for n in range(1, 501)]
+        )
+    assert (counts.created, counts.updated) == (500, 0)
+    async with pool.acquire() as conn:
+        stored = await conn.fetch(
+            "SELECT record_no, version, custom_fields, due_minor, invoice_date::text"
+            " FROM invoices ORDER BY record_no::int"
+        )
+        assert len(stored) == 500
+        first = stored[0]
+        assert (first["record_no"], first["version"], first["due_minor"]) == ("1", 1, 10000)
+        assert first["invoice_date"] == "2026-10-01"
+        assert '"PAYMENT_LINK": "https://pay.example/1"' in first["custom_fields"]
+        events = await _events(conn)
+    assert [s for s, _ in events] == ["ar.invoice.created"] * 500
+    assert [e.invoice.record_no for _, e in events] == [str(n) for n in range(1, 501)]
+    # Events stamp the company-local wall time as UTC (the store keeps it local).
+    modified = datetime(2026, 10, 1, 10, tzinfo=UTC)
+    assert events[0][1].invoice.intacct_modified_at.seconds == int(modified.timestamp())
+    assert events[0][1].occurred_at.seconds > 0
 
 
-async def test_a_key_stored_meanwhile_sends_the_batch_the_general_way(
-    database_url: str, unique: str
-) -> None:
-    await migrate(
-        database_url, unique, [*runtime_migrations(), *load_migrations("arbridge_sync", "sync")]
-    )
-    pool = await create_pool(database_url, unique)
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            await store.apply(conn, Outbox(), store.INVOICES, [_invoice(7)])
-        newer = [_invoice(n, modified="10/02/2026 09:00:00", due="55.00") for n in (6, 7, 8)]
-        async with pool.acquire() as conn, conn.transaction():
-            # As if another writer stored 7 after this batch was checked: the straight
-            # copy fails on it, and the upsert writes all three in the same transaction.
-            versions = await store._upsert(conn, store.INVOICES, ["record_no"], newer, all_new=True)
-            assert versions == {("6",): 1, ("7",): 2, ("8",): 1}
-            # The same table again in the same transaction: the staging table was emptied.
-            again = [_invoice(n, modified="10/03/2026 09:00:00", due="44.00") for n in (6, 8)]
-            assert await store._upsert(conn, store.INVOICES, ["record_no"], again) == {
-                ("6",): 2,
-                ("8",): 2,
-            }
-        async with pool.acquire() as conn:
-            due = dict(
-                await conn.fetch("SELECT record_no, due_minor FROM invoices ORDER BY record_no")
-            )
-            assert due == {"6": 4400, "7": 5500, "8": 4400}
-            # An older version of a stored record changes nothing.
-            async with conn.transaction():
-                counts = await store.apply(
-                    conn, Outbox(), store.INVOICES, [_invoice(7, due="1.00")]
-                )
-            assert (counts.created, counts.updated, counts.stale) == (0, 0, 1)
-            assert (
-                await conn.fetchval("SELECT due_minor FROM invoices WHERE record_no = '7'") == 5500
-            )
-            staged = await conn.fetchval("SELECT to_regclass('pg_temp.stage_invoices') IS NULL")
-            if not staged:
-                assert await conn.fetchval("SELECT count(*) FROM pg_temp.stage_invoices") == 0
-    finally:
-        await pool.close()
+async def test_a_key_stored_meanwhile_sends_the_batch_the_general_way(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await store.apply(conn, Outbox(), store.INVOICES, [_invoice(7)])
+    newer = [_invoice(n, modified="10/02/2026 09:00:00", due="55.00") for n in (6, 7, 8)]
+    async with pool.acquire() as conn, conn.transaction():
+        # As if another writer stored 7 after this batch was checked: the straight
+        # copy fails on it, and the upsert writes all three in the same transaction.
+        versions = await store._upsert(conn, store.INVOICES, ["record_no"], newer, all_new=True)
+        assert versions == {("6",): 1, ("7",): 2, ("8",): 1}
+        # The same table again in the same transaction: the staging table was emptied.
+        again = [_invoice(n, modified="10/03/2026 09:00:00", due="44.00") for n in (6, 8)]
+        assert await store._upsert(conn, store.INVOICES, ["record_no"], again) == {
+            ("6",): 2,
+            ("8",): 2,
+        }
+    async with pool.acquire() as conn:
+        due = dict(await conn.fetch("SELECT record_no, due_minor FROM invoices ORDER BY record_no"))
+        assert due == {"6": 4400, "7": 5500, "8": 4400}
+        # An older version of a stored record changes nothing.
+        async with conn.transaction():
+            counts = await store.apply(conn, Outbox(), store.INVOICES, [_invoice(7, due="1.00")])
+        assert (counts.created, counts.updated, counts.stale) == (0, 0, 1)
+        assert await conn.fetchval("SELECT due_minor FROM invoices WHERE record_no = '7'") == 5500
+        staged = await conn.fetchval("SELECT to_regclass('pg_temp.stage_invoices') IS NULL")
+        if not staged:
+            assert await conn.fetchval("SELECT count(*) FROM pg_temp.stage_invoices") == 0
 
 
 async def test_a_deleted_record_stays_deleted_and_its_tombstone_is_checked_by_key(
-    database_url: str, unique: str
+    pool: asyncpg.Pool,
 ) -> None:
-    await migrate(
-        database_url, unique, [*runtime_migrations(), *load_migrations("arbridge_sync", "sync")]
-    )
-    pool = await create_pool(database_url, unique)
     bank = {"BANKACCOUNTID": "BOA", "CURRENCY": "USD", "WHENMODIFIED": "10/01/2026 10:00:00"}
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            await store.apply(conn, Outbox(), store.INVOICES, [_invoice(n) for n in (1, 2, 3)])
-            checking = mapping.bank_row("acme", "checking", {**bank, "RECORDNO": "9"})
-            await store.apply(conn, Outbox(), store.BANK_ACCOUNTS, [checking])
-            assert await store.delete(conn, Outbox(), store.INVOICES, "acme", ["2"]) == 1
-            assert await store.delete(conn, Outbox(), store.BANK_ACCOUNTS, "acme", ["9"]) == 1
-        later = [_invoice(n, modified="10/05/2026 10:00:00", due="9.00") for n in (1, 2, 3, 4)]
-        savings = mapping.bank_row(
-            "acme", "savings", {**bank, "RECORDNO": "9", "WHENMODIFIED": "10/05/2026 10:00:00"}
-        )
-        async with pool.acquire() as conn:
-            async with conn.transaction():
-                counts = await store.apply(conn, Outbox(), store.INVOICES, later)
-                # A late add of the deleted RECORDNO 9 under the other kind of bank account:
-                # tombstones hold per RECORDNO, which Intacct never reuses.
-                banks = await store.apply(conn, Outbox(), store.BANK_ACCOUNTS, [savings])
-            assert (counts.created, counts.updated, counts.stale) == (1, 2, 1)
-            assert (banks.created, banks.stale) == (0, 1)
-            live = dict(
-                await conn.fetch(
-                    "SELECT record_no, deleted FROM invoices WHERE account_id = 'acme'"
-                    " ORDER BY record_no"
-                )
+    async with pool.acquire() as conn, conn.transaction():
+        await store.apply(conn, Outbox(), store.INVOICES, [_invoice(n) for n in (1, 2, 3)])
+        checking = mapping.bank_row("acme", "checking", {**bank, "RECORDNO": "9"})
+        await store.apply(conn, Outbox(), store.BANK_ACCOUNTS, [checking])
+        assert await store.delete(conn, Outbox(), store.INVOICES, "acme", ["2"]) == 1
+        assert await store.delete(conn, Outbox(), store.BANK_ACCOUNTS, "acme", ["9"]) == 1
+    later = [_invoice(n, modified="10/05/2026 10:00:00", due="9.00") for n in (1, 2, 3, 4)]
+    savings = mapping.bank_row(
+        "acme", "savings", {**bank, "RECORDNO": "9", "WHENMODIFIED": "10/05/2026 10:00:00"}
+    )
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            counts = await store.apply(conn, Outbox(), store.INVOICES, later)
+            # A late add of the deleted RECORDNO 9 under the other kind of bank account:
+            # tombstones hold per RECORDNO, which Intacct never reuses.
+            banks = await store.apply(conn, Outbox(), store.BANK_ACCOUNTS, [savings])
+        assert (counts.created, counts.updated, counts.stale) == (1, 2, 1)
+        assert (banks.created, banks.stale) == (0, 1)
+        live = dict(
+            await conn.fetch(
+                "SELECT record_no, deleted FROM invoices WHERE account_id = 'acme'"
+                " ORDER BY record_no"
             )
-            assert live == {"1": False, "2": True, "3": False, "4": False}
-            events = await _events(conn)
-        subjects = [s for s, _ in events]
-        assert subjects.count("ar.invoice.deleted") == 1
-        assert subjects.count("ar.invoice.created") == 4
-        assert subjects.count("ar.invoice.updated") == 2
-    finally:
-        await pool.close()
+        )
+        assert live == {"1": False, "2": True, "3": False, "4": False}
+        events = await _events(conn)
+    subjects = [s for s, _ in events]
+    assert subjects.count("ar.invoice.deleted") == 1
+    assert subjects.count("ar.invoice.created") == 4
+    assert subjects.count("ar.invoice.updated") == 2

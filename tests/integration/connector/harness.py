@@ -15,13 +15,22 @@ from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge_connector.core import Connector
 from arbridge_connector.crypto import CredentialCipher, new_key_spec, parse_keys
 from arbridge_connector.servicer import ConnectorService
+from arbridge_intacct.client import IntacctClient
 from arbridge_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
 from arbridge_runtime.grpc_client import service_channel
 from arbridge_runtime.grpc_server import GrpcServer
 from arbridge_runtime.jetstream import Outbox
 from arbridge_runtime.metrics import ServiceMetrics
 from tests.conftest import TOKEN
-from tests.support.intacct import COMPANY, SENDER, SENDER_PW, USER, USER_PW, LiveSandbox
+from tests.support.intacct import (
+    COMPANY,
+    SENDER,
+    SENDER_PW,
+    USER,
+    USER_PW,
+    LiveSandbox,
+    live_sandbox,
+)
 
 
 @dataclass
@@ -95,3 +104,19 @@ async def connector_harness(
         await server.stop(0)
         await http.close()
         await pool.close()
+
+
+@asynccontextmanager
+async def connected_client(
+    database_url: str, schema: str, *, invoices: int
+) -> AsyncIterator[tuple[ConnectorHarness, IntacctClient]]:
+    """A sandbox with ``invoices`` invoices, its account connected: the harness and the
+    account's Intacct client, with the sandbox's call counts reset."""
+    async with (
+        live_sandbox(customers=50, invoices=invoices) as live,
+        connector_harness(database_url, schema, live) as h,
+    ):
+        await h.stub.ConnectAccount(h.connect_request())
+        client = await h.core.client("acct-1")
+        await live.admin("POST", "/sandbox/stats/reset")
+        yield h, client

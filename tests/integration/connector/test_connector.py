@@ -12,7 +12,7 @@ from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.connector.v1 import connector_pb2
 from arbridge_intacct import request as rq
 from arbridge_runtime.paging import streamed_records
-from tests.integration.connector.harness import connector_harness
+from tests.integration.connector.harness import connected_client, connector_harness
 from tests.support.intacct import COMPANY, SENDER_PW, USER_PW, live_sandbox
 
 
@@ -141,13 +141,8 @@ async def test_a_walk_asks_for_the_next_page_while_the_reader_is_busy(
 ) -> None:
     import asyncio
 
-    async with (
-        live_sandbox(customers=50, invoices=7000) as live,
-        connector_harness(database_url, unique, live) as h,
-    ):
-        await h.stub.ConnectAccount(h.connect_request())
-        client = await h.core.client("acct-1")
-        await live.admin("POST", "/sandbox/stats/reset")
+    async with connected_client(database_url, unique, invoices=7000) as (h, client):
+        live = h.live
         walk = client.stream_query("ARINVOICE", ["RECORDNO"], page_size=2000)
         seen: list[str] = []
         async for _, records in walk:
@@ -195,13 +190,7 @@ async def test_a_wrong_guess_of_the_next_key_costs_a_call_not_a_record(
         return None if found is None else (found[0] - 1, found[1])
 
     monkeypatch.setattr(client_module, "peek_page", off_by_one)
-    async with (
-        live_sandbox(customers=50, invoices=5000) as live,
-        connector_harness(database_url, unique, live) as h,
-    ):
-        await h.stub.ConnectAccount(h.connect_request())
-        client = await h.core.client("acct-1")
-        await live.admin("POST", "/sandbox/stats/reset")
+    async with connected_client(database_url, unique, invoices=5000) as (h, client):
         seen = [
             str(r["RECORDNO"])
             async for _, records in client.stream_query("ARINVOICE", ["RECORDNO"])

@@ -254,8 +254,8 @@ class OutboxRelay:
                 " FOR UPDATE SKIP LOCKED),"
                 " chosen AS (SELECT seq FROM (SELECT seq, n, sum(n) OVER (ORDER BY seq) AS upto"
                 " FROM locked) t WHERE upto - n < $1)"
-                " SELECT o.seq, o.id::text AS id, o.subject, o.payload, o.subjects, o.payloads,"
-                " o.headers FROM outbox o JOIN chosen USING (seq) ORDER BY o.seq",
+                " SELECT seq, id::text AS id, subject, payload, subjects, payloads, headers"
+                " FROM outbox WHERE seq = ANY(ARRAY(SELECT seq FROM chosen)) ORDER BY seq",
                 self.batch_size,
             )
             if not rows:

@@ -348,9 +348,8 @@ class JobRunner:
             await queue.put(None)
 
         async def write() -> None:
-            async with self.pool.acquire() as conn:  # one connection for all its batches
-                while (batch := await queue.get()) is not None:
-                    await self._apply(conn, account_id, synced, batch, tax_field, progress, seen)
+            while (batch := await queue.get()) is not None:
+                await self._apply(account_id, synced, batch, tax_field, progress, seen)
             queue.put_nowait(None)  # the end, for the other writer
 
         reader = asyncio.create_task(read())
@@ -368,7 +367,6 @@ class JobRunner:
 
     async def _apply(
         self,
-        conn: asyncpg.Connection,
         account_id: str,
         synced: Synced,
         records: list[dict[str, str]],
@@ -379,7 +377,9 @@ class JobRunner:
         if not records:
             return
         rows = []
-        async with conn.transaction():
+        # A connection per batch, not per writer: a sync of many objects must leave
+        # the pool to the API and the consumers between its batches.
+        async with self.pool.acquire() as conn, conn.transaction():
             for fields in records:
                 try:
                     rows.append(synced.map(account_id, fields, tax_field))

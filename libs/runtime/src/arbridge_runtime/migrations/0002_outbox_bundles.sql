@@ -16,8 +16,8 @@ ALTER TABLE outbox
             AND cardinality(subjects) = cardinality(payloads))
     );
 
--- A bundle's arrays are large and read once: stored out of line, uncompressed
--- (compressing them cost PostgreSQL more CPU than the bytes it saved).
+-- A bundle's arrays are large, written once and read once: stored out of line
+-- and uncompressed, so no sync batch pays for compressing bytes the reaper drops.
 ALTER TABLE outbox
     ALTER COLUMN subjects SET STORAGE EXTERNAL,
     ALTER COLUMN payloads SET STORAGE EXTERNAL;
