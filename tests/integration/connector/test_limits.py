@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from arbridge_connector.limits import PgLimiter
-from arbridge_intacct.client import INTERACTIVE, SLOT_PRIORITY, WALK_START
+from arbridge_intacct.client import (
+    INTERACTIVE,
+    SLOT_INHERITED,
+    SLOT_PRIORITY,
+    SLOT_SUCCESSOR,
+    WALK_START,
+    SlotHandoff,
+)
 from arbridge_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
 
 
@@ -127,3 +134,100 @@ async def test_a_low_priority_waiter_is_not_starved_by_a_stream_of_higher_ones(
     assert any(not t.done() for t in flood)  # overtaken ones were still waiting
     await flooding
     await asyncio.gather(holder, *flood)
+
+
+async def _walk(
+    limiter: PgLimiter,
+    got: list[str],
+    pages: list[tuple[str, int]],
+    *,
+    inherited: SlotHandoff | None = None,
+    hold: asyncio.Event | None = None,
+    forsake_next: bool = False,
+) -> None:
+    """A walk's pages as the client asks for them: each names the next while it holds
+    the slot (``pages``: names and priorities). ``forsake_next``: the next page's task
+    is cancelled before it runs (a walk whose reader stopped)."""
+    (name, priority), rest = pages[0], pages[1:]
+    SLOT_PRIORITY.set(priority)  # this task's own context
+    SLOT_INHERITED.set(inherited)
+    async with limiter.slot("C"):
+        got.append(name)
+        if hold is not None:
+            await hold.wait()
+        await asyncio.sleep(0.01)
+        if rest:
+            handoff = SlotHandoff(rest[0][1])
+            handoff.task = asyncio.create_task(_walk(limiter, got, rest, inherited=handoff))
+            SLOT_SUCCESSOR.set(handoff)
+            if forsake_next:
+                handoff.task.cancel()
+    if rest and not forsake_next:
+        assert handoff.task is not None
+        await handoff.task
+
+
+async def test_a_walk_keeps_its_slot_for_its_next_page_unless_outranked(
+    limiter: PgLimiter,
+) -> None:
+    got: list[str] = []
+    release = asyncio.Event()
+    walk = asyncio.create_task(
+        _walk(limiter, got, [("page 1", 5), ("page 2", 4), ("page 3", 3)], hold=release)
+    )
+    while not got:
+        await asyncio.sleep(0.01)
+    shorter = asyncio.create_task(_take(limiter, got, "shorter walk", 2))
+    await _waiting(limiter, 1)
+    release.set()
+    await asyncio.gather(walk, shorter)
+    # The shorter walk was waiting all along; the slot went from page to page.
+    assert got == ["page 1", "page 2", "page 3", "shorter walk"]
+
+    got.clear()
+    release = asyncio.Event()
+    walk = asyncio.create_task(_walk(limiter, got, [("page 1", 5), ("page 2", 4)], hold=release))
+    while not got:
+        await asyncio.sleep(0.01)
+    single = asyncio.create_task(_take(limiter, got, "single call", INTERACTIVE))
+    await _waiting(limiter, 1)
+    release.set()
+    await asyncio.gather(walk, single)
+    assert got == ["page 1", "single call", "page 2"]
+    assert limiter._releases["C"].waiting == {}
+
+
+async def test_a_walk_passes_its_slot_on_a_few_times_running_at_most(limiter: PgLimiter) -> None:
+    limiter.max_passes = 2
+    got: list[str] = []
+    release = asyncio.Event()
+    pages = [(f"page {n}", 10 - n) for n in range(1, 6)]
+    walk = asyncio.create_task(_walk(limiter, got, pages, hold=release))
+    while not got:
+        await asyncio.sleep(0.01)
+    shorter = asyncio.create_task(_take(limiter, got, "shorter walk", 1))
+    await _waiting(limiter, 1)
+    release.set()
+    await asyncio.gather(walk, shorter)
+    # Passed twice, then freed: the waiter (in this replica or another) gets its turn.
+    assert got == ["page 1", "page 2", "page 3", "shorter walk", "page 4", "page 5"]
+
+
+async def test_a_slot_passed_to_a_page_that_never_runs_is_given_back(
+    limiter: PgLimiter,
+) -> None:
+    got: list[str] = []
+    release = asyncio.Event()
+    walk = asyncio.create_task(
+        _walk(limiter, got, [("page 1", 5), ("page 2", 4)], hold=release, forsake_next=True)
+    )
+    while not got:
+        await asyncio.sleep(0.01)
+    other = asyncio.create_task(_take(limiter, got, "other walk", 2))
+    await _waiting(limiter, 1)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(walk, other), 10)
+    assert got == ["page 1", "other walk"]
+    # The advisory lock and its connection came back: the slot is free again.
+    await asyncio.wait_for(_take(limiter, got, "later", 0), 5)
+    assert limiter.pool.get_size() - limiter.pool.get_idle_size() == 0

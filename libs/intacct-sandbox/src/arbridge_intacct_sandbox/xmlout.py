@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+
 def esc(value: str) -> str:
     """Text for element content. Most values need nothing escaped and are returned as
     they are: a search for the three characters costs a fraction of ``str.translate``,
@@ -50,9 +51,7 @@ def flat_record(tag: str, values: Mapping[str, str], names: Iterable[str]) -> st
     parts = [f"<{tag}>"]
     for name in names:
         value = get(name, "")
-        parts.append(
-            f"<{name}>{esc(value)}</{name}>" if value else f"<{name}></{name}>"
-        )
+        parts.append(f"<{name}>{esc(value)}</{name}>" if value else f"<{name}></{name}>")
     parts.append(f"</{tag}>")
     return "".join(parts)
 

@@ -25,7 +25,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -88,6 +88,26 @@ class Credentials:
 INTERACTIVE = 1 << 30
 WALK_START = 1 << 20
 SLOT_PRIORITY: ContextVar[int] = ContextVar("intacct_slot_priority", default=INTERACTIVE)
+
+
+@dataclass(eq=False)
+class SlotHandoff:
+    """The next page of a walk, known while the current page's request still holds
+    its slot: a limiter may pass that slot straight on (``lease``) instead of freeing
+    it, so the walk does not queue behind shorter ones for the slot it just had. The
+    limiter resolves ``lease`` either way: with what it passes on, or None."""
+
+    priority: int
+    task: asyncio.Future[Any] | None = None
+    lease: asyncio.Future[Any] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+# Set by a request that knows its successor (for the limiter, when the slot is given
+# back), and in the successor's own task (where its slot may come from).
+SLOT_SUCCESSOR: ContextVar[SlotHandoff | None] = ContextVar("intacct_slot_successor", default=None)
+SLOT_INHERITED: ContextVar[SlotHandoff | None] = ContextVar("intacct_slot_inherited", default=None)
 
 
 class Limiter(Protocol):
@@ -368,10 +388,10 @@ class IntacctClient:
                     raise IntacctUnavailable(
                         f"could not reach Intacct: {type(exc).__name__}"
                     ) from None
+            if on_body is not None:
+                on_body(chunks)  # may name this slot's successor (SLOT_SUCCESSOR)
         # Intacct's part ends when its answer is in: the slot goes to the next call
         # while this one is decoded (a page of 2,000 records takes tens of ms).
-        if on_body is not None:
-            on_body(chunks)
         records: list[Record] = []
         try:
             for chunk in chunks:
@@ -417,8 +437,19 @@ class IntacctClient:
         """
         fields = list(dict.fromkeys([key_field, *fields]))
 
-        async def page(last: int | None, pages_left: int, hint: _Hint) -> Data:
-            SLOT_PRIORITY.set(pages_left)  # this task's own context
+        taken = 0  # pages the reader has come back for more after
+
+        async def page(
+            number: int,
+            last: int | None,
+            pages_left: int,
+            hint: _Hint,
+            inherited: SlotHandoff | None,
+        ) -> Data:
+            # This task's own context: its priority, and the slot it may inherit.
+            SLOT_PRIORITY.set(pages_left)
+            SLOT_INHERITED.set(inherited)
+            SLOT_SUCCESSOR.set(None)
             keyed = list(conditions)
             if last is not None:
                 keyed.append(rq.Condition("greaterthan", key_field, (str(last),)))
@@ -433,8 +464,18 @@ class IntacctClient:
             )
 
             def peek(chunks: list[bytes]) -> None:
-                if not hint.done() and (found := peek_page(chunks, key_field)) is not None:
-                    hint.set_result(found)
+                # The next page is asked for now, before this answer is decoded and
+                # while this request still holds its slot, which may pass to it;
+                # unless the reader is still on the page before this one (a walk
+                # stays one page ahead of its reader).
+                if hint.done() or taken < number - 1:
+                    return
+                found = peek_page(chunks, key_field)
+                if found is None or found[1] <= 0:
+                    return
+                asked = ask(number + 1, found[0], left_after(found[1]), inherits=True)
+                SLOT_SUCCESSOR.set(asked[2])
+                hint.set_result((found[0], asked[:2]))
 
             response = await self.execute(
                 [rq.Function("q", body)], record_tag=object_name, on_body=peek
@@ -444,9 +485,15 @@ class IntacctClient:
                 raise classify(result.errors, level="result")
             return result.data or Data()
 
-        def ask(last: int | None, pages_left: int) -> tuple[_Hint, asyncio.Future[Data]]:
+        def ask(
+            number: int, last: int | None, pages_left: int, *, inherits: bool = False
+        ) -> tuple[_Hint, asyncio.Future[Data], SlotHandoff | None]:
             hint: _Hint = asyncio.get_running_loop().create_future()
-            return hint, asyncio.ensure_future(page(last, pages_left, hint))
+            handoff = SlotHandoff(pages_left) if inherits else None
+            task = asyncio.ensure_future(page(number, last, pages_left, hint, handoff))
+            if handoff is not None:
+                handoff.task = task  # before it runs: the task starts on the loop's next turn
+            return hint, task, handoff
 
         def left_after(remaining: int) -> int:
             return min(WALK_START - 1, -(-remaining // page_size))
@@ -455,15 +502,15 @@ class IntacctClient:
         # the answer's bytes, before they are decoded (checked against the decoded
         # page, and asked again in the rare case they differ), and while this page is
         # handed out. The walk goes at Intacct's pace, not the decoder's or the reader's.
-        current: tuple[_Hint, asyncio.Future[Data]] | None = ask(None, WALK_START)
+        current: tuple[_Hint, asyncio.Future[Data]] | None = ask(1, None, WALK_START)[:2]
+        number = 1
         guessed: tuple[int, tuple[_Hint, asyncio.Future[Data]]] | None = None
         try:
             while current is not None:
                 hint, pending = current
                 await asyncio.wait((hint, pending), return_when=asyncio.FIRST_COMPLETED)
-                if hint.done() and hint.result()[1] > 0:
-                    last_key, remaining = hint.result()
-                    guessed = (last_key, ask(last_key, left_after(remaining)))
+                if hint.done():
+                    guessed = hint.result()  # (the key it follows, the page already asked)
                 data = await pending
                 current = None
                 records = data.records
@@ -476,12 +523,15 @@ class IntacctClient:
                     if guessed is not None and guessed[0] == int(last):
                         current = guessed[1]
                     else:
-                        current = ask(int(last), left_after(data.numremaining or 0))
+                        left = left_after(data.numremaining or 0)
+                        current = ask(number + 1, int(last), left)[:2]
+                    number += 1
                 if guessed is not None and current is not guessed[1]:
                     guessed[1][1].cancel()  # asked for after a wrong guess: not needed
                     log.warning("intacct_walk_guess_differed", object=object_name)
                 guessed = None
                 yield data, records
+                taken += 1
         finally:
             asked = [c[1] for c in (current, guessed and guessed[1]) if c is not None]
             for future in asked:
@@ -516,8 +566,9 @@ class IntacctClient:
         return outcomes
 
 
-# A page's last key and numremaining, known before the page is decoded.
-_Hint = asyncio.Future[tuple[int, int]]
+# The next page of a walk, asked for before this one was decoded: the key it follows,
+# and its (hint, page) pair.
+_Hint = asyncio.Future[tuple[int, tuple[Any, asyncio.Future[Any]]]]
 _NUMREMAINING = re.compile(rb'<data\b[^>]*\bnumremaining="(\d+)"')
 
 

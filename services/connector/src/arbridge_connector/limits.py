@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from prometheus_client import Counter as MetricCounter
 
-from arbridge_intacct.client import SLOT_PRIORITY
+from arbridge_intacct.client import SLOT_INHERITED, SLOT_PRIORITY, SLOT_SUCCESSOR
 
 _SLOT_NAMESPACE = 0x1A7A  # keeps these locks apart from any other two-key advisory lock
 
@@ -39,11 +39,13 @@ def _company_key(company_id: str) -> int:
 @dataclass
 class _Releases:
     """One company's slots as this process sees them: how many it gave back (a count
-    and a wake-up for its waiters) and the priorities of those waiting."""
+    and a wake-up for its waiters), the priorities of those waiting, and how many of
+    them have waited past their patience."""
 
     count: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     waiting: Counter[int] = field(default_factory=Counter)
+    impatient: int = 0
 
     def outranked(self, priority: int) -> bool:
         return any(p > priority for p in self.waiting)
@@ -61,6 +63,17 @@ class _Releases:
         self.wake.clear()
 
 
+@dataclass(eq=False)
+class _Lease:
+    """A held slot on its way from a walk's page to the next: the advisory lock and
+    the connection that holds it (locks belong to connections)."""
+
+    conn: asyncpg.Connection
+    slot: int
+    passes: int  # how many times running it has been passed on
+    claimed: bool = False
+
+
 @dataclass
 class PgLimiter:
     pool: asyncpg.Pool
@@ -70,26 +83,39 @@ class PgLimiter:
     # How long a waiter gives way to higher priorities at most: after that it tries
     # for every freed slot, so a long walk cannot starve a short one.
     patience_seconds: float = 10.0
+    # A walk's slot passes to the walk's next page when no waiter here outranks it or
+    # has run out of patience, this many times running at most: then it is freed, so
+    # waiters in other replicas (which this one cannot see) get their turn too.
+    max_passes: int = 16
     # A slot given back here is taken at once by a waiter here; slots given back
     # by other replicas are found by polling.
     _releases: dict[str, _Releases] = field(default_factory=dict, init=False, repr=False)
+    _forsaken: set[asyncio.Future[None]] = field(default_factory=set, init=False, repr=False)
 
     @asynccontextmanager
     async def slot(self, company_id: str) -> AsyncIterator[None]:
         key = _company_key(company_id)
         releases = self._releases.setdefault(company_id, _Releases())
         priority = SLOT_PRIORITY.get()
-        conn: asyncpg.Connection = await self.pool.acquire()
-        held: int | None = None
-        releases.waiting[priority] += 1
-        waiting = True
+        lease = await self._inherit()
+        conn: asyncpg.Connection = lease.conn if lease else await self.pool.acquire()
+        held: int | None = lease.slot if lease else None
+        passes = lease.passes if lease else 0
+        waiting = held is None
+        impatient = False
+        if waiting:
+            releases.waiting[priority] += 1
+        clean = False
         try:
             delay = 0.005
             waited = 0.0
             while held is None:
                 seen = releases.count
+                if waited >= self.patience_seconds and not impatient:
+                    impatient = True
+                    releases.impatient += 1
                 # A waiter here with a higher priority goes first, for a while.
-                yields = waited < self.patience_seconds and releases.outranked(priority)
+                yields = not impatient and releases.outranked(priority)
                 for slot in range(0 if yields else self.concurrency):
                     if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", key, slot):
                         held = slot
@@ -105,8 +131,9 @@ class PgLimiter:
                         await asyncio.wait_for(releases.wake.wait(), pause)
                     waited += time.monotonic() - began
                     delay = min(delay * 2, 0.1)
-            waiting = False
-            releases.leave(priority)
+            if waiting:
+                waiting = False
+                self._leave(releases, priority, impatient)
             tokens = await conn.fetchval(
                 """INSERT INTO intacct_rate (company_id, tokens, updated_at)
                    VALUES ($1, $2 - 1, now())
@@ -122,16 +149,66 @@ class PgLimiter:
             if tokens < 0:
                 await asyncio.sleep(-tokens / self.rate_per_second)
             yield
+            clean = True
         finally:
             if waiting:  # gave up (an error, a cancellation)
-                releases.leave(priority)
-            try:
-                if held is not None:
-                    await conn.execute("SELECT pg_advisory_unlock($1, $2)", key, held)
-            finally:
-                await self.pool.release(conn)
-                if held is not None:
-                    releases.pulse()
+                self._leave(releases, priority, impatient)
+            successor = SLOT_SUCCESSOR.get()
+            SLOT_SUCCESSOR.set(None)
+            if (
+                clean
+                and held is not None
+                and successor is not None
+                and successor.task is not None
+                and not successor.lease.done()
+                and passes < self.max_passes
+                and not releases.impatient
+                and not releases.outranked(successor.priority)
+            ):
+                passed = _Lease(conn, held, passes + 1)
+                successor.lease.set_result(passed)
+                # Given back should its task end without taking it (a walk stopped).
+                successor.task.add_done_callback(
+                    lambda _: None if passed.claimed else self._forsake(passed, key, releases)
+                )
+            else:
+                if successor is not None and not successor.lease.done():
+                    successor.lease.set_result(None)  # it waits for a slot as usual
+                await self._give_back(conn, key, held, releases)
+
+    async def _inherit(self) -> _Lease | None:
+        """The slot this task's predecessor in a walk passed on, if any (once)."""
+        handoff = SLOT_INHERITED.get()
+        if handoff is None:
+            return None
+        SLOT_INHERITED.set(None)
+        lease = await handoff.lease
+        if isinstance(lease, _Lease):
+            lease.claimed = True
+            return lease
+        return None
+
+    def _leave(self, releases: _Releases, priority: int, impatient: bool) -> None:
+        if impatient:
+            releases.impatient -= 1
+        releases.leave(priority)
+
+    async def _give_back(
+        self, conn: asyncpg.Connection, key: int, held: int | None, releases: _Releases
+    ) -> None:
+        try:
+            if held is not None:
+                await conn.execute("SELECT pg_advisory_unlock($1, $2)", key, held)
+        finally:
+            await self.pool.release(conn)
+            if held is not None:
+                releases.pulse()
+
+    def _forsake(self, lease: _Lease, key: int, releases: _Releases) -> None:
+        lease.claimed = True
+        task = asyncio.ensure_future(self._give_back(lease.conn, key, lease.slot, releases))
+        self._forsaken.add(task)
+        task.add_done_callback(self._forsaken.discard)
 
 
 @dataclass
