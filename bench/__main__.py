@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from tests.support.runtime_env import machine_cpu
 
 BENCHMARKS = (
     "bench.sandbox_query",
@@ -66,15 +67,32 @@ def _environment() -> dict[str, Any]:
     }
 
 
+async def _settle(quiet: float = 0.15, most: float = 30.0) -> float:
+    """Waits until the machine is quiet (under ``quiet`` of its CPU busy over half a
+    second), ``most`` seconds at the longest: what one benchmark left behind (a
+    checkpoint, a vacuum, a stream being written out) is not measured in the next.
+    Returns the seconds waited."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < most:
+        busy_before, total_before = machine_cpu()
+        await asyncio.sleep(0.5)
+        busy_after, total_after = machine_cpu()
+        if (busy_after - busy_before) / max(total_after - total_before, 1e-9) < quiet:
+            break
+    return round(time.perf_counter() - began, 1)
+
+
 async def main(only: list[str]) -> int:
     results = []
     for module_name in BENCHMARKS:
         if only and not any(o in module_name for o in only):
             continue
         module = import_module(module_name)
+        settled = await _settle()
         began = time.perf_counter()
         figures = await module.run()
         figures["bench_seconds"] = round(time.perf_counter() - began, 1)
+        figures["settled_seconds"] = settled
         results.append(figures)
         shown = {k: v for k, v in figures.items() if k not in ("samples",)}
         print(json.dumps(shown, indent=1), flush=True)

@@ -493,7 +493,10 @@ class Report:
             + f". {versions}.\n\n"
             "Reproduce: `make bench` (every benchmark; `python -m bench NAME` runs one and keeps "
             "the others' results), which writes `bench/results.json` (environment, parameters "
-            "and raw samples) and this report. Benchmarks measure; tests check behaviour.\n\n"
+            "and raw samples) and this report. Each benchmark starts once the machine is "
+            "quiet (under 15% busy, 30 s at most). Benchmarks measure; tests check "
+            "behaviour. The machine is a shared VM whose speed varies from day to day: "
+            "compare figures measured on the same day.\n\n"
             "## Targets\n\n"
             + _table(
                 ["what", "target", "measured", "verdict"],
