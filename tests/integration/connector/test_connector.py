@@ -13,7 +13,7 @@ from arbridge.connector.v1 import connector_pb2
 from arbridge_intacct import request as rq
 from arbridge_runtime.paging import streamed_records
 from tests.integration.connector.harness import connected_client, connector_harness
-from tests.support.intacct import COMPANY, SENDER_PW, USER_PW, live_sandbox
+from tests.support.intacct import COMPANY, SENDER, SENDER_PW, USER, USER_PW, live_sandbox
 
 
 async def test_connect_validates_with_a_real_session_and_stores_no_clear_secret(
@@ -200,6 +200,31 @@ async def test_a_wrong_guess_of_the_next_key_costs_a_call_not_a_record(
         assert seen == sorted(seen, key=int)
         # Three pages, each but the last guessed wrong once: at most two calls more.
         assert 3 <= (await h.stats())["functions"]["query"] <= 5
+
+
+async def test_a_walk_keeps_no_page_its_reader_is_done_with() -> None:
+    # A page names its successor for the limiter; with a limiter that passes no slots
+    # (the client's default) that must not chain every page read so far to the next.
+    import gc
+    import weakref
+
+    import aiohttp
+
+    from arbridge_intacct.client import Credentials, IntacctClient
+
+    async with live_sandbox(customers=50, invoices=12_000) as live, aiohttp.ClientSession() as http:
+        client = IntacctClient(
+            http, Credentials(COMPANY, USER, USER_PW, SENDER, SENDER_PW), endpoint=live.endpoint
+        )
+        pages: list[weakref.ref[object]] = []
+        alive: list[int] = []
+        async for data, _records in client.stream_query("ARINVOICE", ["RECORDNO"]):
+            pages.append(weakref.ref(data))
+            del data, _records
+            gc.collect()
+            alive.append(sum(page() is not None for page in pages))
+        assert len(pages) == 6
+        assert max(alive) <= 2, alive  # the page being read, and at most the one before
 
 
 async def test_incremental_reads_use_the_company_time_zone(database_url: str, unique: str) -> None:

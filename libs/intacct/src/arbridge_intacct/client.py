@@ -450,6 +450,8 @@ class IntacctClient:
             SLOT_PRIORITY.set(pages_left)
             SLOT_INHERITED.set(inherited)
             SLOT_SUCCESSOR.set(None)
+            if inherited is not None:
+                inherited.task = None  # the limiter has what it needed; no cycle to keep
             keyed = list(conditions)
             if last is not None:
                 keyed.append(rq.Condition("greaterthan", key_field, (str(last),)))
@@ -477,9 +479,14 @@ class IntacctClient:
                 SLOT_SUCCESSOR.set(asked[2])
                 hint.set_result((found[0], asked[:2]))
 
-            response = await self.execute(
-                [rq.Function("q", body)], record_tag=object_name, on_body=peek
-            )
+            try:
+                response = await self.execute(
+                    [rq.Function("q", body)], record_tag=object_name, on_body=peek
+                )
+            finally:
+                # A limiter that passes no slots leaves the successor named here: this
+                # page's context must not keep the next page (and so every page) alive.
+                SLOT_SUCCESSOR.set(None)
             result = response.results[0]
             if not result.ok:
                 raise classify(result.errors, level="result")
