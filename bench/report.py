@@ -80,7 +80,14 @@ class Report:
             f" {p['intacct_latency_ms']} ms latency, {p['intacct_concurrency_limit']} at a time",
             "within 1.25x of the latency/concurrency time bound",
             f"{r['initial_sync_seconds']} s = {r['initial_sync_over_bound']}x the bound "
-            f"({r['initial_sync_time_bound_seconds']} s)",
+            f"({r['initial_sync_time_bound_seconds']} s)"
+            + (
+                f"; median of {len(r['initial_sync_seconds_each'])} runs: "
+                + ", ".join(f"{v:.1f}" for v in r["initial_sync_seconds_each"])
+                + " s"
+                if r.get("initial_sync_seconds_each")
+                else ""
+            ),
             r["initial_sync_over_bound"] <= 1.25,
         )
         self.target(
