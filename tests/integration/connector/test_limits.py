@@ -167,66 +167,64 @@ async def _walk(
         await handoff.task
 
 
+async def _walk_then(
+    limiter: PgLimiter,
+    pages: list[tuple[str, int]],
+    waiter: tuple[str, int],
+    *,
+    forsake_next: bool = False,
+) -> list[str]:
+    """Who had the slot, in turn, when ``waiter`` (a name and a priority) queues while
+    the walk's first page holds it."""
+    got: list[str] = []
+    release = asyncio.Event()
+    walk = asyncio.create_task(_walk(limiter, got, pages, hold=release, forsake_next=forsake_next))
+    while not got:
+        await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(_take(limiter, got, *waiter))
+    await _waiting(limiter, 1)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(walk, waiting), 10)
+    return got
+
+
 async def test_a_walk_keeps_its_slot_for_its_next_page_unless_outranked(
     limiter: PgLimiter,
 ) -> None:
-    got: list[str] = []
-    release = asyncio.Event()
-    walk = asyncio.create_task(
-        _walk(limiter, got, [("page 1", 5), ("page 2", 4), ("page 3", 3)], hold=release)
-    )
-    while not got:
-        await asyncio.sleep(0.01)
-    shorter = asyncio.create_task(_take(limiter, got, "shorter walk", 2))
-    await _waiting(limiter, 1)
-    release.set()
-    await asyncio.gather(walk, shorter)
     # The shorter walk was waiting all along; the slot went from page to page.
-    assert got == ["page 1", "page 2", "page 3", "shorter walk"]
-
-    got.clear()
-    release = asyncio.Event()
-    walk = asyncio.create_task(_walk(limiter, got, [("page 1", 5), ("page 2", 4)], hold=release))
-    while not got:
-        await asyncio.sleep(0.01)
-    single = asyncio.create_task(_take(limiter, got, "single call", INTERACTIVE))
-    await _waiting(limiter, 1)
-    release.set()
-    await asyncio.gather(walk, single)
-    assert got == ["page 1", "single call", "page 2"]
+    walk = [("page 1", 5), ("page 2", 4), ("page 3", 3)]
+    assert await _walk_then(limiter, walk, ("shorter walk", 2)) == [
+        *(name for name, _ in walk),
+        "shorter walk",
+    ]
+    walk = [("page 1", 5), ("page 2", 4)]
+    assert await _walk_then(limiter, walk, ("single call", INTERACTIVE)) == [
+        "page 1",
+        "single call",
+        "page 2",
+    ]
     assert limiter._releases["C"].waiting == {}
 
 
 async def test_a_walk_passes_its_slot_on_a_few_times_running_at_most(limiter: PgLimiter) -> None:
     limiter.max_passes = 2
-    got: list[str] = []
-    release = asyncio.Event()
-    pages = [(f"page {n}", 10 - n) for n in range(1, 6)]
-    walk = asyncio.create_task(_walk(limiter, got, pages, hold=release))
-    while not got:
-        await asyncio.sleep(0.01)
-    shorter = asyncio.create_task(_take(limiter, got, "shorter walk", 1))
-    await _waiting(limiter, 1)
-    release.set()
-    await asyncio.gather(walk, shorter)
+    walk = [(f"page {n}", 10 - n) for n in range(1, 6)]
     # Passed twice, then freed: the waiter (in this replica or another) gets its turn.
-    assert got == ["page 1", "page 2", "page 3", "shorter walk", "page 4", "page 5"]
+    assert await _walk_then(limiter, walk, ("shorter walk", 1)) == [
+        "page 1",
+        "page 2",
+        "page 3",
+        "shorter walk",
+        "page 4",
+        "page 5",
+    ]
 
 
 async def test_a_slot_passed_to_a_page_that_never_runs_is_given_back(
     limiter: PgLimiter,
 ) -> None:
-    got: list[str] = []
-    release = asyncio.Event()
-    walk = asyncio.create_task(
-        _walk(limiter, got, [("page 1", 5), ("page 2", 4)], hold=release, forsake_next=True)
-    )
-    while not got:
-        await asyncio.sleep(0.01)
-    other = asyncio.create_task(_take(limiter, got, "other walk", 2))
-    await _waiting(limiter, 1)
-    release.set()
-    await asyncio.wait_for(asyncio.gather(walk, other), 10)
+    walk = [("page 1", 5), ("page 2", 4)]
+    got = await _walk_then(limiter, walk, ("other walk", 2), forsake_next=True)
     assert got == ["page 1", "other walk"]
     # The advisory lock and its connection came back: the slot is free again.
     await asyncio.wait_for(_take(limiter, got, "later", 0), 5)
