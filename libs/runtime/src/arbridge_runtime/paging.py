@@ -35,15 +35,14 @@ def streamed_records(message: Any) -> Sequence[Any]:
     shape = message.WhichOneof("item")
     if shape == "rows":
         rows = message.rows
-        names = list(rows.fields)
         return [
             connector_pb2.Record(
                 object_type=rows.object_type,
                 record_no=row.record_no,
                 when_modified=row.when_modified if row.HasField("when_modified") else None,
-                fields=dict(zip(names, row.values, strict=True)),
+                fields=fields,
             )
-            for row in rows.rows
+            for row, fields in zip(rows.rows, _row_fields(rows), strict=True)
         ]
     if shape == "batch":
         return list(message.batch.records)
@@ -56,6 +55,11 @@ def streamed_fields(message: Any) -> list[dict[str, str]]:
     """The fields of each record one ``StreamRecordsResponse`` carries, by name: for a
     reader that needs nothing else, without building a ``Record`` per row."""
     if message.WhichOneof("item") == "rows":
-        names = list(message.rows.fields)
-        return [dict(zip(names, row.values, strict=True)) for row in message.rows.rows]
+        return _row_fields(message.rows)
     return [dict(record.fields) for record in streamed_records(message)]
+
+
+def _row_fields(rows: Any) -> list[dict[str, str]]:
+    """Each row of a ``RecordRows`` as its fields by name."""
+    names = list(rows.fields)
+    return [dict(zip(names, row.values, strict=True)) for row in rows.rows]
