@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arbridge_devinfra.suite import drop_streams
 from tests.conftest import TOKEN
 from tests.support.runtime_env import (
     ROOT,
@@ -153,6 +157,11 @@ def running_suite(
     finally:
         for process in suite.processes.values():
             process.terminate()
+        # The namespace's streams go too: a shared NATS would otherwise keep every run's
+        # events (a big sync's are a hundred thousand) and slow down with them.
+        with ThreadPoolExecutor(1) as thread, contextlib.suppress(Exception):
+            # (In a thread: the caller may be inside an event loop.)
+            thread.submit(asyncio.run, drop_streams(nats_url, namespace)).result()
         sandbox.terminate()
         try:
             sandbox.wait(30)
