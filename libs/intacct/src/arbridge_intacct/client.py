@@ -62,6 +62,8 @@ log = structlog.get_logger(__name__)
 DEFAULT_ENDPOINT = "https://api.intacct.com/ia/xml/xmlgw.phtml"
 QUERY_PAGE = 2000
 LOCAL_FORMAT = "%m/%d/%Y %H:%M:%S"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,20 @@ class IntacctClient:
             except ValueError:
                 return None
         return naive.replace(tzinfo=self.tz).astimezone(UTC)
+
+    def epoch_from_local(self, text: str) -> int | None:
+        """``from_local`` as whole seconds since the epoch, with no aware datetime made
+        on the way: the connector stamps every record it streams with it."""
+        naive = us_datetime(text) if text else None
+        if naive is None:  # empty, or a form only strptime reads
+            moment = self.from_local(text)
+            if moment is None:
+                return None
+            since = moment - _EPOCH
+            return since.days * 86400 + since.seconds
+        since, offset = naive - _NAIVE_EPOCH, self.tz.utcoffset(naive)
+        offset_seconds = 0 if offset is None else offset.days * 86400 + offset.seconds
+        return since.days * 86400 + since.seconds - offset_seconds
 
     # Sessions --------------------------------------------------------------------------
 

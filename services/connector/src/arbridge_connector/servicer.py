@@ -18,7 +18,6 @@ from arbridge_connector.objects import object_for
 from arbridge_connector.repository import AccountRow
 from arbridge_intacct import request as rq
 from arbridge_intacct.errors import ErrorDetail, IntacctError
-from arbridge_runtime.dates import timestamp
 from arbridge_runtime.errors import InvalidArgument
 
 # Records per StreamRecords message.
@@ -213,11 +212,11 @@ class ConnectorService(connector_pb2_grpc.ConnectorServiceServicer):
                     out.fields.extend(names)
                     add = out.rows.add
                     for values in rows[start : start + STREAM_BATCH]:
-                        modified = None if when is None else client.from_local(values[when])
+                        stamp = None if when is None else client.epoch_from_local(values[when])
                         add(
                             record_no="" if key is None else values[key],
                             values=values,
-                            when_modified=None if modified is None else timestamp(modified),
+                            when_modified=None if stamp is None else {"seconds": stamp},
                         )
                     yield message
 
