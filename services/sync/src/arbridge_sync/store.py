@@ -25,29 +25,40 @@ from arbridge_runtime.jetstream import Outbox
 from arbridge_sync import convert
 
 Change: TypeAlias = events_pb2.ChangeType.ValueType
-EventFactory = Callable[[Mapping[str, Any], Change, Timestamp], Message | None]
+# (row, change, when, the row's version as written)
+EventFactory = Callable[[Mapping[str, Any], Change, Timestamp, int], Message | None]
 
-# Events are filled in place (a message handed to a constructor is copied): a sync
+# Events are filled in place (a message handed to a constructor is copied), and the
+# version written is set on the message rather than copied into the row: a sync
 # announces every record it writes.
 
 
-def _customer_event(row: Mapping[str, Any], change: Change, occurred_at: Timestamp) -> Message:
+def _customer_event(
+    row: Mapping[str, Any], change: Change, occurred_at: Timestamp, version: int
+) -> Message:
     event = events_pb2.CustomerChanged(change=change)
     convert.fill_customer(event.customer, row)
+    event.customer.version = version
     event.occurred_at.CopyFrom(occurred_at)
     return event
 
 
-def _invoice_event(row: Mapping[str, Any], change: Change, occurred_at: Timestamp) -> Message:
+def _invoice_event(
+    row: Mapping[str, Any], change: Change, occurred_at: Timestamp, version: int
+) -> Message:
     event = events_pb2.InvoiceChanged(change=change)
     convert.fill_invoice(event.invoice, row)
+    event.invoice.version = version
     event.occurred_at.CopyFrom(occurred_at)
     return event
 
 
-def _payment_event(row: Mapping[str, Any], change: Change, occurred_at: Timestamp) -> Message:
+def _payment_event(
+    row: Mapping[str, Any], change: Change, occurred_at: Timestamp, version: int
+) -> Message:
     event = events_pb2.PaymentChanged(change=change)
     convert.fill_payment(event.payment, row)
+    event.payment.version = version
     event.occurred_at.CopyFrom(occurred_at)
     return event
 
@@ -272,7 +283,7 @@ async def apply(
             continue
         counts.created += change == CREATED
         counts.updated += change == UPDATED
-        event = _event(table, {**row, "version": version}, change, occurred_at)
+        event = _event(table, row, change, occurred_at, version)
         if event is not None:
             events.append(event)
     await outbox.add_many(conn, events)
@@ -339,11 +350,11 @@ async def _upsert(
 
 
 def _event(
-    table: Table, row: Mapping[str, Any], change: Change, occurred_at: Timestamp
+    table: Table, row: Mapping[str, Any], change: Change, occurred_at: Timestamp, version: int
 ) -> tuple[str, Message] | None:
     if table.event is None:
         return None
-    event = table.event(row, change, occurred_at)
+    event = table.event(row, change, occurred_at, version)
     return None if event is None else (f"{table.subject}.{_VERB[change]}", event)
 
 
@@ -371,6 +382,6 @@ async def delete(
         list(record_nos),
     )
     occurred_at = now_timestamp()
-    events = [_event(table, dict(row), DELETED, occurred_at) for row in rows]
+    events = [_event(table, row, DELETED, occurred_at, row["version"]) for row in rows]
     await outbox.add_many(conn, [e for e in events if e is not None])
     return len(rows)
