@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import platform
@@ -67,6 +68,23 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def reference_work() -> float:
+    """Seconds this machine takes for a fixed piece of plain-Python work (the best of
+    three): records as dicts, sorted JSON and SHA-256, the kind of work a sync does per
+    record, with nothing of arbridge's in it, so that it stays the same as the code
+    changes. The report gives it beside the figures: this VM's speed varies from day to
+    day, and figures of two runs compare only after this one's ratio is taken out."""
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        for n in range(60_000):
+            record = {f"FIELD{i}": f"value {n} {i}" for i in range(12)}
+            record["AMOUNT"] = str(n * 7)
+            hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+        best = min(best, time.perf_counter() - began)
+    return round(best, 3)
+
+
 async def _settle(quiet: float = 0.15, most: float = 30.0) -> float:
     """Waits until the machine is quiet (under ``quiet`` of its CPU busy over half a
     second), ``most`` seconds at the longest: what one benchmark left behind (a
@@ -84,6 +102,8 @@ async def _settle(quiet: float = 0.15, most: float = 30.0) -> float:
 
 async def main(only: list[str]) -> int:
     results = []
+    await _settle()
+    reference = {"before": reference_work()}
     for module_name in BENCHMARKS:
         if only and not any(o in module_name for o in only):
             continue
@@ -96,13 +116,16 @@ async def main(only: list[str]) -> int:
         results.append(figures)
         shown = {k: v for k, v in figures.items() if k not in ("samples",)}
         print(json.dumps(shown, indent=1), flush=True)
+    await _settle()
+    reference["after"] = reference_work()
     out = Path(__file__).parent / "results.json"
     if only and out.exists():
         # A partial run replaces its own figures and keeps the others.
         ran = {r["name"] for r in results}
         kept = [r for r in json.loads(out.read_text())["results"] if r["name"] not in ran]
         results = kept + results
-    text = json.dumps({"environment": _environment(), "results": results}, indent=1)
+    environment = {**_environment(), "reference_work_seconds": reference}
+    text = json.dumps({"environment": environment, "results": results}, indent=1)
     # Raw samples one array to a line: readable structure, a short diff.
     text = re.sub(
         r"\[\s+([-0-9.,\s]+?)\s+\]", lambda m: "[" + "".join(m.group(1).split()) + "]", text

@@ -481,6 +481,17 @@ class Report:
 
         return self.plot(name, draw, (7, 3))
 
+    def _reference(self) -> str:
+        reference = self.env.get("reference_work_seconds") or {}
+        if not reference:
+            return "with the machine's speed in mind."
+        taken = " and ".join(f"{v} s {k}" for k, v in reference.items())
+        return (
+            "scale them by the machine's speed: a fixed piece of plain-Python work "
+            "(`bench.__main__.reference_work`: 60,000 records as dicts, sorted JSON, "
+            f"SHA-256) took {taken} the benchmarks on this run."
+        )
+
     def render(self) -> str:
         self.sync()
         self.decode()
@@ -503,7 +514,7 @@ class Report:
             "and raw samples) and this report. Each benchmark starts once the machine is "
             "quiet (under 15% busy, 30 s at most). Benchmarks measure; tests check "
             "behaviour. The machine is a shared VM whose speed varies from day to day: "
-            "compare figures measured on the same day.\n\n"
+            "compare figures measured on the same day, or " + self._reference() + "\n\n"
             "## Targets\n\n"
             + _table(
                 ["what", "target", "measured", "verdict"],
