@@ -9,6 +9,7 @@ and NATS that ``ensure_infra`` finds or starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import uuid
@@ -93,6 +94,8 @@ async def _measure(dsn: str, nats_url: str, events: int) -> dict[str, Any]:
         stop.set()
         await asyncio.gather(relay_task, consumer_task)
     finally:
+        with contextlib.suppress(Exception):  # the run's stream goes with it
+            await nc.jetstream().delete_stream(namespace.stream("BENCH"))
         await nc.close()
         await pool.close()
     assert published_at is not None

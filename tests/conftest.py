@@ -8,15 +8,22 @@ each other's data even on shared servers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats
 import pytest
 
 from arbridge_devinfra.infra import Infra, PrivateNats, ensure_infra, scratch_database
 
 TOKEN = "test-service-token-0123456789abcdef"
+
+
+# Every name ``unique`` gave this run: its streams are deleted when the run ends.
+_NAMESPACES: set[str] = set()
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +32,11 @@ def infra() -> Iterator[Infra]:
     try:
         yield found
     finally:
+        # A shared NATS keeps streams until they are deleted: the run's own go, so runs
+        # do not pile up events on it (other runs' streams are left alone).
+        prefixes = {n.upper() + "_" for n in _NAMESPACES}
+        with contextlib.suppress(Exception):  # a cleanup: NATS may be gone already
+            asyncio.run(asyncio.wait_for(_drop_streams(found.nats_url, prefixes), 60))
         found.close()
 
 
@@ -39,10 +51,32 @@ def nats_url(infra: Infra) -> str:
     return infra.nats_url
 
 
+async def _drop_streams(url: str, prefixes: set[str]) -> None:
+    if not prefixes:
+        return
+    nc = await nats.connect(url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        names: list[str] = []  # the server lists a page at a time
+        while fresh := [
+            info.config.name
+            for info in await js.streams_info(offset=len(names))
+            if info.config.name not in names
+        ]:
+            names += fresh
+        for name in names:
+            if name.startswith(tuple(prefixes)):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique lower-case name for schemas, namespaces and streams."""
-    return f"t{secrets.token_hex(5)}"
+    name = f"t{secrets.token_hex(5)}"
+    _NAMESPACES.add(name)
+    return name
 
 
 @pytest.fixture
