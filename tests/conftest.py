@@ -61,7 +61,7 @@ async def _drop_streams(url: str, prefixes: set[str]) -> None:
         while fresh := [
             info.config.name
             for info in await js.streams_info(offset=len(names))
-            if info.config.name not in names
+            if info.config.name and info.config.name not in names
         ]:
             names += fresh
         for name in names:
