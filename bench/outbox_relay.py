@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from arbridge_devinfra.infra import ensure_infra, scratch_database
+from arbridge_devinfra.suite import drop_streams
 from arbridge_runtime.db import Migration, create_pool, migrate, runtime_migrations
 from arbridge_runtime.jetstream import (
     ConsumerSpec,
@@ -94,9 +95,9 @@ async def _measure(dsn: str, nats_url: str, events: int) -> dict[str, Any]:
         stop.set()
         await asyncio.gather(relay_task, consumer_task)
     finally:
-        with contextlib.suppress(Exception):  # the run's stream goes with it
-            await nc.jetstream().delete_stream(namespace.stream("BENCH"))
         await nc.close()
+        with contextlib.suppress(Exception):  # the run's stream goes with it
+            await drop_streams(nats_url, namespace.prefix)
         await pool.close()
     assert published_at is not None
     return {

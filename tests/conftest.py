@@ -14,10 +14,10 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import nats
 import pytest
 
 from arbridge_devinfra.infra import Infra, PrivateNats, ensure_infra, scratch_database
+from arbridge_devinfra.suite import drop_streams
 
 TOKEN = "test-service-token-0123456789abcdef"
 
@@ -34,9 +34,8 @@ def infra() -> Iterator[Infra]:
     finally:
         # A shared NATS keeps streams until they are deleted: the run's own go, so runs
         # do not pile up events on it (other runs' streams are left alone).
-        prefixes = {n.upper() + "_" for n in _NAMESPACES}
         with contextlib.suppress(Exception):  # a cleanup: NATS may be gone already
-            asyncio.run(asyncio.wait_for(_drop_streams(found.nats_url, prefixes), 60))
+            asyncio.run(drop_streams(found.nats_url, *_NAMESPACES, timeout=60))
         found.close()
 
 
@@ -49,26 +48,6 @@ async def database_url(infra: Infra) -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 def nats_url(infra: Infra) -> str:
     return infra.nats_url
-
-
-async def _drop_streams(url: str, prefixes: set[str]) -> None:
-    if not prefixes:
-        return
-    nc = await nats.connect(url, connect_timeout=5)
-    try:
-        js = nc.jetstream()
-        names: list[str] = []  # the server lists a page at a time
-        while fresh := [
-            info.config.name
-            for info in await js.streams_info(offset=len(names))
-            if info.config.name and info.config.name not in names
-        ]:
-            names += fresh
-        for name in names:
-            if name.startswith(tuple(prefixes)):
-                await js.delete_stream(name)
-    finally:
-        await nc.close()
 
 
 @pytest.fixture

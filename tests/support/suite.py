@@ -64,11 +64,6 @@ class Suite:
         return str(self.sandbox["admin"]).rstrip("/")
 
 
-async def _drop_streams(nats_url: str, namespace: str) -> None:
-    # Bounded: a NATS client keeps trying a server that is gone.
-    await asyncio.wait_for(drop_streams(nats_url, namespace), 30)
-
-
 @contextmanager
 def running_suite(
     tmp_path: Path,
@@ -166,7 +161,7 @@ def running_suite(
         # events (a big sync's are a hundred thousand) and slow down with them.
         with ThreadPoolExecutor(1) as thread, contextlib.suppress(Exception):
             # (In a thread: the caller may be inside an event loop.)
-            thread.submit(asyncio.run, _drop_streams(nats_url, namespace)).result()
+            thread.submit(asyncio.run, drop_streams(nats_url, namespace)).result()
         sandbox.terminate()
         try:
             sandbox.wait(30)

@@ -32,7 +32,6 @@ import nats
 import nats.js.errors
 
 from arbridge_devinfra.infra import Infra, ensure_infra, port_open, with_database
-from arbridge_runtime import streams
 from arbridge_runtime.jetstream import Namespace
 
 INTACCT_SANDBOX_PORT = 8410
@@ -72,22 +71,36 @@ async def _ensure_database(server_url: str, name: str, *, fresh: bool = False) -
     return with_database(server_url, name)
 
 
-async def drop_streams(nats_url: str, namespace: str) -> int:
-    """Deletes the suite's JetStream streams of ``namespace`` (their consumers go with them);
-    returns how many there were. Named one by one: a server's stream listing is paged."""
+async def drop_streams(nats_url: str, *namespaces: str, timeout: float = 30.0) -> int:
+    """Deletes every JetStream stream of these namespaces (their consumers go with them),
+    the suite's and any other; returns how many there were. Bounded by ``timeout``
+    (TimeoutError): a NATS client keeps trying a server that is gone."""
+    prefixes = tuple(Namespace(n).stream("") for n in namespaces if n)  # "<NS>_"
+    if not prefixes:
+        return 0  # no namespace: the streams are nobody's own to drop
+    return await asyncio.wait_for(_drop_prefixed(nats_url, prefixes), timeout)
+
+
+async def _drop_prefixed(nats_url: str, prefixes: tuple[str, ...]) -> int:
     nc = await nats.connect(nats_url, connect_timeout=5)
-    dropped = 0
     try:
         js = nc.jetstream()
-        for spec in streams.ALL:
-            try:
-                await js.delete_stream(Namespace(namespace).stream(spec.name))
-                dropped += 1
-            except nats.js.errors.NotFoundError:
-                continue
+        names: list[str] = []  # the server lists its streams a page at a time
+        while fresh := [
+            info.config.name
+            for info in await js.streams_info(offset=len(names))
+            if info.config.name and info.config.name not in names
+        ]:
+            names += fresh
+        dropped = 0
+        for name in names:
+            if name.startswith(prefixes):
+                with contextlib.suppress(nats.js.errors.NotFoundError):  # gone meanwhile
+                    await js.delete_stream(name)
+                    dropped += 1
+        return dropped
     finally:
         await nc.close()
-    return dropped
 
 
 def _service_env(
