@@ -20,7 +20,7 @@ async def test_a_namespace_s_streams_go_and_no_other_s(nats_url: str, unique: st
         await ensure_streams(js, other, streams.ALL[:1])
         assert await drop_streams(nats_url) == 0  # no namespace: nothing is anybody's
         assert await drop_streams(nats_url, unique) == len(streams.ALL) + 1
-        left = {info.config.name for info in await js.streams_info()}
+        left = {info.config.name or "" for info in await js.streams_info()}
         assert not {n for n in left if n.startswith(mine.stream(""))}
         assert other.stream(streams.ALL[0].name) in left
         assert await drop_streams(nats_url, unique, f"{unique}x") == 1
