@@ -13,7 +13,7 @@ import json
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import asyncpg
 from google.protobuf.message import Message
@@ -28,39 +28,31 @@ Change: TypeAlias = events_pb2.ChangeType.ValueType
 # (row, change, when, the row's version as written)
 EventFactory = Callable[[Mapping[str, Any], Change, Timestamp, int], Message | None]
 
-# Events are filled in place (a message handed to a constructor is copied), and the
-# version written is set on the message rather than copied into the row: a sync
-# announces every record it writes.
 
+def _announcing(
+    message: Callable[..., Message], field: str, fill: Callable[[Any, Mapping[str, Any]], None]
+) -> EventFactory:
+    """The factory of one record kind's change events: ``message`` with the row in its
+    ``field``. Filled in place (a message handed to a constructor is copied), with the
+    version written set on the message rather than copied into the row: a sync
+    announces every record it writes."""
 
-def _customer_event(
-    row: Mapping[str, Any], change: Change, occurred_at: Timestamp, version: int
-) -> Message:
-    event = events_pb2.CustomerChanged(change=change)
-    convert.fill_customer(event.customer, row)
-    event.customer.version = version
-    event.occurred_at.CopyFrom(occurred_at)
+    def event(
+        row: Mapping[str, Any], change: Change, occurred_at: Timestamp, version: int
+    ) -> Message:
+        built: Any = message(change=change)  # every kind has ``occurred_at``
+        record = getattr(built, field)
+        fill(record, row)
+        record.version = version
+        built.occurred_at.CopyFrom(occurred_at)
+        return cast(Message, built)
+
     return event
 
 
-def _invoice_event(
-    row: Mapping[str, Any], change: Change, occurred_at: Timestamp, version: int
-) -> Message:
-    event = events_pb2.InvoiceChanged(change=change)
-    convert.fill_invoice(event.invoice, row)
-    event.invoice.version = version
-    event.occurred_at.CopyFrom(occurred_at)
-    return event
-
-
-def _payment_event(
-    row: Mapping[str, Any], change: Change, occurred_at: Timestamp, version: int
-) -> Message:
-    event = events_pb2.PaymentChanged(change=change)
-    convert.fill_payment(event.payment, row)
-    event.payment.version = version
-    event.occurred_at.CopyFrom(occurred_at)
-    return event
+_customer_event = _announcing(events_pb2.CustomerChanged, "customer", convert.fill_customer)
+_invoice_event = _announcing(events_pb2.InvoiceChanged, "invoice", convert.fill_invoice)
+_payment_event = _announcing(events_pb2.PaymentChanged, "payment", convert.fill_payment)
 
 
 @dataclass(frozen=True)
