@@ -310,6 +310,36 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
                 f"/companies/{company}/faults",
                 json={"drop_smart_events": False},
             )
+            # A record stored while it was young that has since aged out of the window
+            # (modified an hour before the window's start, company time): still in Intacct,
+            # it must not be taken for deleted, even with the daily sync scheduled in a
+            # zone west of the company's (its window would start three hours earlier).
+            await sync.UpdatePreferences(
+                sync_pb2.UpdatePreferencesRequest(
+                    preferences=sync_pb2.Preferences(
+                        account_id=ACCOUNT, time_zone="Pacific/Pago_Pago"
+                    ),
+                    update_mask=field_mask_pb2.FieldMask(paths=["time_zone"]),
+                )
+            )
+            held = await _store_invoices(db, schema)
+            aged = next(
+                str(r["recordno"])
+                for r in invoices
+                if not _in_window(r["values"]) and str(r["recordno"]) not in held
+            )
+            company_start = (datetime.now(UTC) - WINDOW).astimezone(ZoneInfo("America/Los_Angeles"))
+            await db.execute(
+                f'CREATE TEMP TABLE aged AS SELECT * FROM "{schema}".invoices'
+                " WHERE account_id = $1 AND NOT deleted LIMIT 1",
+                ACCOUNT,
+            )
+            await db.execute(
+                "UPDATE aged SET record_no = $1, intacct_modified = $2",
+                aged,
+                company_start.replace(tzinfo=None) - timedelta(hours=1),
+            )
+            await db.execute(f'INSERT INTO "{schema}".invoices SELECT * FROM aged')
             estimate = await sync.EstimateSync(sync_pb2.EstimateSyncRequest(account_id=ACCOUNT))
             assert estimate.estimated_api_calls >= 7
             with pytest.raises(Exception, match="confirmation"):
@@ -334,6 +364,7 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
             assert invoice_report.deleted == 5
             assert invoice_report.repaired == 25
             stored = await _store_invoices(db, schema)
+            assert aged in stored  # aged out of the window, not deleted
             sandbox_now = {
                 str(r["recordno"]): r["values"]
                 for r in await _sandbox_rows(http, suite, "ARINVOICE")
@@ -368,7 +399,12 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
             )
             assert (await _watch(sync, manual.sync.sync_id)).state == sync_pb2.SYNC_STATE_SUCCEEDED
             stored = await _store_invoices(db, schema)
-            taxed = [k for k, v in sandbox_now.items() if k in stored and v.get("TAX_AMOUNT")]
+            # (The aged-out record is outside the window: a full sync does not read it.)
+            taxed = [
+                k
+                for k, v in sandbox_now.items()
+                if k in stored and k != aged and v.get("TAX_AMOUNT")
+            ]
             assert taxed
             assert all(
                 stored[k]["tax_minor"] == _minor(sandbox_now[k]["TAX_AMOUNT"]) for k in taxed

@@ -15,6 +15,8 @@ from arbridge_runtime.db import create_pool, load_migrations, migrate, runtime_m
 from arbridge_runtime.jetstream import Outbox
 from arbridge_sync import mapping, store
 
+ZONE = "America/Los_Angeles"  # the company's: Intacct writes WHENMODIFIED in it
+
 
 def _invoice(record_no: int, modified: str = "10/01/2026 10:00:00", due: str = "100.00") -> Any:
     return mapping.invoice_row(
@@ -61,7 +63,7 @@ async def _events(conn: asyncpg.Connection) -> list[tuple[str, events_pb2.Invoic
 async def test_new_rows_are_copied_in_and_each_announced(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
         counts = await store.apply(
-            conn, Outbox(), store.INVOICES, [_invoice(n) for n in range(1, 501)]
+            conn, Outbox(), store.INVOICES, [_invoice(n) for n in range(1, 501)], time_zone=ZONE
         )
     assert (counts.created, counts.updated) == (500, 0)
     async with pool.acquire() as conn:
@@ -77,15 +79,16 @@ async def test_new_rows_are_copied_in_and_each_announced(pool: asyncpg.Pool) -> 
         events = await _events(conn)
     assert [s for s, _ in events] == ["ar.invoice.created"] * 500
     assert [e.invoice.record_no for _, e in events] == [str(n) for n in range(1, 501)]
-    # Events stamp the company-local wall time as UTC (the store keeps it local).
-    modified = datetime(2026, 10, 1, 10, tzinfo=UTC)
+    # The store keeps Intacct's company-local wall time; events give its instant in the
+    # company's zone, as the API does (10:00 in Los Angeles, PDT, is 17:00 UTC).
+    modified = datetime(2026, 10, 1, 17, tzinfo=UTC)
     assert events[0][1].invoice.intacct_modified_at.seconds == int(modified.timestamp())
     assert events[0][1].occurred_at.seconds > 0
 
 
 async def test_a_key_stored_meanwhile_sends_the_batch_the_general_way(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await store.apply(conn, Outbox(), store.INVOICES, [_invoice(7)])
+        await store.apply(conn, Outbox(), store.INVOICES, [_invoice(7)], time_zone=ZONE)
     newer = [_invoice(n, modified="10/02/2026 09:00:00", due="55.00") for n in (6, 7, 8)]
     async with pool.acquire() as conn, conn.transaction():
         # As if another writer stored 7 after this batch was checked: the straight
@@ -103,7 +106,9 @@ async def test_a_key_stored_meanwhile_sends_the_batch_the_general_way(pool: asyn
         assert due == {"6": 4400, "7": 5500, "8": 4400}
         # An older version of a stored record changes nothing.
         async with conn.transaction():
-            counts = await store.apply(conn, Outbox(), store.INVOICES, [_invoice(7, due="1.00")])
+            counts = await store.apply(
+                conn, Outbox(), store.INVOICES, [_invoice(7, due="1.00")], time_zone=ZONE
+            )
         assert (counts.created, counts.updated, counts.stale) == (0, 0, 1)
         assert await conn.fetchval("SELECT due_minor FROM invoices WHERE record_no = '7'") == 5500
         staged = await conn.fetchval("SELECT to_regclass('pg_temp.stage_invoices') IS NULL")
@@ -116,21 +121,30 @@ async def test_a_deleted_record_stays_deleted_and_its_tombstone_is_checked_by_ke
 ) -> None:
     bank = {"BANKACCOUNTID": "BOA", "CURRENCY": "USD", "WHENMODIFIED": "10/01/2026 10:00:00"}
     async with pool.acquire() as conn, conn.transaction():
-        await store.apply(conn, Outbox(), store.INVOICES, [_invoice(n) for n in (1, 2, 3)])
+        await store.apply(
+            conn, Outbox(), store.INVOICES, [_invoice(n) for n in (1, 2, 3)], time_zone=ZONE
+        )
         checking = mapping.bank_row("acme", "checking", {**bank, "RECORDNO": "9"})
-        await store.apply(conn, Outbox(), store.BANK_ACCOUNTS, [checking])
-        assert await store.delete(conn, Outbox(), store.INVOICES, "acme", ["2"]) == 1
-        assert await store.delete(conn, Outbox(), store.BANK_ACCOUNTS, "acme", ["9"]) == 1
+        await store.apply(conn, Outbox(), store.BANK_ACCOUNTS, [checking], time_zone=ZONE)
+        assert (
+            await store.delete(conn, Outbox(), store.INVOICES, "acme", ["2"], time_zone=ZONE) == 1
+        )
+        assert (
+            await store.delete(conn, Outbox(), store.BANK_ACCOUNTS, "acme", ["9"], time_zone=ZONE)
+            == 1
+        )
     later = [_invoice(n, modified="10/05/2026 10:00:00", due="9.00") for n in (1, 2, 3, 4)]
     savings = mapping.bank_row(
         "acme", "savings", {**bank, "RECORDNO": "9", "WHENMODIFIED": "10/05/2026 10:00:00"}
     )
     async with pool.acquire() as conn:
         async with conn.transaction():
-            counts = await store.apply(conn, Outbox(), store.INVOICES, later)
+            counts = await store.apply(conn, Outbox(), store.INVOICES, later, time_zone=ZONE)
             # A late add of the deleted RECORDNO 9 under the other kind of bank account:
             # tombstones hold per RECORDNO, which Intacct never reuses.
-            banks = await store.apply(conn, Outbox(), store.BANK_ACCOUNTS, [savings])
+            banks = await store.apply(
+                conn, Outbox(), store.BANK_ACCOUNTS, [savings], time_zone=ZONE
+            )
         assert (counts.created, counts.updated, counts.stale) == (1, 2, 1)
         assert (banks.created, banks.stale) == (0, 1)
         live = dict(
@@ -143,5 +157,10 @@ async def test_a_deleted_record_stays_deleted_and_its_tombstone_is_checked_by_ke
         events = await _events(conn)
     subjects = [s for s, _ in events]
     assert subjects.count("ar.invoice.deleted") == 1
+    deleted = next(e for s, e in events if s == "ar.invoice.deleted")
+    assert deleted.invoice.record_no == "2"
+    assert deleted.invoice.intacct_modified_at.ToDatetime(tzinfo=UTC) == datetime(
+        2026, 10, 1, 17, tzinfo=UTC
+    )
     assert subjects.count("ar.invoice.created") == 4
     assert subjects.count("ar.invoice.updated") == 2

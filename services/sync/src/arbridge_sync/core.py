@@ -38,6 +38,25 @@ TRANSIENT = {
 }
 
 
+@dataclass(frozen=True)
+class _Preferences:
+    tax_field: str  # the Level 2 tax field read on invoices ("" for none)
+    # The company's zone, in which Intacct writes WHENMODIFIED (not the preferences'
+    # time_zone, which schedules the daily sync).
+    time_zone: str
+
+
+async def _preferences(conn: asyncpg.Connection, account_id: str) -> _Preferences:
+    row = await conn.fetchrow(
+        "SELECT p.level2_tax_field, a.time_zone FROM accounts a"
+        " LEFT JOIN preferences p USING (account_id) WHERE a.account_id = $1",
+        account_id,
+    )
+    if row is None:
+        return _Preferences("", "UTC")
+    return _Preferences(row["level2_tax_field"] or "", row["time_zone"] or "UTC")
+
+
 @dataclass
 class SyncCore:
     pool: asyncpg.Pool
@@ -139,20 +158,30 @@ class SyncCore:
     async def apply_event(
         self, conn: asyncpg.Connection, account_id: str, synced: Synced, event: IntacctEvent
     ) -> None:
+        prefs = await _preferences(conn, account_id)
         if event.action == "delete":
-            await store.delete(conn, self.outbox, synced.table, account_id, [event.record_no])
+            await store.delete(
+                conn,
+                self.outbox,
+                synced.table,
+                account_id,
+                [event.record_no],
+                time_zone=prefs.time_zone,
+            )
             return
         fields = event.fields
         if event.carries_data:
-            counts = await self._apply_fields(conn, account_id, synced, fields, from_event=True)
+            counts = await self._apply_fields(
+                conn, account_id, synced, fields, prefs, from_event=True
+            )
             if counts is None or not counts.ambiguous:
                 return
             # Same WHENMODIFIED second as the stored version, other data: which one is
             # newer cannot be told from the event, so Intacct's current record decides.
-        fetched = await self._fetch(conn, account_id, synced, event.record_no)
+        fetched = await self._fetch(conn, account_id, synced, event.record_no, prefs)
         if fetched is None:
             return
-        await self._apply_fields(conn, account_id, synced, fetched)
+        await self._apply_fields(conn, account_id, synced, fetched, prefs)
 
     async def _apply_fields(
         self,
@@ -160,41 +189,42 @@ class SyncCore:
         account_id: str,
         synced: Synced,
         fields: dict[str, str],
+        prefs: _Preferences,
         *,
         from_event: bool = False,
     ) -> store.Counts | None:
-        tax_field = (
-            await conn.fetchval(
-                "SELECT level2_tax_field FROM preferences WHERE account_id = $1", account_id
-            )
-            or ""
-        )
         try:
-            row = synced.map(account_id, fields, tax_field)
+            row = synced.map(account_id, fields, prefs.tax_field)
         except Unmappable as exc:
             await record_failure(
                 conn, account_id, synced.name, fields.get("RECORDNO", ""), "from_intacct", str(exc)
             )
             return None
-        return await store.apply(conn, self.outbox, synced.table, [row], exact_order=from_event)
+        return await store.apply(
+            conn,
+            self.outbox,
+            synced.table,
+            [row],
+            time_zone=prefs.time_zone,
+            exact_order=from_event,
+        )
 
     async def _fetch(
-        self, conn: asyncpg.Connection, account_id: str, synced: Synced, record_no: str
+        self,
+        conn: asyncpg.Connection,
+        account_id: str,
+        synced: Synced,
+        record_no: str,
+        prefs: _Preferences,
     ) -> dict[str, str] | None:
         """Reads one record through the connector; a refusal lands in the unsynced registry."""
         try:
-            tax_field = (
-                await conn.fetchval(
-                    "SELECT level2_tax_field FROM preferences WHERE account_id = $1", account_id
-                )
-                or ""
-            )
             reply = await self.connector.GetRecords(
                 connector_pb2.GetRecordsRequest(
                     account_id=account_id,
                     object_type=synced.object_type,
                     record_nos=[record_no],
-                    fields=read_fields(synced, tax_field),
+                    fields=read_fields(synced, prefs.tax_field),
                 ),
                 timeout=60,
             )
@@ -212,7 +242,14 @@ class SyncCore:
             return None
         if not reply.records:
             # Gone from Intacct (or out of this connection's reach): treat as deleted.
-            await store.delete(conn, self.outbox, synced.table, account_id, [record_no])
+            await store.delete(
+                conn,
+                self.outbox,
+                synced.table,
+                account_id,
+                [record_no],
+                time_zone=prefs.time_zone,
+            )
             return None
         return dict(reply.records[0].fields)
 
@@ -224,10 +261,11 @@ class SyncCore:
             synced = BY_NAME.get(entry["object_type"])
             if synced is None or entry["direction"] != "from_intacct":
                 raise InvalidArgument("only records coming from Intacct can be re-synced here")
-            fields = await self._fetch(conn, account_id, synced, entry["record_no"])
+            prefs = await _preferences(conn, account_id)
+            fields = await self._fetch(conn, account_id, synced, entry["record_no"], prefs)
             ok = (
                 fields is not None
-                and await self._apply_fields(conn, account_id, synced, fields) is not None
+                and await self._apply_fields(conn, account_id, synced, fields, prefs) is not None
             )
             if ok:
                 await resolve(

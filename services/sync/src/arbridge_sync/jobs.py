@@ -220,9 +220,11 @@ class JobRunner:
         started = datetime.now(UTC)
         window_start = started - WINDOW
         async with self.pool.acquire() as conn:
+            # The company's zone, in which Intacct writes WHENMODIFIED (the preferences'
+            # time_zone is the daily sync's schedule, which a user may set apart).
             tz = (
                 await conn.fetchval(
-                    "SELECT time_zone FROM preferences WHERE account_id = $1", account_id
+                    "SELECT time_zone FROM accounts WHERE account_id = $1", account_id
                 )
                 or "UTC"
             )
@@ -300,7 +302,7 @@ class JobRunner:
         seen: set[str] = set()
         for attempt in range(self.transient_retries + 1):
             try:
-                await self._stream(account_id, synced, request, tax_field, progress, seen)
+                await self._stream(account_id, synced, request, tax_field, tz, progress, seen)
                 break
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in TRANSIENT or attempt == self.transient_retries:
@@ -323,6 +325,7 @@ class JobRunner:
         synced: Synced,
         request: connector_pb2.StreamRecordsRequest,
         tax_field: str,
+        tz: str,
         progress: ObjectProgress,
         seen: set[str],
     ) -> None:
@@ -349,7 +352,7 @@ class JobRunner:
 
         async def write() -> None:
             while (batch := await queue.get()) is not None:
-                await self._apply(account_id, synced, batch, tax_field, progress, seen)
+                await self._apply(account_id, synced, batch, tax_field, tz, progress, seen)
             queue.put_nowait(None)  # the end, for the other writer
 
         reader = asyncio.create_task(read())
@@ -371,6 +374,7 @@ class JobRunner:
         synced: Synced,
         records: list[dict[str, str]],
         tax_field: str,
+        tz: str,
         progress: ObjectProgress,
         seen: set[str],
     ) -> None:
@@ -393,7 +397,7 @@ class JobRunner:
                         "from_intacct",
                         str(exc),
                     )
-            counts = await store.apply(conn, self.outbox, synced.table, rows)
+            counts = await store.apply(conn, self.outbox, synced.table, rows, time_zone=tz)
         seen.update(r["record_no"] for r in rows)
         progress.done += len(records)
         progress.created += counts.created
@@ -416,7 +420,9 @@ class JobRunner:
                 )
             ]
             missing = [r for r in stored if r not in seen]
-            return await store.delete(conn, self.outbox, synced.table, account_id, missing)
+            return await store.delete(
+                conn, self.outbox, synced.table, account_id, missing, time_zone=tz
+            )
 
     async def _finish(
         self, job: Mapping[str, Any], state: str, error: str, progress: Mapping[str, ObjectProgress]

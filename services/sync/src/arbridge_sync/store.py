@@ -25,24 +25,29 @@ from arbridge_runtime.jetstream import Outbox
 from arbridge_sync import convert
 
 Change: TypeAlias = events_pb2.ChangeType.ValueType
-# (row, change, when, the row's version as written)
-EventFactory = Callable[[Mapping[str, Any], Change, Timestamp, int], Message | None]
+# (row, change, when, the row's version as written, the account's time zone)
+EventFactory = Callable[[Mapping[str, Any], Change, Timestamp, int, str], Message | None]
 
 
 def _announcing(
-    message: Callable[..., Message], field: str, fill: Callable[[Any, Mapping[str, Any]], None]
+    message: Callable[..., Message], field: str, fill: Callable[[Any, Mapping[str, Any], str], None]
 ) -> EventFactory:
     """The factory of one record kind's change events: ``message`` with the row in its
     ``field``. Filled in place (a message handed to a constructor is copied), with the
     version written set on the message rather than copied into the row: a sync
-    announces every record it writes."""
+    announces every record it writes. ``intacct_modified_at`` is the instant of the
+    row's company-local WHENMODIFIED in the account's zone, as the API answers it."""
 
     def event(
-        row: Mapping[str, Any], change: Change, occurred_at: Timestamp, version: int
+        row: Mapping[str, Any],
+        change: Change,
+        occurred_at: Timestamp,
+        version: int,
+        time_zone: str,
     ) -> Message:
         built: Any = message(change=change)  # every kind has ``occurred_at``
         record = getattr(built, field)
-        fill(record, row)
+        fill(record, row, time_zone)
         record.version = version
         built.occurred_at.CopyFrom(occurred_at)
         return cast(Message, built)
@@ -197,9 +202,13 @@ async def apply(
     table: Table,
     rows: Sequence[Mapping[str, Any]],
     *,
+    time_zone: str,
     exact_order: bool = False,
 ) -> Counts:
     """Upserts rows (newer versions only) and announces each real change.
+
+    ``time_zone``: the account's (Intacct's WHENMODIFIED is company-local wall time;
+    the events give it as an instant).
 
     ``exact_order``: the rows come from events, which can arrive out of order.
     Intacct's WHENMODIFIED has whole seconds, so an event whose time equals the
@@ -275,7 +284,7 @@ async def apply(
             continue
         counts.created += change == CREATED
         counts.updated += change == UPDATED
-        event = _event(table, row, change, occurred_at, version)
+        event = _event(table, row, change, occurred_at, version, time_zone)
         if event is not None:
             events.append(event)
     await outbox.add_many(conn, events)
@@ -342,11 +351,16 @@ async def _upsert(
 
 
 def _event(
-    table: Table, row: Mapping[str, Any], change: Change, occurred_at: Timestamp, version: int
+    table: Table,
+    row: Mapping[str, Any],
+    change: Change,
+    occurred_at: Timestamp,
+    version: int,
+    time_zone: str,
 ) -> tuple[str, Message] | None:
     if table.event is None:
         return None
-    event = table.event(row, change, occurred_at, version)
+    event = table.event(row, change, occurred_at, version, time_zone)
     return None if event is None else (f"{table.subject}.{_VERB[change]}", event)
 
 
@@ -356,8 +370,11 @@ async def delete(
     table: Table,
     account_id: str,
     record_nos: Sequence[str],
+    *,
+    time_zone: str,
 ) -> int:
-    """Tombstones records (Intacct never reuses a RECORDNO) and announces each."""
+    """Tombstones records (Intacct never reuses a RECORDNO) and announces each
+    (``time_zone``: the account's, as for :func:`apply`)."""
     if not record_nos:
         return 0
     await conn.execute(
@@ -374,6 +391,6 @@ async def delete(
         list(record_nos),
     )
     occurred_at = now_timestamp()
-    events = [_event(table, row, DELETED, occurred_at, row["version"]) for row in rows]
+    events = [_event(table, row, DELETED, occurred_at, row["version"], time_zone) for row in rows]
     await outbox.add_many(conn, [e for e in events if e is not None])
     return len(rows)
