@@ -164,3 +164,41 @@ async def test_a_deleted_record_stays_deleted_and_its_tombstone_is_checked_by_ke
     )
     assert subjects.count("ar.invoice.created") == 4
     assert subjects.count("ar.invoice.updated") == 2
+
+
+async def test_rows_hashed_by_the_first_definition_are_not_rewritten(pool: asyncpg.Pool) -> None:
+    # As stored by a release before the hash's version prefix: the same data read again
+    # is unchanged (no new version, no event) and takes the current hash; other data
+    # is an update as ever.
+    rows = [_invoice(n) for n in (1, 2)]
+    bank = mapping.bank_row(
+        "acme",
+        "savings",
+        {"RECORDNO": "9", "BANKACCOUNTID": "BOA", "WHENMODIFIED": "10/01/2026 10:00:00"},
+    )
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await store.apply(conn, Outbox(), store.INVOICES, rows, time_zone=ZONE)
+            await store.apply(conn, Outbox(), store.BANK_ACCOUNTS, [bank], time_zone=ZONE)
+        for row in rows:
+            await conn.execute(
+                "UPDATE invoices SET data_hash = $2 WHERE record_no = $1",
+                row["record_no"],
+                mapping.legacy_hash(row),
+            )
+        await conn.execute("UPDATE bank_accounts SET data_hash = $1", mapping.legacy_hash(bank))
+        await conn.execute("DELETE FROM outbox")
+        again = [_invoice(1, modified="10/02/2026 10:00:00"), _invoice(2, due="7.00")]
+        async with conn.transaction():
+            counts = await store.apply(conn, Outbox(), store.INVOICES, again, time_zone=ZONE)
+            banks = await store.apply(conn, Outbox(), store.BANK_ACCOUNTS, [bank], time_zone=ZONE)
+        assert (counts.unchanged, counts.updated) == (1, 1)
+        assert (banks.unchanged, banks.updated) == (1, 0)
+        stored = {
+            r["record_no"]: r
+            for r in await conn.fetch("SELECT record_no, version, data_hash FROM invoices")
+        }
+        assert (stored["1"]["version"], stored["1"]["data_hash"]) == (1, again[0]["data_hash"])
+        assert (stored["2"]["version"], stored["2"]["data_hash"]) == (2, again[1]["data_hash"])
+        assert await conn.fetchval("SELECT data_hash FROM bank_accounts") == bank["data_hash"]
+        assert [s for s, _ in await _events(conn)] == ["ar.invoice.updated"]

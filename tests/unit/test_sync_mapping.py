@@ -8,6 +8,8 @@ import re
 from datetime import date, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from arbridge_sync import mapping
 
@@ -33,7 +35,15 @@ def test_the_data_hash_is_the_one_stored_rows_carry() -> None:
     # Stored rows are compared by this hash: a different one for the same data would
     # make the next sync rewrite and re-announce every record.
     row = mapping.invoice_row("acme", FIELDS, "")
-    assert row["data_hash"] == "a9dfe5d7696e50dcd3061cdc9e4e3f3e72127543ec074909302f75258ac2c5b3"
+    assert row["data_hash"] == (
+        "2:0af151725e2d1eb7f96ecf304e72c7833211156977df07ce6a08facdf4267a91"
+    )
+    # Rows stored before the version prefix carry the first definition's hash.
+    assert mapping.legacy_hash(row) == (
+        "a9dfe5d7696e50dcd3061cdc9e4e3f3e72127543ec074909302f75258ac2c5b3"
+    )
+    assert mapping.is_legacy_hash(mapping.legacy_hash(row))
+    assert not mapping.is_legacy_hash(row["data_hash"])
     newer = mapping.invoice_row("acme", {**FIELDS, "WHENMODIFIED": "11/01/2026 00:00:00"}, "")
     assert newer["data_hash"] == row["data_hash"]  # the time alone is not a change
     paid = mapping.invoice_row("acme", {**FIELDS, "TRX_TOTALPAID": "1.00"}, "")
@@ -41,31 +51,74 @@ def test_the_data_hash_is_the_one_stored_rows_carry() -> None:
 
 
 def _reference_hash(row: dict[str, object]) -> str:
-    # The stored hashes' definition: the row without its time, as sorted JSON.
+    # The stored hashes' definition: the row without its time, as sorted compact JSON
+    # (dates as ISO text, text as UTF-8), after the definition's version.
     material = {k: v for k, v in row.items() if k not in ("intacct_modified", "data_hash")}
-    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+    text = json.dumps(
+        material, sort_keys=True, default=date.isoformat, separators=(",", ":"), ensure_ascii=False
+    )
+    return "2:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-@pytest.mark.parametrize(
-    "row",
-    [
-        mapping.invoice_row("acme", FIELDS, ""),
-        mapping.invoice_row("acme", {**FIELDS, "WHENDUE": "", "WHENCREATED": ""}, ""),
-        mapping.payment_row(
-            "acme", {**FIELDS, "RECEIPTDATE": "09/30/2026", "PAYMENTMETHOD": "Check"}
-        ),
-        mapping.payment_row("acme", FIELDS),
-        mapping.customer_row(
-            "acme",
-            {**FIELDS, "NAME": "Zoë & Co", "DISPLAYCONTACT.EMAIL1": "a@example.com"},
-        ),
-        mapping.bank_row("acme", "checking", {**FIELDS, "BANKACCOUNTID": "BOA"}),
-        mapping.label_row("acme", {**FIELDS, "ACCOUNTLABEL": "Sales"}),
-    ],
-    ids=["invoice", "invoice-undated", "payment", "payment-undated", "customer", "bank", "label"],
-)
+ROWS = [
+    mapping.invoice_row("acme", FIELDS, ""),
+    mapping.invoice_row("acme", {**FIELDS, "WHENDUE": "", "WHENCREATED": ""}, ""),
+    mapping.invoice_row("acme", {**FIELDS, "TAX": "12.00"}, "TAX"),
+    mapping.payment_row("acme", {**FIELDS, "RECEIPTDATE": "09/30/2026", "PAYMENTMETHOD": "Check"}),
+    mapping.payment_row("acme", FIELDS),
+    mapping.customer_row(
+        "acme",
+        {
+            **FIELDS,
+            "NAME": 'Zoë & Co \u2028 "quoted" \\ ✓',
+            "DISPLAYCONTACT.EMAIL1": "a@example.com",
+            "GROUPID": "G1",
+        },
+    ),
+    mapping.bank_row("acme", "checking", {**FIELDS, "BANKACCOUNTID": "BOA"}),
+    mapping.label_row("acme", {**FIELDS, "ACCOUNTLABEL": "Sales"}),
+]
+IDS = ["invoice", "invoice-undated", "invoice-taxed", "payment", "payment-undated", "customer"]
+IDS += ["bank", "label"]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
 def test_every_row_kind_hashes_by_the_stored_definition(row: dict[str, object]) -> None:
     assert row["data_hash"] == _reference_hash(row)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=IDS)
+def test_the_first_definition_is_kept_for_rows_stored_under_it(row: dict[str, object]) -> None:
+    material = {k: v for k, v in row.items() if k not in ("intacct_modified", "data_hash")}
+    first = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+    assert mapping.legacy_hash(row) == first
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(set(FIELDS) - {"WHENMODIFIED"})),
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=12),
+        min_size=1,
+    )
+)
+def test_the_hash_moves_with_the_data_and_only_with_it(change: dict[str, str]) -> None:
+    def hashed(fields: dict[str, str]) -> str | None:
+        try:
+            return str(mapping.invoice_row("acme", fields, "")["data_hash"])
+        except mapping.Unmappable:
+            return None
+
+    base = mapping.invoice_row("acme", FIELDS, "")
+    changed_fields = {**FIELDS, **change}
+    digest = hashed(changed_fields)
+    if digest is None:
+        return
+    row = mapping.invoice_row("acme", changed_fields, "")
+    same_data = all(row[k] == base[k] for k in base if k not in ("intacct_modified", "data_hash"))
+    assert (digest == base["data_hash"]) == same_data
+    # Field order and the modification time never count.
+    reordered = dict(reversed(list({**changed_fields, "WHENMODIFIED": "01/02/2027"}.items())))
+    assert hashed(reordered) == digest
 
 
 def test_dates_in_intacct_forms() -> None:
@@ -88,3 +141,12 @@ def test_dates_in_intacct_forms() -> None:
 def test_bad_dates_are_refused_with_the_field_named(field: str, value: str, reason: str) -> None:
     with pytest.raises(mapping.Unmappable, match=re.escape(reason)):
         mapping.invoice_row("acme", {**FIELDS, field: value}, "")
+
+
+def test_an_amount_beyond_int64_is_refused_by_its_record() -> None:
+    # Stored as bigint and sent as int64: the record goes to the unsynced registry with
+    # the reason instead of failing its whole batch.
+    with pytest.raises(mapping.Unmappable, match=r"TRX_TOTALDUE .* beyond the largest amount"):
+        mapping.invoice_row("acme", {**FIELDS, "TRX_TOTALDUE": "92233720368547758.08"}, "")
+    largest = mapping.invoice_row("acme", {**FIELDS, "TRX_TOTALDUE": "92233720368547758.07"}, "")
+    assert largest["due_minor"] == 2**63 - 1

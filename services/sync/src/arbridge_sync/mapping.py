@@ -14,8 +14,13 @@ from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
+import orjson
+
 from arbridge_runtime.dates import us_datetime
 from arbridge_runtime.money import to_minor
+
+# Amounts are stored as bigint and sent as int64: one beyond is refused by its record.
+LARGEST_MINOR = 2**63 - 1
 
 INVOICE_STATES = {
     "Draft": "draft",
@@ -35,9 +40,12 @@ def minor_units(value: str, currency: str, field: str) -> int:
     if value in ("", None):
         return 0
     try:
-        return to_minor(value, currency)
+        minor = to_minor(value, currency)
     except ValueError as err:
         raise Unmappable(f"{field} {err}") from None
+    if abs(minor) > LARGEST_MINOR:
+        raise Unmappable(f"{field} {value} is beyond the largest amount arbridge stores")
+    return minor
 
 
 def intacct_date(value: str, field: str) -> date | None:
@@ -67,20 +75,27 @@ def intacct_timestamp(value: str) -> datetime | None:
     raise Unmappable(f"WHENMODIFIED {value!r} is not an Intacct timestamp")
 
 
-# One encoder for every row (json.dumps would build one per call); the output is
-# what json.dumps(material, sort_keys=True, default=str) gives, as stored hashes are.
-_HASH_JSON = json.JSONEncoder(sort_keys=True, default=str)
+# The data hash's definition, as stored: its version, then the SHA-256 of the row
+# (everything but WHENMODIFIED, whose change alone is no change of data) as JSON with
+# sorted keys (orjson: compact, dates as ISO text). Rows stored before it carry the
+# first definition's, without a version: see ``legacy_hash``.
+HASH_VERSION = "2:"
 
 
-def _hash(row: Mapping[str, Any], *dates: str) -> str:
-    """The row's data hash. ``dates``: its date columns, given as text here as the
-    encoder's ``default=str`` would (the same text, without a call back per date)."""
-    material = dict(row)
-    del material["intacct_modified"]
-    for name in dates:
-        if material[name] is not None:
-            material[name] = material[name].isoformat()
-    return hashlib.sha256(_HASH_JSON.encode(material).encode()).hexdigest()
+def _hash(row: Mapping[str, Any]) -> str:
+    """The data hash of a row built without its ``intacct_modified`` (yet)."""
+    return HASH_VERSION + hashlib.sha256(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def legacy_hash(row: Mapping[str, Any]) -> str:
+    """The first definition of the data hash (sorted JSON by the standard library, with
+    its spaces and ASCII escapes), for comparing a row with one stored under it."""
+    material = {k: v for k, v in row.items() if k not in ("intacct_modified", "data_hash")}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def is_legacy_hash(stored: str) -> bool:
+    return not stored.startswith(HASH_VERSION)
 
 
 def _currency(f: Mapping[str, str], default: str = "USD") -> str:
@@ -119,9 +134,9 @@ def customer_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
             for k, v in f.items()
             if k in ("PAY_BALANCE_LINK", "PAYMENT_METHOD_LINK", "NEXT_AUTO_CHARGE") and v
         },
-        "intacct_modified": intacct_timestamp(f.get("WHENMODIFIED", "")),
     }
     row["data_hash"] = _hash(row)
+    row["intacct_modified"] = intacct_timestamp(f.get("WHENMODIFIED", ""))
     return row
 
 
@@ -157,9 +172,9 @@ def invoice_row(account_id: str, f: Mapping[str, str], tax_field: str) -> dict[s
         "custom_fields": {
             k: v for k, v in f.items() if k in ("PAYMENT_LINK", "NEXT_AUTO_CHARGE") and v
         },
-        "intacct_modified": intacct_timestamp(f.get("WHENMODIFIED", "")),
     }
-    row["data_hash"] = _hash(row, "invoice_date", "due_date")
+    row["data_hash"] = _hash(row)
+    row["intacct_modified"] = intacct_timestamp(f.get("WHENMODIFIED", ""))
     return row
 
 
@@ -175,14 +190,14 @@ def payment_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
         "received_date": intacct_date(f.get("RECEIPTDATE", ""), "RECEIPTDATE"),
         "reference": f.get("DOCNUMBER", ""),
         "bank_account_id": f.get("FINANCIALENTITY", ""),
-        "intacct_modified": intacct_timestamp(f.get("WHENMODIFIED", "")),
     }
-    row["data_hash"] = _hash(row, "received_date")
+    row["data_hash"] = _hash(row)
+    row["intacct_modified"] = intacct_timestamp(f.get("WHENMODIFIED", ""))
     return row
 
 
 def bank_row(account_id: str, kind: str, f: Mapping[str, str]) -> dict[str, Any]:
-    row = {
+    row: dict[str, Any] = {
         "account_id": account_id,
         "kind": kind,
         "record_no": _need(f, "RECORDNO"),
@@ -191,20 +206,20 @@ def bank_row(account_id: str, kind: str, f: Mapping[str, str]) -> dict[str, Any]
         "currency": _currency(f),
         "entity_id": f.get("MEGAENTITYID", ""),
         "gl_account_no": f.get("GLACCOUNTNO", ""),
-        "intacct_modified": intacct_timestamp(f.get("WHENMODIFIED", "")),
     }
     row["data_hash"] = _hash(row)
+    row["intacct_modified"] = intacct_timestamp(f.get("WHENMODIFIED", ""))
     return row
 
 
 def label_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
-    row = {
+    row: dict[str, Any] = {
         "account_id": account_id,
         "record_no": _need(f, "RECORDNO"),
         "label": f.get("ACCOUNTLABEL", ""),
         "description": f.get("DESCRIPTION", ""),
         "gl_account_no": f.get("GLACCOUNTNO", ""),
-        "intacct_modified": intacct_timestamp(f.get("WHENMODIFIED", "")),
     }
     row["data_hash"] = _hash(row)
+    row["intacct_modified"] = intacct_timestamp(f.get("WHENMODIFIED", ""))
     return row

@@ -9,20 +9,20 @@ the outbox in the same transaction.
 
 from __future__ import annotations
 
-import json
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
 
 import asyncpg
+import orjson
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from arbridge.events.v1 import events_pb2
 from arbridge_runtime.dates import now_timestamp
 from arbridge_runtime.jetstream import Outbox
-from arbridge_sync import convert
+from arbridge_sync import convert, mapping
 
 Change: TypeAlias = events_pb2.ChangeType.ValueType
 # (row, change, when, the row's version as written, the account's time zone)
@@ -242,6 +242,7 @@ async def apply(
         else:
             existing[tuple(str(record[c]) for c in key_cols)] = record
     to_write: dict[tuple[Any, ...], tuple[Mapping[str, Any], Change]] = {}
+    rehashed: list[tuple[tuple[Any, ...], str, str]] = []  # (key, stored hash, current)
     for row in rows:
         key = tuple(str(row[c]) for c in key_cols)
         counts.seen.add("/".join(key))
@@ -256,6 +257,14 @@ async def apply(
             if old["data_hash"] == row["data_hash"]:
                 counts.unchanged += 1
                 continue
+            if mapping.is_legacy_hash(old["data_hash"]) and (
+                old["data_hash"] == mapping.legacy_hash(row)
+            ):
+                # Stored under the hash's first definition, the same data: unchanged,
+                # and the stored hash moves to the current one (no new version, no event).
+                counts.unchanged += 1
+                rehashed.append((key, old["data_hash"], row["data_hash"]))
+                continue
             if (
                 old["intacct_modified"]
                 and row["intacct_modified"]
@@ -268,6 +277,8 @@ async def apply(
                 continue
         # A key twice in one batch: the later row stands (one statement cannot write twice).
         to_write[key] = (row, CREATED if old is None else UPDATED)
+    if rehashed:
+        await _rehash(conn, table, key_cols, account_id, rehashed)
     versions = await _upsert(
         conn,
         table,
@@ -317,7 +328,7 @@ async def _upsert(
         for n, record in enumerate(records):
             listed = list(record)
             for i in at:
-                listed[i] = json.dumps(listed[i])
+                listed[i] = orjson.dumps(listed[i]).decode()
             records[n] = tuple(listed)
     if all_new:
         # None of these keys was stored a moment ago (an initial sync's batches): straight
@@ -348,6 +359,30 @@ async def _upsert(
         f" RETURNING {', '.join(key_cols)}, version"
     )
     return {tuple(str(r[c]) for c in key_cols): int(r["version"]) for r in written}
+
+
+async def _rehash(
+    conn: asyncpg.Connection,
+    table: Table,
+    key_cols: Sequence[str],
+    account_id: str,
+    rehashed: Sequence[tuple[tuple[Any, ...], str, str]],
+) -> None:
+    """Sets the current definition's hash on rows stored with an older one for the same
+    data, where the stored hash is still the one read (a newer write keeps its own)."""
+    arrays = ", ".join(f"${i + 4}::text[]" for i in range(len(key_cols)))
+    named = ", ".join(key_cols)
+    await conn.execute(
+        f"UPDATE {table.name} AS t SET data_hash = u.current"
+        f" FROM unnest($2::text[], $3::text[], {arrays})"
+        f" AS u(stored, current, {named})"
+        f" WHERE t.account_id = $1 AND t.data_hash = u.stored"
+        f" AND {' AND '.join(f't.{c} = u.{c}' for c in key_cols)}",
+        account_id,
+        [stored for _, stored, _ in rehashed],
+        [current for _, _, current in rehashed],
+        *[[str(key[i]) for key, _, _ in rehashed] for i in range(len(key_cols))],
+    )
 
 
 def _event(
