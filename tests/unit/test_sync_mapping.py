@@ -1,17 +1,20 @@
-"""Sync's mapping of Intacct records: the stored data hash must not drift between releases."""
+"""Sync's mapping of Intacct records (the stored data hash must not drift between releases)
+and the instants its messages give for Intacct's company-local times."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from arbridge_sync import mapping
+from arbridge_sync import convert, mapping
 
 FIELDS = {
     "RECORDNO": "12345",
@@ -150,3 +153,42 @@ def test_an_amount_beyond_int64_is_refused_by_its_record() -> None:
         mapping.invoice_row("acme", {**FIELDS, "TRX_TOTALDUE": "92233720368547758.08"}, "")
     largest = mapping.invoice_row("acme", {**FIELDS, "TRX_TOTALDUE": "92233720368547758.07"}, "")
     assert largest["due_minor"] == 2**63 - 1
+
+
+ZONES = ["UTC", "America/Los_Angeles", "Europe/Berlin", "Australia/Lord_Howe", "Asia/Kolkata"]
+
+
+@given(
+    st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1)),
+    st.sampled_from([*ZONES, ""]),
+)
+def test_stamps_are_the_instant_of_the_wall_time_in_the_zone(local: datetime, zone: str) -> None:
+    # The reference: an aware datetime of the wall time (fold 0, as the store's naive
+    # timestamps are), across DST gaps and repeats and half-hour zones.
+    expected = local.replace(tzinfo=ZoneInfo(zone) if zone else UTC)
+    stamp = Timestamp()
+    convert._stamp(stamp, local, zone)
+    assert stamp.seconds * 1_000_000 + stamp.nanos // 1000 == round(
+        (expected - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1)
+    )
+    aware = Timestamp()
+    convert._stamp(aware, expected, "Asia/Tokyo")  # an aware time keeps its own zone
+    assert aware == stamp
+
+
+def test_stamps_across_a_dst_change_in_los_angeles() -> None:
+    zone = "America/Los_Angeles"
+    cases = {
+        datetime(2026, 3, 8, 1, 59, 59): datetime(2026, 3, 8, 9, 59, 59, tzinfo=UTC),
+        datetime(2026, 3, 8, 2, 30): datetime(2026, 3, 8, 10, 30, tzinfo=UTC),  # skipped
+        datetime(2026, 3, 8, 3, 0): datetime(2026, 3, 8, 10, 0, tzinfo=UTC),
+        datetime(2026, 11, 1, 1, 30): datetime(2026, 11, 1, 8, 30, tzinfo=UTC),  # first 1:30
+        datetime(2026, 11, 1, 2, 0): datetime(2026, 11, 1, 10, 0, tzinfo=UTC),
+    }
+    for local, instant in cases.items():
+        stamp = Timestamp()
+        convert._stamp(stamp, local, zone)
+        assert stamp.ToDatetime(tzinfo=UTC) == instant, local
+    unset = Timestamp()
+    convert._stamp(unset, None, zone)
+    assert unset == Timestamp()

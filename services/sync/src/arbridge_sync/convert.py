@@ -24,6 +24,7 @@ _SOURCES = {
     "sales_invoice": common_pb2.INVOICE_SOURCE_SALES_INVOICE,
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
 BANK_KINDS = {
     "checking": common_pb2.OBJECT_TYPE_CHECKING_ACCOUNT,
     "savings": common_pb2.OBJECT_TYPE_SAVINGS_ACCOUNT,
@@ -35,12 +36,25 @@ def _json(value: Any) -> Any:
 
 
 def _stamp(target: Timestamp, local: datetime | None, time_zone: str) -> None:
-    """Sets ``target`` to company-local wall time as an instant (leaves it unset for None)."""
+    """Sets ``target`` to company-local wall time as an instant (leaves it unset for None).
+
+    Naive arithmetic and the zone's offset at that wall time (a repeated hour: its
+    first; a skipped one: the offset before the change), as an aware datetime of it
+    would give, without building one: a sync stamps every record it announces."""
     if local is None:
         return
+    if local.tzinfo is not None:
+        since = local - _EPOCH
+        seconds = since.days * 86400 + since.seconds
+    else:
+        since = local - _NAIVE_EPOCH
+        seconds = since.days * 86400 + since.seconds
+        if time_zone:
+            offset = ZoneInfo(time_zone).utcoffset(local)
+            if offset:
+                seconds -= offset.days * 86400 + offset.seconds
     target.SetInParent()
-    since = local.replace(tzinfo=ZoneInfo(time_zone) if time_zone else UTC) - _EPOCH
-    target.seconds = since.days * 86400 + since.seconds
+    target.seconds = seconds
     target.nanos = since.microseconds * 1000
 
 

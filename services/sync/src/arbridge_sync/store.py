@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias
 
 import asyncpg
 import orjson
@@ -50,7 +50,7 @@ def _announcing(
         fill(record, row, time_zone)
         record.version = version
         built.occurred_at.CopyFrom(occurred_at)
-        return cast(Message, built)
+        return built  # type: ignore[no-any-return]
 
     return event
 
