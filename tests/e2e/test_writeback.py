@@ -88,8 +88,12 @@ async def test_links_and_next_charge_are_written_back_coalesced(
             assert "PAYMENT_LINK" not in await custom("ARINVOICE", invoice.record_no)
             await sync.UpdatePreferences(
                 sync_pb2.UpdatePreferencesRequest(
-                    preferences=sync_pb2.Preferences(account_id="acme", write_back_links=True),
-                    update_mask=field_mask_pb2.FieldMask(paths=["write_back_links"]),
+                    # The daily sync scheduled in a zone a day ahead of the company's:
+                    # dates written to Intacct stay on the company's calendar.
+                    preferences=sync_pb2.Preferences(
+                        account_id="acme", write_back_links=True, time_zone="Pacific/Kiritimati"
+                    ),
+                    update_mask=field_mask_pb2.FieldMask(paths=["write_back_links", "time_zone"]),
                 )
             )
             async with http.post(f"{admin}/stats/reset"):
@@ -120,7 +124,8 @@ async def test_links_and_next_charge_are_written_back_coalesced(
                     break
                 await asyncio.sleep(0.2)
             assert values.get("PAYMENT_LINK") == "https://pay.example/i/30"
-            assert values.get("NEXT_AUTO_CHARGE") == "12/01/2026"  # 10:00 in Los Angeles
+            # 10:00 in Los Angeles (08:00 on 12/02 in Kiritimati)
+            assert values.get("NEXT_AUTO_CHARGE") == "12/01/2026"
             customer = await custom(
                 "CUSTOMER",
                 next(

@@ -41,9 +41,12 @@ _OBJECT_TYPES = {
 
 
 async def _prefs(conn: asyncpg.Connection, account_id: str) -> asyncpg.Record | None:
+    # time_zone: the company's, whose calendar Intacct's date fields are in (the
+    # preferences' own zone schedules the daily sync).
     return await conn.fetchrow(
-        "SELECT write_back_links, payment_link_field, pay_balance_link_field,"
-        " next_auto_charge_field, time_zone FROM preferences WHERE account_id = $1",
+        "SELECT p.write_back_links, p.payment_link_field, p.pay_balance_link_field,"
+        " p.next_auto_charge_field, a.time_zone FROM preferences p"
+        " JOIN accounts a USING (account_id) WHERE p.account_id = $1",
         account_id,
     )
 
