@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp
+import asyncpg
 import grpc
 import pytest
 
@@ -131,6 +133,17 @@ async def test_payments_wait_for_a_deposit_account_post_once_and_refusals_stay(
             assert payment["CUSTOMERID"] == customer
             assert payment["FINANCIALENTITY"] == bank.bank_account_id
             assert to_minor(payment["TRX_TOTALENTERED"], currency) == charge.amount.amount_minor
+            # Dated by when the charge succeeded, on the company's calendar (Los Angeles).
+            db = await asyncpg.connect(database_url)
+            try:
+                succeeded_at = await db.fetchval(
+                    f'SELECT succeeded_at FROM "{unique}_payments".charges WHERE charge_id = $1',
+                    charge.charge_id,
+                )
+            finally:
+                await db.close()
+            local_day = succeeded_at.astimezone(ZoneInfo("America/Los_Angeles")).date()
+            assert payment["RECEIPTDATE"] == local_day.strftime("%m/%d/%Y")
             reference = payment["DOCNUMBER"]  # derived from the charge id by the connector
             assert (
                 sum(1 for p in payments_in_intacct.values() if p.get("DOCNUMBER") == reference) == 1

@@ -350,6 +350,23 @@ async def test_payment_posting_is_idempotent(database_url: str, unique: str) -> 
         assert len(payments) == 1
         after = company.tables["ARINVOICE"].rows[invoice.recordno]
         assert float(after.values["TRX_TOTALPAID"]) == float(invoice.values["TRX_TOTALPAID"]) + 10
+        # A moment is dated on the company's calendar (Los Angeles): 02:30 UTC on the
+        # 21st is the evening of the 20th there.
+        late = connector_pb2.PostArPaymentRequest()
+        late.CopyFrom(request)
+        late.idempotency_key = "charge-43"
+        late.ClearField("received_date")
+        late.received_at.FromJsonString("2026-11-21T02:30:00Z")
+        posted = await h.stub.PostArPayment(late)
+        dated = company.tables["ARPYMT"].rows[int(posted.payment_record_no)]
+        assert dated.values["RECEIPTDATE"] == "11/20/2026"
+        both = connector_pb2.PostArPaymentRequest()
+        both.CopyFrom(late)
+        both.received_date = "2026-11-21"
+        with pytest.raises(grpc.aio.AioRpcError) as twice:
+            await h.stub.PostArPayment(both)
+        assert twice.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "not both" in (twice.value.details() or "")
         bad = connector_pb2.PostArPaymentRequest()
         bad.CopyFrom(request)
         bad.amount.amount_minor = 999

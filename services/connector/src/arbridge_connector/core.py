@@ -532,12 +532,14 @@ class Connector:
         customer_id: str,
         amount: str,
         currency: str,
-        received: date,
+        received: date | datetime,
         payment_method: str,
         applications: Sequence[rq.Application],
         bank_account_id: str,
         undeposited_funds_account: str,
     ) -> tuple[str, bool]:
+        """Posts an applied AR payment once per key. ``received``: its date in the
+        company's time zone, or the moment, dated here on the company's calendar."""
         if not idempotency_key:
             raise InvalidArgument("idempotency_key is required: the payment is posted once per key")
         if not applications:
@@ -547,6 +549,8 @@ class Connector:
                 "give exactly one of bank_account_id and undeposited_funds_account"
             )
         client = await self.client(account_id)
+        if isinstance(received, datetime):
+            received = received.astimezone(client.tz).date()
         reference = _reference(idempotency_key)
         function = rq.Function(
             rq.controlid_for(f"arpayment:{idempotency_key}"),

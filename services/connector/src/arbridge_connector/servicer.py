@@ -271,11 +271,15 @@ class ConnectorService(connector_pb2_grpc.ConnectorServiceServicer):
                 f"applications add up to {total} minor units but amount is "
                 f"{request.amount.amount_minor}"
             )
-        received = (
-            _iso_date(request.received_date, "received_date")
-            if request.received_date
-            else datetime.now(UTC).date()
-        )
+        received: date | datetime
+        if request.received_date and request.HasField("received_at"):
+            raise InvalidArgument("give received_date or received_at, not both")
+        if request.received_date:
+            received = _iso_date(request.received_date, "received_date")
+        elif request.HasField("received_at"):
+            received = request.received_at.ToDatetime(tzinfo=UTC)
+        else:
+            received = datetime.now(UTC)
         record_no, already = await self._core.post_payment(
             request.account_id,
             idempotency_key=request.idempotency_key,

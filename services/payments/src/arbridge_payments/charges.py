@@ -532,6 +532,7 @@ class Charges:
                 "UPDATE charges SET phase = $2, failure_code = $3, failure_reason = $4,"
                 " gateway_transaction_id = COALESCE(NULLIF($5, ''), gateway_transaction_id),"
                 " lease_until = NULL, updated_at = now(),"
+                " succeeded_at = CASE WHEN $2 = 'succeeded' THEN now() END,"
                 " settle_check_at = CASE WHEN $2 = 'settling'"
                 " THEN now() + make_interval(secs => $7) END"
                 " WHERE charge_id = $1 AND phase = ANY($6::text[]) RETURNING *",

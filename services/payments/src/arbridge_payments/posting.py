@@ -172,7 +172,6 @@ class Posting:
             bank_account_id=deposit["bank_account_id"],
             undeposited_funds_account=deposit["undeposited_funds_gl_account"],
             payment_method="Credit Card" if charge["kind"] == "card" else "EFT",
-            received_date=charge["updated_at"].date().isoformat(),
             applications=[
                 ar_pb2.PaymentApplication(
                     invoice_record_no=p["invoice_record_no"],
@@ -183,6 +182,8 @@ class Posting:
             reference=charge["gateway_transaction_id"],
             entity_id=charge["entity_id"],
         )
+        # Dated by when the money came (the connector puts it on the company's calendar).
+        request.received_at.FromDatetime(charge["succeeded_at"] or charge["updated_at"])
         try:
             reply = await self._connector.PostArPayment(request, timeout=self._lease / 2)
         except grpc.aio.AioRpcError as err:
