@@ -137,6 +137,12 @@ async def test_pay_pages_charge_once_and_refuse_what_they_must(
             )
             assert status == 422
             assert f"Enter the amount for invoice {invoice.invoice_number} as a number" in text
+            # A decimal comma is refused, not read as thousands (12,50 is not 1250).
+            status, _, text = await _post(
+                http, url, {**bad, f"amount_{invoice.record_no}": "0,50"}, base
+            )
+            assert status == 422
+            assert "with a point before the cents" in text
             too_much = from_minor(invoice.due.amount_minor + 1, invoice.currency)
             status, _, text = await _post(
                 http, url, {**bad, f"amount_{invoice.record_no}": too_much}, base

@@ -50,7 +50,7 @@ from arbridge_payments.gateway import CardGateway, GatewayRefused, GatewayUnavai
 from arbridge_payments.links import Link, LinkRefused, Links
 from arbridge_payments.methods import PaymentMethod, PaymentMethods, charged_source
 from arbridge_runtime.errors import Conflict, DomainError, NotFound, Unavailable
-from arbridge_runtime.money import from_minor, to_minor
+from arbridge_runtime.money import exponent, from_minor, to_minor
 
 log = structlog.get_logger(__name__)
 
@@ -496,11 +496,7 @@ for future payments by default</label>
                 "Too many payments on this link were declined in the last hour. Wait an hour "
                 "or contact the sender to pay another way.",
             )
-        parts = []
-        for record_no in chosen:
-            text = str(form.get(f"amount_{record_no}", "")).strip().replace(",", "")
-            text = text.lstrip("$€£¥").strip()
-            parts.append((record_no, text))
+        parts = [(r, str(form.get(f"amount_{r}", ""))) for r in chosen]
         method_choice = str(form.get("method", "")) or "new-card"
         save = form.get("save") == "1"
         new_source = method_choice in TOKEN_FIELDS
@@ -521,7 +517,18 @@ for future payments by default</label>
             currency = invoice.currency
             number = invoice.invoice_number or record_no
             try:
-                minor = to_minor(text, currency)
+                minor = entered_minor(text, currency)
+            except AmbiguousAmount:
+                how = (
+                    f"with a point before the cents, like {_amount(123450, currency)}"
+                    if exponent(currency)
+                    else f"in whole {currency}, like {_amount(1234, currency)}"
+                )
+                raise PageError(
+                    422,
+                    f"Enter the amount for invoice {number} {how}: "
+                    "a comma there could be read two ways.",
+                ) from None
             except ValueError:
                 raise PageError(
                     422,
@@ -783,6 +790,32 @@ def _e(value: object) -> str:
 
 def _exp(currency: str) -> int:
     return len(from_minor(1, currency).partition(".")[2])
+
+
+class AmbiguousAmount(ValueError):
+    """A comma that is not the page's thousands grouping: "12,50" may mean 12.50 or 1250."""
+
+
+# What a payer may type: digits, a point before the decimals, and commas only as the
+# page groups thousands ("1,234.50"); a currency sign and spaces around are let go.
+_PLAIN = re.compile(r"\d+(?:\.\d*)?")
+_GROUPED = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d*)?")
+
+
+def entered_minor(text: str, currency: str) -> int:
+    """An amount typed on a pay page, in minor units. ValueError when it is not an
+    amount in ``currency``; AmbiguousAmount for a comma that is not thousands grouping,
+    which is refused rather than guessed: money is never moved on a guess."""
+    clean = text.strip()
+    if clean[:1] in ("$", "€", "£", "¥"):
+        clean = clean[1:].strip()
+    if _GROUPED.fullmatch(clean):
+        clean = clean.replace(",", "")
+    elif "," in clean:
+        raise AmbiguousAmount(text)
+    if not _PLAIN.fullmatch(clean):
+        raise ValueError(f"{text!r} is not an amount")
+    return to_minor(clean, currency)
 
 
 def _amount(minor: int, currency: str) -> str:

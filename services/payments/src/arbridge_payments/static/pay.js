@@ -32,8 +32,11 @@
   }
 
   // Text like "1,234.50" to integer minor units, or null when it is not an amount.
+  // Commas only as thousands grouping (as the page shows amounts): "12,50" could mean
+  // 12.50 or 1250, so it is no amount here, as the server refuses it.
   function toMinor(text) {
-    const clean = text.replace(/[,\s]/g, "");
+    let clean = text.trim().replace(/^[$€£¥]/, "").trim();
+    if (/^\d{1,3}(,\d{3})+(\.\d*)?$/.test(clean)) clean = clean.replace(/,/g, "");
     const match = /^(\d+)(?:\.(\d*))?$/.exec(clean);
     if (!match) return null;
     const fraction = (match[2] || "");
