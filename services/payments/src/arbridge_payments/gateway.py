@@ -20,7 +20,10 @@ Outcomes are typed so callers can act on them:
 from __future__ import annotations
 
 import base64
+import functools
+import json
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -154,6 +157,11 @@ def _shopper(body: dict[str, Any]) -> Shopper:
     return Shopper(str(body.get("vaultedShopperId", "")), tuple(found))
 
 
+# The gateway's JSON numbers are read as decimals, never as floats (an amount of
+# 90071992547409.93 is 90071992547409.94 as a float).
+read_json = functools.partial(json.loads, parse_float=Decimal)
+
+
 def _transaction(body: dict[str, Any]) -> Transaction:
     currency = str(body.get("currency", ""))
     return Transaction(
@@ -210,7 +218,7 @@ class CardGateway:
                         f"the card gateway answered HTTP {reply.status} to {method} {path}"
                     )
                 try:
-                    data = await reply.json(content_type=None) if text else {}
+                    data = read_json(text) if text else {}
                 except ValueError:
                     raise GatewayUnavailable(
                         f"the card gateway sent a body that is not JSON to {method} {path}"
@@ -243,7 +251,7 @@ class CardGateway:
                         f"the card gateway answered HTTP {reply.status} to a token request"
                     )
                 if reply.status >= 400:
-                    raise _refusal(reply.status, await reply.json(content_type=None))
+                    raise _refusal(reply.status, read_json(await reply.text()))
                 location = reply.headers.get("Location", "")
         except (TimeoutError, aiohttp.ClientError, ValueError) as err:
             raise GatewayUnavailable(
