@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from arbridge_runtime.db import create_pool, load_migrations, migrate, runtime_migrations
 from arbridge_runtime.jetstream import Outbox
-from arbridge_sync.jobs import DailyScheduler, JobRunner, next_daily
+from arbridge_sync.jobs import WINDOW, DailyScheduler, JobRunner, next_daily
 
 
 def test_next_daily_follows_the_account_time_zone_across_dst() -> None:
@@ -74,5 +74,47 @@ async def test_two_replicas_create_one_daily_job(database_url: str, unique: str)
         async with pool.acquire() as conn:
             _, made = await replicas[0].runner.create(conn, "a1", "manual")
         assert not made
+    finally:
+        await pool.close()
+
+
+async def test_the_estimate_counts_what_a_full_sync_reads(database_url: str, unique: str) -> None:
+    # A full sync reads invoices and payments of the last six months: those stored that
+    # have aged out of the window cost no call and must not be counted (else the
+    # estimate grows with the store's age, not with the work).
+    await migrate(
+        database_url, unique, [*runtime_migrations(), *load_migrations("arbridge_sync", "sync")]
+    )
+    pool = await create_pool(database_url, unique)
+    zone = ZoneInfo("America/Los_Angeles")
+    start = (datetime.now(UTC) - WINDOW).astimezone(zone).replace(tzinfo=None)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO accounts (account_id, time_zone) VALUES ('acme', $1)", zone.key
+            )
+            await conn.execute(
+                "INSERT INTO invoices (account_id, record_no, source, invoice_number, customer_id,"
+                " entity_id, state, currency, total_minor, paid_minor, due_minor, term_name,"
+                " po_number, custom_fields, intacct_modified, data_hash)"
+                " SELECT 'acme', n::text, 'ar_invoice', '', 'C', '', 'open', 'USD', 1, 0, 1, '',"
+                " '', '{}', $1::timestamp - make_interval(hours => n), ''"
+                " FROM generate_series(1, 4500) n",
+                start + timedelta(hours=2500),
+            )
+            await conn.execute(  # customers are read whole, whatever their age
+                "INSERT INTO customers (account_id, record_no, customer_id, name, active,"
+                " currency, term_name, entity_id, groups, contact, custom_fields,"
+                " intacct_modified, data_hash)"
+                " SELECT 'acme', n::text, n::text, '', true, 'USD', '', '', '{}', '{}', '{}',"
+                " $1, '' FROM generate_series(1, 2001) n",
+                start - timedelta(days=400),
+            )
+        runner = JobRunner(pool=pool, outbox=Outbox(), connector=None)  # type: ignore[arg-type]
+        calls, token, _ = await runner.estimate("acme")
+        # The session; invoices: 2,500 in the window (of 4,500), 2 pages; customers 2;
+        # payments, both bank account kinds and labels 1 each.
+        assert calls == 1 + 2 + 2 + 1 + 1 + 1 + 1
+        assert token
     finally:
         await pool.close()

@@ -112,18 +112,32 @@ class JobRunner:
         return live, False
 
     async def estimate(self, account_id: str) -> tuple[int, str, datetime]:
-        """API calls of a full sync, from what the store already holds (costs no API call)."""
+        """API calls of a full sync, from what the store already holds (costs no API call):
+        for invoices and payments, what it holds of the window a full sync reads (records
+        that aged out of it stay stored, but are not read again)."""
         async with self.pool.acquire() as conn:
-            if not await conn.fetchval("SELECT 1 FROM accounts WHERE account_id = $1", account_id):
+            zone = await conn.fetchval(
+                "SELECT time_zone FROM accounts WHERE account_id = $1", account_id
+            )
+            if zone is None:
                 raise NotFound(f"no account {account_id!r} in sync; connect it first")
+            window_start = (
+                (datetime.now(UTC) - WINDOW)
+                .astimezone(ZoneInfo(zone or "UTC"))
+                .replace(tzinfo=None)
+            )
             calls = 1  # the session
             for synced in SYNCED:
+                where = "account_id = $1 AND NOT deleted"
+                args: list[Any] = [account_id]
+                if synced.table is store.BANK_ACCOUNTS:
+                    args.append(_bank_kind(synced))
+                    where += f" AND kind = ${len(args)}"
+                if synced.name in WINDOWED:
+                    args.append(window_start)
+                    where += f" AND intacct_modified >= ${len(args)}"
                 count = await conn.fetchval(
-                    f"SELECT count(*) FROM {synced.table.name}"
-                    " WHERE account_id = $1 AND NOT deleted"
-                    + (" AND kind = $2" if synced.table is store.BANK_ACCOUNTS else ""),
-                    account_id,
-                    *([_bank_kind(synced)] if synced.table is store.BANK_ACCOUNTS else []),
+                    f"SELECT count(*) FROM {synced.table.name} WHERE {where}", *args
                 )
                 calls += max(1, math.ceil(count / PAGE))
             token = secrets.token_urlsafe(18)
