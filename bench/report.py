@@ -141,6 +141,7 @@ class Report:
             if cpu
             else ""
         )
+        timeline_text = self._sync_timeline(r.get("samples", {}).get("initial_sync_timeline"))
         lag_chart = self._cdf("ar_store_lag", {"change to AR store": lags}, "ms")
         self.sections.append(
             "## Initial sync and event lag\n\n"
@@ -160,10 +161,60 @@ class Report:
             )
             + f"\n\n{chart}\n\n"
             + cpu_text
+            + timeline_text
             + f"\n\nThen {r['changes_applied']:,} changes made in the sandbox's UI, "
             "each firing a smart event through the gateway: time from the change to the "
             f"record in the AR store, p50 {r['lag_ms_p50']} ms, p99 {r['lag_ms_p99']} ms.\n\n"
             f"{lag_chart}\n"
+        )
+
+    def _sync_timeline(self, timeline: dict[str, Any] | None) -> str:
+        """Where the median initial sync's wall time went: the cores each process used,
+        step by step, and the records written; the reading ends where the connector's
+        and the sandbox's use does."""
+        if not timeline or not timeline.get("t"):
+            return ""
+        t, cores, written = timeline["t"], timeline["cores"], timeline["records_written"]
+        reading = [
+            (
+                cores.get("connector", [0.0] * len(t))[i]
+                + cores.get("intacct sandbox", [0.0] * len(t))[i]
+            )
+            for i in range(len(t))
+        ]
+        busy_steps = [i for i, used in enumerate(reading) if used >= 0.1]
+        read_until = t[busy_steps[-1]] if busy_steps else 0.0
+        after = [i for i in range(len(t)) if t[i] > read_until]
+        sync_after = (
+            sum(cores.get("sync", [0.0] * len(t))[i] for i in after) / len(after) if after else 0.0
+        )
+        machine_before = [
+            sum(c[i] for c in cores.values()) for i in range(len(t)) if t[i] <= read_until
+        ]
+
+        def draw(ax: Any) -> None:
+            for name in ("sync", "connector", "intacct sandbox", "postgres", "nats-server"):
+                if name in cores:
+                    ax.plot(t, cores[name], label=name, linewidth=1.2)
+            ax.axvline(read_until, color="#999", linestyle="--", linewidth=1)
+            ax.set_xlabel("seconds since ConnectAccount")
+            ax.set_ylabel("cores used")
+            ax.set_ylim(0, 1.2)
+            twin = ax.twinx()
+            twin.plot(t, written, color="#000", linestyle=":", label="records written")
+            twin.set_ylabel("records written")
+            ax.legend(loc="upper left", fontsize=7, ncol=3)
+            ax.set_title("Initial sync (median run): CPU by process and records written")
+
+        chart = self.plot("sync_timeline", draw, (7, 3.2))
+        return (
+            f"\n\nWhere the time goes (the median run, sampled every "
+            f"{t[1] - t[0] if len(t) > 1 else t[0]:.2f} s): the connector and the sandbox "
+            f"stop at about {read_until:.1f} s, when the last page is read; until then the "
+            f"processes together used {sum(machine_before) / max(len(machine_before), 1):.2f} "
+            "of the two cores on average. The sync then writes what it has queued for "
+            f"{max(t[-1] - read_until, 0):.1f} s more, using {sync_after:.2f} of a core.\n\n"
+            f"{chart}"
         )
 
     def decode(self) -> None:
