@@ -54,7 +54,7 @@ from arbridge_intacct.response import (
     StreamingResponseReader,
 )
 from arbridge_runtime import tracing
-from arbridge_runtime.dates import us_datetime
+from arbridge_runtime.dates import us_datetime, wall_epoch_seconds
 from arbridge_runtime.xml import XmlRejected
 
 log = structlog.get_logger(__name__)
@@ -62,8 +62,6 @@ log = structlog.get_logger(__name__)
 DEFAULT_ENDPOINT = "https://api.intacct.com/ia/xml/xmlgw.phtml"
 QUERY_PAGE = 2000
 LOCAL_FORMAT = "%m/%d/%Y %H:%M:%S"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NAIVE_EPOCH = datetime(1970, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -217,13 +215,8 @@ class IntacctClient:
         naive = us_datetime(text) if text else None
         if naive is None:  # empty, or a form only strptime reads
             moment = self.from_local(text)
-            if moment is None:
-                return None
-            since = moment - _EPOCH
-            return since.days * 86400 + since.seconds
-        since, offset = naive - _NAIVE_EPOCH, self.tz.utcoffset(naive)
-        offset_seconds = 0 if offset is None else offset.days * 86400 + offset.seconds
-        return since.days * 86400 + since.seconds - offset_seconds
+            return None if moment is None else wall_epoch_seconds(moment, None)
+        return wall_epoch_seconds(naive, self.tz)
 
     # Sessions --------------------------------------------------------------------------
 

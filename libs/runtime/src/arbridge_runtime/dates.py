@@ -9,7 +9,7 @@ more lenient forms (single-digit months and days) before refusing it.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -34,6 +34,22 @@ def us_datetime(text: str) -> datetime | None:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
+def wall_epoch_seconds(local: datetime, zone: tzinfo | None) -> int:
+    """Whole seconds since the epoch of wall time ``local`` in ``zone`` (None: UTC), as
+    ``local.replace(tzinfo=zone)`` gives it (fold 0: a repeated hour is its first, a
+    skipped one takes the offset before the change), without making that aware
+    datetime: the connector and sync stamp every record with it. An aware ``local``
+    keeps its own zone."""
+    if local.tzinfo is not None:
+        since = local - _EPOCH
+        return since.days * 86400 + since.seconds
+    since = local - _NAIVE_EPOCH
+    offset = zone.utcoffset(local) if zone is not None else None
+    seconds = since.days * 86400 + since.seconds
+    return seconds - (offset.days * 86400 + offset.seconds) if offset else seconds
 
 
 def timestamp(moment: datetime) -> Timestamp:

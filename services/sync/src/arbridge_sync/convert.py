@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from arbridge.common.v1 import ar_pb2, common_pb2
+from arbridge_runtime.dates import wall_epoch_seconds
 
 _STATES = {
     "draft": ar_pb2.INVOICE_STATE_DRAFT,
@@ -23,8 +24,6 @@ _SOURCES = {
     "ar_invoice": common_pb2.INVOICE_SOURCE_AR_INVOICE,
     "sales_invoice": common_pb2.INVOICE_SOURCE_SALES_INVOICE,
 }
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NAIVE_EPOCH = datetime(1970, 1, 1)
 BANK_KINDS = {
     "checking": common_pb2.OBJECT_TYPE_CHECKING_ACCOUNT,
     "savings": common_pb2.OBJECT_TYPE_SAVINGS_ACCOUNT,
@@ -36,26 +35,12 @@ def _json(value: Any) -> Any:
 
 
 def _stamp(target: Timestamp, local: datetime | None, time_zone: str) -> None:
-    """Sets ``target`` to company-local wall time as an instant (leaves it unset for None).
-
-    Naive arithmetic and the zone's offset at that wall time (a repeated hour: its
-    first; a skipped one: the offset before the change), as an aware datetime of it
-    would give, without building one: a sync stamps every record it announces."""
+    """Sets ``target`` to company-local wall time as an instant (leaves it unset for None)."""
     if local is None:
         return
-    if local.tzinfo is not None:
-        since = local - _EPOCH
-        seconds = since.days * 86400 + since.seconds
-    else:
-        since = local - _NAIVE_EPOCH
-        seconds = since.days * 86400 + since.seconds
-        if time_zone:
-            offset = ZoneInfo(time_zone).utcoffset(local)
-            if offset:
-                seconds -= offset.days * 86400 + offset.seconds
     target.SetInParent()
-    target.seconds = seconds
-    target.nanos = since.microseconds * 1000
+    target.seconds = wall_epoch_seconds(local, ZoneInfo(time_zone) if time_zone else None)
+    target.nanos = local.microsecond * 1000
 
 
 # The messages are filled in place: a sub-message passed to a constructor is
