@@ -285,7 +285,7 @@ class PayPages:
         body = f"""
 <form method="post" action="/l/{_e(token)}/pay" id="pay-form" class="pay"
       data-gateway-origin="{_e(self._config.gateway_origin)}"
-      data-currency="{_e(currency)}" data-exponent="{_exp(currency)}">
+      data-currency="{_e(currency)}" data-exponent="{exponent(currency)}">
 <input type="hidden" name="attempt" value="{_e(secrets.token_urlsafe(18))}">
 <div class="table-wrap"><table class="invoices">
 <caption>{"Invoice" if single else "Invoices to pay"}</caption>
@@ -786,10 +786,6 @@ reach this site.</p></footer>
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _exp(currency: str) -> int:
-    return len(from_minor(1, currency).partition(".")[2])
 
 
 class AmbiguousAmount(ValueError):

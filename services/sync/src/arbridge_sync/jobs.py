@@ -121,11 +121,7 @@ class JobRunner:
             )
             if zone is None:
                 raise NotFound(f"no account {account_id!r} in sync; connect it first")
-            window_start = (
-                (datetime.now(UTC) - WINDOW)
-                .astimezone(ZoneInfo(zone or "UTC"))
-                .replace(tzinfo=None)
-            )
+            window_start = company_local(datetime.now(UTC) - WINDOW, zone)
             calls = 1  # the session
             for synced in SYNCED:
                 where = "account_id = $1 AND NOT deleted"
@@ -421,7 +417,7 @@ class JobRunner:
     async def _deletions(
         self, account_id: str, synced: Synced, window_start: datetime, tz: str, seen: set[str]
     ) -> int:
-        local_start = window_start.astimezone(ZoneInfo(tz)).replace(tzinfo=None)
+        local_start = company_local(window_start, tz)
         async with self.pool.acquire() as conn, conn.transaction():
             stored = [
                 r["record_no"]
@@ -486,6 +482,11 @@ class JobRunner:
             deleted=totals.deleted,
             repaired=totals.repaired,
         )
+
+
+def company_local(moment: datetime, zone: str) -> datetime:
+    """A moment as the company's wall time, the form the store keeps WHENMODIFIED in."""
+    return moment.astimezone(ZoneInfo(zone or "UTC")).replace(tzinfo=None)
 
 
 def _bank_kind(synced: Synced) -> str:
