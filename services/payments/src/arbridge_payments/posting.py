@@ -183,6 +183,8 @@ class Posting:
             entity_id=charge["entity_id"],
         )
         # Dated by when the money came (the connector puts it on the company's calendar).
+        # updated_at only for a charge a replica of an older release marked succeeded
+        # after migration 0010 ran (a rolling deploy): it set no succeeded_at.
         request.received_at.FromDatetime(charge["succeeded_at"] or charge["updated_at"])
         try:
             reply = await self._connector.PostArPayment(request, timeout=self._lease / 2)
