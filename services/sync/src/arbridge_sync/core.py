@@ -20,7 +20,7 @@ from arbridge_runtime.errors import InvalidArgument, NotFound
 from arbridge_runtime.jetstream import Delivery, Outbox, PoisonMessage, RetryableError
 from arbridge_sync import store
 from arbridge_sync.intacct_events import BadEvent, IntacctEvent, parse
-from arbridge_sync.jobs import JobRunner, next_daily
+from arbridge_sync.jobs import NO_CONTEXT, JobRunner, ReadContext, next_daily, read_context
 from arbridge_sync.mapping import Unmappable
 from arbridge_sync.objects import BY_NAME, SYNCED, Synced, read_fields
 from arbridge_sync.unsynced import record_failure, resolve
@@ -36,25 +36,6 @@ TRANSIENT = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-
-
-@dataclass(frozen=True)
-class _Preferences:
-    tax_field: str  # the Level 2 tax field read on invoices ("" for none)
-    # The company's zone, in which Intacct writes WHENMODIFIED (not the preferences'
-    # time_zone, which schedules the daily sync).
-    time_zone: str
-
-
-async def _preferences(conn: asyncpg.Connection, account_id: str) -> _Preferences:
-    row = await conn.fetchrow(
-        "SELECT p.level2_tax_field, a.time_zone FROM accounts a"
-        " LEFT JOIN preferences p USING (account_id) WHERE a.account_id = $1",
-        account_id,
-    )
-    if row is None:
-        return _Preferences("", "UTC")
-    return _Preferences(row["level2_tax_field"] or "", row["time_zone"] or "UTC")
 
 
 @dataclass
@@ -158,7 +139,7 @@ class SyncCore:
     async def apply_event(
         self, conn: asyncpg.Connection, account_id: str, synced: Synced, event: IntacctEvent
     ) -> None:
-        prefs = await _preferences(conn, account_id)
+        context = await read_context(conn, account_id) or NO_CONTEXT
         if event.action == "delete":
             await store.delete(
                 conn,
@@ -166,22 +147,22 @@ class SyncCore:
                 synced.table,
                 account_id,
                 [event.record_no],
-                time_zone=prefs.time_zone,
+                time_zone=context.time_zone,
             )
             return
         fields = event.fields
         if event.carries_data:
             counts = await self._apply_fields(
-                conn, account_id, synced, fields, prefs, from_event=True
+                conn, account_id, synced, fields, context, from_event=True
             )
             if counts is None or not counts.ambiguous:
                 return
             # Same WHENMODIFIED second as the stored version, other data: which one is
             # newer cannot be told from the event, so Intacct's current record decides.
-        fetched = await self._fetch(conn, account_id, synced, event.record_no, prefs)
+        fetched = await self._fetch(conn, account_id, synced, event.record_no, context)
         if fetched is None:
             return
-        await self._apply_fields(conn, account_id, synced, fetched, prefs)
+        await self._apply_fields(conn, account_id, synced, fetched, context)
 
     async def _apply_fields(
         self,
@@ -189,12 +170,12 @@ class SyncCore:
         account_id: str,
         synced: Synced,
         fields: dict[str, str],
-        prefs: _Preferences,
+        context: ReadContext,
         *,
         from_event: bool = False,
     ) -> store.Counts | None:
         try:
-            row = synced.map(account_id, fields, prefs.tax_field)
+            row = synced.map(account_id, fields, context.tax_field)
         except Unmappable as exc:
             await record_failure(
                 conn, account_id, synced.name, fields.get("RECORDNO", ""), "from_intacct", str(exc)
@@ -205,7 +186,7 @@ class SyncCore:
             self.outbox,
             synced.table,
             [row],
-            time_zone=prefs.time_zone,
+            time_zone=context.time_zone,
             exact_order=from_event,
         )
 
@@ -215,7 +196,7 @@ class SyncCore:
         account_id: str,
         synced: Synced,
         record_no: str,
-        prefs: _Preferences,
+        context: ReadContext,
     ) -> dict[str, str] | None:
         """Reads one record through the connector; a refusal lands in the unsynced registry."""
         try:
@@ -224,7 +205,7 @@ class SyncCore:
                     account_id=account_id,
                     object_type=synced.object_type,
                     record_nos=[record_no],
-                    fields=read_fields(synced, prefs.tax_field),
+                    fields=read_fields(synced, context.tax_field),
                 ),
                 timeout=60,
             )
@@ -248,7 +229,7 @@ class SyncCore:
                 synced.table,
                 account_id,
                 [record_no],
-                time_zone=prefs.time_zone,
+                time_zone=context.time_zone,
             )
             return None
         return dict(reply.records[0].fields)
@@ -261,11 +242,11 @@ class SyncCore:
             synced = BY_NAME.get(entry["object_type"])
             if synced is None or entry["direction"] != "from_intacct":
                 raise InvalidArgument("only records coming from Intacct can be re-synced here")
-            prefs = await _preferences(conn, account_id)
-            fields = await self._fetch(conn, account_id, synced, entry["record_no"], prefs)
+            context = await read_context(conn, account_id) or NO_CONTEXT
+            fields = await self._fetch(conn, account_id, synced, entry["record_no"], context)
             ok = (
                 fields is not None
-                and await self._apply_fields(conn, account_id, synced, fields, prefs) is not None
+                and await self._apply_fields(conn, account_id, synced, fields, context) is not None
             )
             if ok:
                 await resolve(

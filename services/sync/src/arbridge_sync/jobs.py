@@ -61,6 +61,32 @@ TRANSIENT = {
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
+@dataclass(frozen=True)
+class ReadContext:
+    """How an account's Intacct records are read and mapped."""
+
+    tax_field: str  # the Level 2 tax field read on invoices ("" for none)
+    # The company's zone, in which Intacct writes its times (not the preferences'
+    # time_zone, which schedules the daily sync and which a user may set apart).
+    time_zone: str
+
+
+# An account sync holds no row for (yet): no tax field, UTC.
+NO_CONTEXT = ReadContext("", "UTC")
+
+
+async def read_context(conn: asyncpg.Connection, account_id: str) -> ReadContext | None:
+    """The account's ReadContext; None when sync holds no such account."""
+    row = await conn.fetchrow(
+        "SELECT p.level2_tax_field, a.time_zone FROM accounts a"
+        " LEFT JOIN preferences p USING (account_id) WHERE a.account_id = $1",
+        account_id,
+    )
+    if row is None:
+        return None
+    return ReadContext(row["level2_tax_field"] or "", row["time_zone"] or "UTC")
+
+
 @dataclass
 class ObjectProgress:
     total: int = 0
@@ -116,12 +142,10 @@ class JobRunner:
         for invoices and payments, what it holds of the window a full sync reads (records
         that aged out of it stay stored, but are not read again)."""
         async with self.pool.acquire() as conn:
-            zone = await conn.fetchval(
-                "SELECT time_zone FROM accounts WHERE account_id = $1", account_id
-            )
-            if zone is None:
+            context = await read_context(conn, account_id)
+            if context is None:
                 raise NotFound(f"no account {account_id!r} in sync; connect it first")
-            window_start = company_local(datetime.now(UTC) - WINDOW, zone)
+            window_start = company_local(datetime.now(UTC) - WINDOW, context.time_zone)
             calls = 1  # the session
             for synced in SYNCED:
                 where = "account_id = $1 AND NOT deleted"
@@ -230,14 +254,7 @@ class JobRunner:
         started = datetime.now(UTC)
         window_start = started - WINDOW
         async with self.pool.acquire() as conn:
-            # The company's zone, in which Intacct writes WHENMODIFIED (the preferences'
-            # time_zone is the daily sync's schedule, which a user may set apart).
-            tz = (
-                await conn.fetchval(
-                    "SELECT time_zone FROM accounts WHERE account_id = $1", account_id
-                )
-                or "UTC"
-            )
+            context = await read_context(conn, account_id) or NO_CONTEXT
             await conn.execute(
                 "UPDATE sync_jobs SET window_start = $2, window_end = $3,"
                 " progress = '{}'::jsonb WHERE sync_id = $1",
@@ -252,7 +269,7 @@ class JobRunner:
             await asyncio.gather(
                 *(
                     self._sync_object(
-                        account_id, kind, synced, window_start, tz, progress[synced.name]
+                        account_id, kind, synced, window_start, context, progress[synced.name]
                     )
                     for synced in SYNCED
                 )
@@ -291,16 +308,10 @@ class JobRunner:
         kind: str,
         synced: Synced,
         window_start: datetime,
-        tz: str,
+        context: ReadContext,
         progress: ObjectProgress,
     ) -> None:
-        async with self.pool.acquire() as conn:
-            tax_field = (
-                await conn.fetchval(
-                    "SELECT level2_tax_field FROM preferences WHERE account_id = $1", account_id
-                )
-                or ""
-            )
+        tax_field, tz = context.tax_field, context.time_zone
         request = connector_pb2.StreamRecordsRequest(
             account_id=account_id,
             object_type=synced.object_type,
