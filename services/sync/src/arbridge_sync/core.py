@@ -295,12 +295,7 @@ class SyncCore:
     ) -> sync_pb2.GetSmartEventSetupResponse:
         async with self.pool.acquire() as conn:
             await self.require_account(conn, account_id)
-            tax_field = (
-                await conn.fetchval(
-                    "SELECT level2_tax_field FROM preferences WHERE account_id = $1", account_id
-                )
-                or ""
-            )
+            tax_field = (await read_context(conn, account_id) or NO_CONTEXT).tax_field
         if not base_url.startswith(("https://", "http://")):
             raise InvalidArgument("gateway_base_url must be the gateway's public http(s) URL")
         if not self.webhook_secrets:
