@@ -98,6 +98,13 @@ def is_legacy_hash(stored: str) -> bool:
     return not stored.startswith(HASH_VERSION)
 
 
+def _hashed(row: dict[str, Any], f: Mapping[str, str]) -> dict[str, Any]:
+    """The row with its data hash, then its WHENMODIFIED (which the hash leaves out)."""
+    row["data_hash"] = _hash(row)
+    row["intacct_modified"] = intacct_timestamp(f.get("WHENMODIFIED", ""))
+    return row
+
+
 def _currency(f: Mapping[str, str], default: str = "USD") -> str:
     currency = (f.get("CURRENCY") or default).strip().upper()
     if len(currency) != 3 or not currency.isalpha():
@@ -135,9 +142,7 @@ def customer_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
             if k in ("PAY_BALANCE_LINK", "PAYMENT_METHOD_LINK", "NEXT_AUTO_CHARGE") and v
         },
     }
-    row["data_hash"] = _hash(row)
-    row["intacct_modified"] = intacct_timestamp(f.get("WHENMODIFIED", ""))
-    return row
+    return _hashed(row, f)
 
 
 def invoice_row(account_id: str, f: Mapping[str, str], tax_field: str) -> dict[str, Any]:
@@ -173,9 +178,7 @@ def invoice_row(account_id: str, f: Mapping[str, str], tax_field: str) -> dict[s
             k: v for k, v in f.items() if k in ("PAYMENT_LINK", "NEXT_AUTO_CHARGE") and v
         },
     }
-    row["data_hash"] = _hash(row)
-    row["intacct_modified"] = intacct_timestamp(f.get("WHENMODIFIED", ""))
-    return row
+    return _hashed(row, f)
 
 
 def payment_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
@@ -191,9 +194,7 @@ def payment_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
         "reference": f.get("DOCNUMBER", ""),
         "bank_account_id": f.get("FINANCIALENTITY", ""),
     }
-    row["data_hash"] = _hash(row)
-    row["intacct_modified"] = intacct_timestamp(f.get("WHENMODIFIED", ""))
-    return row
+    return _hashed(row, f)
 
 
 def bank_row(account_id: str, kind: str, f: Mapping[str, str]) -> dict[str, Any]:
@@ -207,9 +208,7 @@ def bank_row(account_id: str, kind: str, f: Mapping[str, str]) -> dict[str, Any]
         "entity_id": f.get("MEGAENTITYID", ""),
         "gl_account_no": f.get("GLACCOUNTNO", ""),
     }
-    row["data_hash"] = _hash(row)
-    row["intacct_modified"] = intacct_timestamp(f.get("WHENMODIFIED", ""))
-    return row
+    return _hashed(row, f)
 
 
 def label_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
@@ -220,6 +219,4 @@ def label_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
         "description": f.get("DESCRIPTION", ""),
         "gl_account_no": f.get("GLACCOUNTNO", ""),
     }
-    row["data_hash"] = _hash(row)
-    row["intacct_modified"] = intacct_timestamp(f.get("WHENMODIFIED", ""))
-    return row
+    return _hashed(row, f)
