@@ -175,19 +175,13 @@ class Report:
         if not timeline or not timeline.get("t"):
             return ""
         t, cores, written = timeline["t"], timeline["cores"], timeline["records_written"]
-        reading = [
-            (
-                cores.get("connector", [0.0] * len(t))[i]
-                + cores.get("intacct sandbox", [0.0] * len(t))[i]
-            )
-            for i in range(len(t))
-        ]
-        busy_steps = [i for i, used in enumerate(reading) if used >= 0.1]
+        idle = [0.0] * len(t)
+        connector, sandbox = cores.get("connector", idle), cores.get("intacct sandbox", idle)
+        busy_steps = [i for i in range(len(t)) if connector[i] + sandbox[i] >= 0.1]
         read_until = t[busy_steps[-1]] if busy_steps else 0.0
         after = [i for i in range(len(t)) if t[i] > read_until]
-        sync_after = (
-            sum(cores.get("sync", [0.0] * len(t))[i] for i in after) / len(after) if after else 0.0
-        )
+        sync = cores.get("sync", idle)
+        sync_after = sum(sync[i] for i in after) / len(after) if after else 0.0
         machine_before = [
             sum(c[i] for c in cores.values()) for i in range(len(t)) if t[i] <= read_until
         ]
