@@ -216,6 +216,12 @@ async def test_payers_pay_by_card_across_invoices_after_a_decline_and_save_a_met
                 for extra in invoices[3:]:
                     await page.locator(f"#pay-{extra.record_no}").uncheck()
                 await _enter_card(page, "4242424242424242")
+                # A decimal comma is no amount to the page either (the server refuses it).
+                amount = page.locator(f"#amount-{chosen[0].record_no}")
+                typed = await amount.input_value()
+                await amount.fill("0,50")
+                await expect(page.locator("#total")).to_have_text("—")
+                await amount.fill(typed)
                 total = sum(i.due.amount_minor for i in chosen)
                 await expect(page.locator("#total")).to_have_text(_shown(total, chosen[0].currency))
                 await page.locator("#pay-button").focus()
