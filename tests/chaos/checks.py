@@ -179,7 +179,7 @@ async def store_differences(
         if values is None:
             wrong.append(f"{record_no}: not in Intacct")
             continue
-        currency = str(values.get("CURRENCY") or "USD")
+        currency = str(values.get("CURRENCY") or values.get("BASECURR"))
         due = to_minor(str(values["TRX_TOTALDUE"]), currency)
         held = stored[record_no].due.amount_minor if record_no in stored else 0
         if due != held:

@@ -155,6 +155,29 @@ def test_an_amount_beyond_int64_is_refused_by_its_record() -> None:
     assert largest["due_minor"] == 2**63 - 1
 
 
+def test_amounts_are_in_the_base_currency_when_the_record_names_no_other() -> None:
+    # A company without multi-currency may leave CURRENCY empty; its amounts are in the
+    # base currency, which is never assumed to be USD.
+    plain = {**FIELDS, "CURRENCY": "", "BASECURR": "JPY", "TRX_TOTALENTERED": "1234"}
+    plain["TRX_TOTALDUE"] = "1234"
+    invoice = mapping.invoice_row("acme", plain, "")
+    assert (invoice["currency"], invoice["due_minor"]) == ("JPY", 1234)
+    payment = mapping.payment_row("acme", plain)
+    assert (payment["currency"], payment["amount_minor"]) == ("JPY", 1234)
+    # A transaction currency, where given, is the amounts' currency.
+    assert mapping.invoice_row("acme", {**FIELDS, "BASECURR": "USD"}, "")["currency"] == "EUR"
+
+
+def test_amounts_without_any_currency_are_refused_by_their_record() -> None:
+    reason = "CURRENCY and BASECURR are both empty"
+    with pytest.raises(mapping.Unmappable, match=reason):
+        mapping.invoice_row("acme", {**FIELDS, "CURRENCY": ""}, "")
+    with pytest.raises(mapping.Unmappable, match=reason):
+        mapping.payment_row("acme", {**FIELDS, "CURRENCY": " ", "BASECURR": ""})
+    with pytest.raises(mapping.Unmappable, match="'GB' is not an ISO 4217 code"):
+        mapping.invoice_row("acme", {**FIELDS, "CURRENCY": "", "BASECURR": "gb"}, "")
+
+
 ZONES = ["UTC", "America/Los_Angeles", "Europe/Berlin", "Australia/Lord_Howe", "Asia/Kolkata"]
 
 

@@ -112,6 +112,19 @@ def _currency(f: Mapping[str, str], default: str = "USD") -> str:
     return currency
 
 
+def _amount_currency(f: Mapping[str, str]) -> str:
+    """The currency of a record's amounts: its transaction currency, else the base
+    currency it was entered in (a company without multi-currency may leave CURRENCY
+    empty). Never assumed: a payer must not be charged in a currency the invoice is not in.
+    """
+    given = (f.get("CURRENCY") or "").strip() or (f.get("BASECURR") or "").strip()
+    if not given:
+        raise Unmappable(
+            "CURRENCY and BASECURR are both empty, so the currency of its amounts is unknown"
+        )
+    return _currency({"CURRENCY": given})
+
+
 def _need(f: Mapping[str, str], name: str) -> str:
     value = f.get(name, "")
     if not value:
@@ -146,7 +159,7 @@ def customer_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
 
 
 def invoice_row(account_id: str, f: Mapping[str, str], tax_field: str) -> dict[str, Any]:
-    currency = _currency(f)
+    currency = _amount_currency(f)
     total = minor_units(f.get("TRX_TOTALENTERED", ""), currency, "TRX_TOTALENTERED")
     paid = minor_units(f.get("TRX_TOTALPAID", ""), currency, "TRX_TOTALPAID")
     due = minor_units(f.get("TRX_TOTALDUE", ""), currency, "TRX_TOTALDUE")
@@ -182,7 +195,7 @@ def invoice_row(account_id: str, f: Mapping[str, str], tax_field: str) -> dict[s
 
 
 def payment_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
-    currency = _currency(f)
+    currency = _amount_currency(f)
     row = {
         "account_id": account_id,
         "record_no": _need(f, "RECORDNO"),
