@@ -12,6 +12,7 @@ import asyncpg
 import grpc
 import pytest
 
+from arbridge.common.v1 import common_pb2
 from arbridge.payments.v1 import payments_pb2
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
@@ -195,3 +196,117 @@ async def test_payments_wait_for_a_deposit_account_post_once_and_refusals_stay(
             rest = (await payer.charge("post-rest", customer, [(halves.record_no, None)])).charge
             assert rest.state == payments_pb2.CHARGE_STATE_SUCCEEDED
             assert rest.amount.amount_minor == halves.due.amount_minor - 100
+
+
+@pytest.mark.timeout(300)
+async def test_refunds_before_the_posting_come_off_the_payment_and_a_full_one_posts_nothing(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    async with synced_payments_suite(
+        tmp_path, database_url, nats_url, unique, customers=12, invoices=160
+    ) as suite:
+        sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
+        banks = (
+            await sync.ListBankAccounts(sync_pb2.ListBankAccountsRequest(account_id="acme"))
+        ).bank_accounts
+        by_customer = await open_invoices_by_customer(suite, "acme")
+        customer, invoices = next(
+            (c, found)
+            for c, found in by_customer.items()
+            if len(found) >= 3
+            and any(b.currency == found[0].currency for b in banks)
+            and len({(i.currency, i.entity_id) for i in found[:3]}) == 1
+            and all(i.due.amount_minor > 1000 for i in found[:3])
+        )
+        # A refund comes off the invoice last in record-number order first.
+        first, last = sorted(invoices[:2], key=lambda i: i.record_no)
+        single = invoices[2]
+        currency, entity = first.currency, first.entity_id
+        bank = next(b for b in banks if b.currency == currency)
+        company, admin = suite.sandbox["company_id"], suite.sandbox_admin
+        async with aiohttp.ClientSession() as http:
+            payer = Payer(suite, http, suite.target("payments"))
+            await payer.add_card(customer, "4242424242424242")
+
+            async def current(charge_id: str) -> payments_pb2.Charge:
+                reply = await payer.stub.GetCharge(
+                    payments_pb2.GetChargeRequest(account_id="acme", charge_id=charge_id)
+                )
+                return reply.charge
+
+            async def refund(charge_id: str, key: str, amount: int | None) -> None:
+                await payer.stub.RefundCharge(
+                    payments_pb2.RefundChargeRequest(
+                        account_id="acme",
+                        charge_id=charge_id,
+                        idempotency_key=key,
+                        reason="paid by cheque instead",
+                        amount=(
+                            common_pb2.Money(amount_minor=amount, currency=currency)
+                            if amount is not None
+                            else None
+                        ),
+                    )
+                )
+
+            before = await intacct_values(http, admin, company, "ARPYMT")
+            # No deposit account yet, so both payments wait to be posted; meanwhile one is
+            # refunded in part and the other in full.
+            both = (
+                await payer.charge(
+                    "both", customer, [(first.record_no, None), (last.record_no, None)]
+                )
+            ).charge
+            one = (await payer.charge("one", customer, [(single.record_no, None)])).charge
+            await refund(both.charge_id, "back-150", 150)
+            await refund(one.charge_id, "back-all", None)
+
+            # The open balances count only what the charges kept: the refunded 150 of the
+            # last invoice and the whole of the other can be charged again.
+            rest = (await payer.charge("rest", customer, [(last.record_no, None)])).charge
+            assert rest.amount.amount_minor == 150
+            again = (await payer.charge("again", customer, [(single.record_no, None)])).charge
+            assert again.amount.amount_minor == single.due.amount_minor
+
+            await payer.stub.SetDepositAccount(
+                payments_pb2.SetDepositAccountRequest(
+                    deposit_account=payments_pb2.DepositAccount(
+                        account_id="acme",
+                        entity_id=entity,
+                        currency=currency,
+                        bank_account_id=bank.bank_account_id,
+                    )
+                )
+            )
+
+            async def settled() -> list[payments_pb2.Charge] | None:
+                now = [await current(c.charge_id) for c in (both, one, rest, again)]
+                waiting = [c for c in now if c.posting_state == payments_pb2.POSTING_STATE_PENDING]
+                return None if waiting else now
+
+            done = await eventually(settled)
+            assert done is not None, "the postings did not finish"
+            both_now, one_now, rest_now, again_now = done
+            assert [c.posting_state for c in done] == [
+                payments_pb2.POSTING_STATE_POSTED,
+                payments_pb2.POSTING_STATE_REFUNDED,
+                payments_pb2.POSTING_STATE_POSTED,
+                payments_pb2.POSTING_STATE_POSTED,
+            ]
+            assert one_now.intacct_payment_record_no == ""
+
+            # Intacct has what was collected, each invoice paid once and in full.
+            after = await intacct_values(http, admin, company, "ARPYMT")
+            new = {k: v for k, v in after.items() if k not in before}
+            assert sorted(new) == sorted(
+                c.intacct_payment_record_no for c in (both_now, rest_now, again_now)
+            )
+            posted = new[both_now.intacct_payment_record_no]
+            kept = first.due.amount_minor + last.due.amount_minor - 150
+            assert to_minor(posted["TRX_TOTALENTERED"], currency) == kept
+            assert sum(to_minor(p["TRX_TOTALENTERED"], currency) for p in new.values()) == (
+                first.due.amount_minor + last.due.amount_minor + single.due.amount_minor
+            )
+            sandbox_invoices = await intacct_values(http, admin, company, "ARINVOICE")
+            for invoice in (first, last, single):
+                assert Decimal(sandbox_invoices[invoice.record_no]["TRX_TOTALDUE"]) == 0

@@ -396,26 +396,39 @@ class Charges:
         modified after the posting was sent (Intacct's times are whole seconds,
         hence the margin); until then it is counted here.
         """
+        # Every part of each such charge: a refund comes off its parts in order (kept_parts).
         rows = await (conn or self._pool).fetch(
-            "SELECT ci.invoice_record_no, ci.amount_minor, c.posting_state, c.posting_started_at"
-            " FROM charge_invoices ci JOIN charges c USING (charge_id)"
-            " WHERE ci.account_id = $1 AND ci.invoice_record_no = ANY($2::text[])"
-            " AND c.phase IN ('succeeded', 'settling')",
+            "SELECT c.charge_id, c.refunded_minor, c.posting_state, c.posting_started_at,"
+            " ci.invoice_record_no, ci.amount_minor"
+            " FROM charges c JOIN charge_invoices ci USING (charge_id)"
+            " WHERE c.account_id = $1 AND c.phase IN ('succeeded', 'settling')"
+            " AND c.charge_id IN (SELECT charge_id FROM charge_invoices"
+            " WHERE account_id = $1 AND invoice_record_no = ANY($2::text[]))",
             account_id,
             list(modified),
         )
-        taken: dict[str, int] = {}
+        by_charge: dict[str, list[asyncpg.Record]] = {}
         for r in rows:
-            version = modified.get(r["invoice_record_no"])
-            shown = (
-                r["posting_state"] == "posted"
-                and version is not None
-                and r["posting_started_at"] is not None
-                and version >= r["posting_started_at"] - POSTING_CLOCK_MARGIN
+            by_charge.setdefault(r["charge_id"], []).append(r)
+        taken: dict[str, int] = {}
+        for parts in by_charge.values():
+            charge = parts[0]
+            kept = kept_parts(
+                [(p["invoice_record_no"], int(p["amount_minor"])) for p in parts],
+                int(charge["refunded_minor"]),
             )
-            if not shown:
-                record_no = r["invoice_record_no"]
-                taken[record_no] = taken.get(record_no, 0) + int(r["amount_minor"])
+            for record_no, amount in kept:
+                if record_no not in modified:
+                    continue
+                version = modified[record_no]
+                shown = (
+                    charge["posting_state"] == "posted"
+                    and version is not None
+                    and charge["posting_started_at"] is not None
+                    and version >= charge["posting_started_at"] - POSTING_CLOCK_MARGIN
+                )
+                if not shown:
+                    taken[record_no] = taken.get(record_no, 0) + amount
         return taken
 
     async def _method(self, request: ChargeRequest) -> asyncpg.Record:
@@ -691,6 +704,25 @@ class _Plan:
     currency: str
     tax: int
     reference: str
+
+
+def kept_parts(parts: Sequence[tuple[str, int]], refunded_minor: int) -> list[tuple[str, int]]:
+    """What a charge keeps of each invoice's part once ``refunded_minor`` of it went back,
+    leaving out parts it keeps nothing of.
+
+    A refund names no invoice: it comes off the parts last in record-number order
+    first (the order posting applies them in), so the invoices earlier in that order
+    stay paid in full and at most one is left part paid.
+    """
+    kept: list[tuple[str, int]] = []
+    left = sum(amount for _, amount in parts) - refunded_minor
+    for record_no, amount in sorted(parts):
+        share = min(amount, left)
+        if share <= 0:
+            break
+        kept.append((record_no, share))
+        left -= share
+    return kept
 
 
 def _modified_at(invoice: Any) -> datetime | None:

@@ -9,6 +9,12 @@ a retry after a crash or a lost answer posts it once. Transient failures
 are retried with exponential backoff until Intacct has the payment; a
 refusal by Intacct marks the posting refused with Intacct's reason and
 announces ``payments.payment.refused`` for operators.
+
+Intacct gets what the charge kept: a posting waits while a refund of the charge
+is being settled; refunds settled before it come off the payment (see
+``charges.kept_parts``), and a charge refunded in full is not posted at all
+(``refunded``). A refund made once the payment is posted, or while it is being
+posted, is not reversed in Intacct.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import structlog
 
 from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
-from arbridge_payments.charges import charge_event
+from arbridge_payments.charges import charge_event, kept_parts
 from arbridge_runtime import tracing
 from arbridge_runtime.errors import InvalidArgument
 from arbridge_runtime.jetstream import Outbox
@@ -143,6 +149,17 @@ class Posting:
         return len(rows)
 
     async def _post(self, charge: asyncpg.Record) -> None:
+        # Intacct gets what the charge kept: a refund settled before the posting comes
+        # off the payment (a refund while it is posted, or later, does not reverse it).
+        if await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM refunds WHERE charge_id = $1 AND phase = 'pending')",
+            charge["charge_id"],
+        ):
+            await self._later(charge, "a refund of this payment is being settled; posting after it")
+            return
+        if charge["refunded_minor"] >= charge["amount_minor"]:
+            await self._refunded(charge)
+            return
         deposit = await self._pool.fetchrow(
             "SELECT bank_account_id, undeposited_funds_gl_account FROM deposit_accounts"
             " WHERE account_id = $1 AND entity_id = $2 AND currency = $3",
@@ -158,26 +175,34 @@ class Posting:
                 "set one with SetDepositAccount",
             )
             return
-        parts = await self._pool.fetch(
-            "SELECT invoice_record_no, amount_minor FROM charge_invoices WHERE charge_id = $1"
-            " ORDER BY invoice_record_no",
-            charge["charge_id"],
+        parts = kept_parts(
+            [
+                (p["invoice_record_no"], p["amount_minor"])
+                for p in await self._pool.fetch(
+                    "SELECT invoice_record_no, amount_minor FROM charge_invoices"
+                    " WHERE charge_id = $1",
+                    charge["charge_id"],
+                )
+            ],
+            charge["refunded_minor"],
         )
         currency = charge["currency"]
         request = connector_pb2.PostArPaymentRequest(
             account_id=charge["account_id"],
             idempotency_key=charge["charge_id"],
             customer_id=charge["customer_id"],
-            amount=common_pb2.Money(amount_minor=charge["amount_minor"], currency=currency),
+            amount=common_pb2.Money(
+                amount_minor=charge["amount_minor"] - charge["refunded_minor"], currency=currency
+            ),
             bank_account_id=deposit["bank_account_id"],
             undeposited_funds_account=deposit["undeposited_funds_gl_account"],
             payment_method="Credit Card" if charge["kind"] == "card" else "EFT",
             applications=[
                 ar_pb2.PaymentApplication(
-                    invoice_record_no=p["invoice_record_no"],
-                    amount=common_pb2.Money(amount_minor=p["amount_minor"], currency=currency),
+                    invoice_record_no=record_no,
+                    amount=common_pb2.Money(amount_minor=amount, currency=currency),
                 )
-                for p in parts
+                for record_no, amount in parts
             ],
             reference=charge["gateway_transaction_id"],
             entity_id=charge["entity_id"],
@@ -207,6 +232,16 @@ class Posting:
             record_no=reply.payment_record_no,
             already_posted=reply.already_posted,
         )
+
+    async def _refunded(self, charge: asyncpg.Record) -> None:
+        """Refunded in full before it was posted: nothing was collected, so Intacct gets
+        no payment and the invoices stay open there."""
+        await self._pool.execute(
+            "UPDATE charges SET posting_state = 'refunded', posting_error = '', updated_at = now()"
+            " WHERE charge_id = $1 AND posting_state = 'pending'",
+            charge["charge_id"],
+        )
+        log.info("posting.not_needed_refunded", charge_id=charge["charge_id"])
 
     async def _later(self, charge: asyncpg.Record, reason: str) -> None:
         attempts = charge["posting_attempts"] + 1

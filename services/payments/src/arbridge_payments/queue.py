@@ -383,6 +383,13 @@ def _outcome(row: asyncpg.Record) -> Outcome | None:
     amount = f"{from_minor(row['amount_minor'], row['currency'])} {row['currency']}"
     source = charged_source(row["kind"], row["last4"])
     charge = row["charge_id"]
+    if phase == "succeeded" and row["posting_state"] == "refunded":
+        return Outcome(
+            "Failed",
+            f"Charged {amount} to the {source}, then refunded in full before the payment "
+            f"was posted: nothing was collected (arbridge charge {charge}). Set the status "
+            "back to Pending to charge again.",
+        )
     if phase == "succeeded":
         posted = row["posting_state"] == "posted"
         message = f"Charged {amount} to the {source} (arbridge charge {charge})."

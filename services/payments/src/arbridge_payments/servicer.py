@@ -75,6 +75,7 @@ _POSTING = {
     "pending": payments_pb2.POSTING_STATE_PENDING,
     "posted": payments_pb2.POSTING_STATE_POSTED,
     "refused": payments_pb2.POSTING_STATE_REFUSED,
+    "refunded": payments_pb2.POSTING_STATE_REFUNDED,
 }
 
 
