@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from google.protobuf import field_mask_pb2
 
+from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
@@ -303,6 +304,20 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
             gone = drifted[:5]
             for key in gone:
                 await _admin(http, suite, "DELETE", f"/companies/{company}/records/ARINVOICE/{key}")
+            # A payment reversed in Intacct stays in the store, as reversed: it is not
+            # money received.
+            reversed_payment = await db.fetchval(
+                f'SELECT record_no FROM "{schema}".payments WHERE account_id = $1'
+                " ORDER BY record_no LIMIT 1",
+                ACCOUNT,
+            )
+            await _admin(
+                http,
+                suite,
+                "PUT",
+                f"/companies/{company}/records/ARPYMT/{reversed_payment}",
+                json={"values": {"STATE": "Reversed"}},
+            )
             await _admin(
                 http,
                 suite,
@@ -371,6 +386,22 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
             }
             assert not set(gone) & set(stored)
             assert all(_matches(stored[k], sandbox_now[k]) for k in drifted[5:])
+            payment_report = next(
+                p for p in report.objects if p.object_type == common_pb2.OBJECT_TYPE_AR_PAYMENT
+            )
+            assert payment_report.updated == 1
+            states = {
+                p.record_no: p.state
+                for p in (
+                    await sync.ListPayments(
+                        sync_pb2.ListPaymentsRequest(
+                            account_id=ACCOUNT, page=common_pb2.PageRequest(page_size=1000)
+                        )
+                    )
+                ).payments
+            }
+            assert states.pop(reversed_payment) == ar_pb2.PAYMENT_STATE_REVERSED
+            assert set(states.values()) == {ar_pb2.PAYMENT_STATE_POSTED}
 
             # 6. Level 2: once the tax field is named, the next full sync brings the tax amounts;
             #    Level 3 is refused with a clear error.

@@ -168,6 +168,26 @@ def test_amounts_are_in_the_base_currency_when_the_record_names_no_other() -> No
     assert mapping.invoice_row("acme", {**FIELDS, "BASECURR": "USD"}, "")["currency"] == "EUR"
 
 
+@pytest.mark.parametrize(
+    ("given", "state"),
+    [
+        ("Posted", "posted"),
+        ("", "posted"),
+        ("Partially Applied", "posted"),
+        ("Draft", "draft"),
+        ("Reversed", "reversed"),
+        ("Voided", "reversed"),
+        ("Reversal", "reversed"),
+    ],
+)
+def test_a_payment_says_when_it_is_not_money_received(given: str, state: str) -> None:
+    row = mapping.payment_row("acme", {**FIELDS, "STATE": given})
+    assert row["state"] == state
+    assert convert.payment(row).state == convert.PAYMENT_STATES[state]
+    posted = mapping.payment_row("acme", {**FIELDS, "STATE": "Posted"})
+    assert (row["data_hash"] == posted["data_hash"]) == (state == "posted")
+
+
 def test_amounts_without_any_currency_are_refused_by_their_record() -> None:
     reason = "CURRENCY and BASECURR are both empty"
     with pytest.raises(mapping.Unmappable, match=reason):

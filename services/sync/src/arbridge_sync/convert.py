@@ -20,6 +20,11 @@ _STATES = {
     "paid": ar_pb2.INVOICE_STATE_PAID,
     "void": ar_pb2.INVOICE_STATE_VOID,
 }
+PAYMENT_STATES = {
+    "posted": ar_pb2.PAYMENT_STATE_POSTED,
+    "draft": ar_pb2.PAYMENT_STATE_DRAFT,
+    "reversed": ar_pb2.PAYMENT_STATE_REVERSED,
+}
 _SOURCES = {
     "ar_invoice": common_pb2.INVOICE_SOURCE_AR_INVOICE,
     "sales_invoice": common_pb2.INVOICE_SOURCE_SALES_INVOICE,
@@ -130,6 +135,7 @@ def fill_payment(m: ar_pb2.Payment, row: Mapping[str, Any], time_zone: str = "")
     m.payment_method = row["payment_method"]
     m.reference = row["reference"]
     m.received_date = row["received_date"].isoformat() if row["received_date"] else ""
+    m.state = PAYMENT_STATES[row["state"]]
     m.version = row.get("version", 1)
     _stamp(m.intacct_modified_at, row.get("intacct_modified"), time_zone)
 

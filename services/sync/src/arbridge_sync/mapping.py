@@ -30,6 +30,14 @@ INVOICE_STATES = {
     "Reversed": "void",
     "Void": "void",
 }
+# A payment that is not money received says so; every other state is a posted payment.
+PAYMENT_STATES = {
+    "Draft": "draft",
+    "Reversed": "reversed",
+    "Reversal": "reversed",
+    "Voided": "reversed",
+    "Void": "reversed",
+}
 
 
 class Unmappable(ValueError):
@@ -200,6 +208,7 @@ def payment_row(account_id: str, f: Mapping[str, str]) -> dict[str, Any]:
         "account_id": account_id,
         "record_no": _need(f, "RECORDNO"),
         "customer_id": _need(f, "CUSTOMERID"),
+        "state": PAYMENT_STATES.get(f.get("STATE", ""), "posted"),
         "amount_minor": minor_units(f.get("TRX_TOTALENTERED", ""), currency, "TRX_TOTALENTERED"),
         "currency": currency,
         "payment_method": f.get("PAYMENTMETHOD", ""),

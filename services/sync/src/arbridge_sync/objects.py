@@ -131,6 +131,7 @@ SYNCED: tuple[Synced, ...] = (
             "TRX_TOTALENTERED",
             "CURRENCY",
             "BASECURR",
+            "STATE",
             "PAYMENTMETHOD",
             "RECEIPTDATE",
             "DOCNUMBER",

@@ -133,6 +133,7 @@ PAYMENTS = Table(
         "received_date",
         "reference",
         "bank_account_id",
+        "state",
         "intacct_modified",
         "data_hash",
     ),
