@@ -117,6 +117,34 @@ async def test_links_are_signed_expiring_revocable_and_written_back(
             )
             assert await eventually(lambda: invoice_link(""))
 
+            # An expired link leaves Intacct too: the field goes back to the link still
+            # live for the customer, or is emptied when none is.
+            brief = await create(payments_pb2.LINK_KIND_PAY_BALANCE, ttl=4)
+            assert await eventually(lambda: balance_link(brief.url))
+            assert await eventually(lambda: balance_link(balance.url))
+            other_brief = await create(
+                payments_pb2.LINK_KIND_PAY_BALANCE, who=other_customer, ttl=4
+            )
+
+            async def other_balance_link(expected: str) -> bool:
+                values = await intacct_values(http, admin, company, "CUSTOMER")
+                row = next(v for v in values.values() if v["CUSTOMERID"] == other_customer)
+                return bool(row.get("PAY_BALANCE_LINK") == expected)
+
+            assert await eventually(lambda: other_balance_link(other_brief.url))
+            assert await eventually(lambda: other_balance_link(""))
+
+            # A field set back to a value it had is written again (each write is its own,
+            # not a repeat Intacct would skip): A, then B, then A again.
+            a = await create(payments_pb2.LINK_KIND_PAY_BALANCE, who=other_customer)
+            assert await eventually(lambda: other_balance_link(a.url))
+            b = await create(payments_pb2.LINK_KIND_PAY_BALANCE, who=other_customer)
+            assert await eventually(lambda: other_balance_link(b.url))
+            await payments.RevokeLink(
+                payments_pb2.RevokeLinkRequest(account_id="acme", link_id=b.link_id)
+            )
+            assert await eventually(lambda: other_balance_link(a.url))
+
         active = await payments.ListLinks(
             payments_pb2.ListLinksRequest(account_id="acme", invoice_record_no=invoice.record_no)
         )

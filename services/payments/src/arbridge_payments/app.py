@@ -105,6 +105,7 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
             charges.recover_once,
             refunds.recover_once,
             charges.settle_due,
+            links.announce_expired,
         )
 
     ctx.add_worker("charge-recovery", recovery)

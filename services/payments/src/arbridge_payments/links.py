@@ -10,8 +10,10 @@ its row says it is not revoked.
 
 Every change is a ``payments.link.changed`` event (through the outbox), which
 sync writes back to the Intacct custom fields when the account wants it. When
-a link is revoked while another live link serves the same invoice or
-customer, the event carries that link's URL instead of an empty one.
+a link is revoked, or expires, while another live link serves the same invoice
+or customer, the event carries that link's URL instead of an empty one.
+Expiry is announced by a periodic pass (``announce_expired``, with recovery),
+once per link.
 """
 
 from __future__ import annotations
@@ -236,17 +238,37 @@ class Links:
                 link_id,
             )
             link = self._link(row)
-            successor = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM links WHERE account_id = $1 AND kind = $2"
-                " AND customer_id = $3 AND invoice_record_no = $4 AND revoked_at IS NULL"
-                " AND expires_at > now() ORDER BY created_at DESC, link_id LIMIT 1",
-                link.account_id,
-                link.kind,
-                link.customer_id,
-                link.invoice_record_no,
-            )
-            await self._announce(conn, link, self._link(successor).url if successor else "")
+            await self._announce(conn, link, await self._successor_url(conn, link))
         return link
+
+    async def announce_expired(self, limit: int = 100) -> int:
+        """Announces links that expired (once each): the URL that serves the target now,
+        or none, so the Intacct field never keeps an expired link. Returns how many."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "UPDATE links SET expiry_announced_at = now() WHERE link_id IN"
+                " (SELECT link_id FROM links WHERE revoked_at IS NULL"
+                " AND expiry_announced_at IS NULL AND expires_at <= now()"
+                f" ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}",
+                limit,
+            )
+            for row in rows:
+                link = self._link(row)
+                await self._announce(conn, link, await self._successor_url(conn, link))
+        return len(rows)
+
+    async def _successor_url(self, conn: Any, link: Link) -> str:
+        """The URL of the newest live link for the same target as ``link`` (none: "")."""
+        successor = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM links WHERE account_id = $1 AND kind = $2"
+            " AND customer_id = $3 AND invoice_record_no = $4 AND revoked_at IS NULL"
+            " AND expires_at > now() ORDER BY created_at DESC, link_id LIMIT 1",
+            link.account_id,
+            link.kind,
+            link.customer_id,
+            link.invoice_record_no,
+        )
+        return self._link(successor).url if successor else ""
 
     async def resolve(self, token: str) -> Link:
         """The link a payer's token names, if it is honoured; LinkRefused says why not.

@@ -183,7 +183,14 @@ class WriteBack:
         records: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
         for row in pending:
             records[(row["object"], row["record_no"])][row["field"]] = row["value"]
-        material = "|".join(f"{o}:{r}:{sorted(v.items())}" for (o, r), v in sorted(records.items()))
+        # The key names these queued values, each by when it was queued: a retry of this
+        # batch is the same write (Intacct runs it once), while a value queued again later
+        # (a field set back to what it was) is a new write, which Intacct must not take
+        # for a repeat of the first.
+        material = "|".join(
+            f"{r['object']}:{r['record_no']}:{r['field']}:{r['value']}:{r['updated_at'].isoformat()}"
+            for r in sorted(pending, key=lambda r: (r["object"], r["record_no"], r["field"]))
+        )
         key = hashlib.sha256(f"{account_id}|{material}".encode()).hexdigest()[:40]
         request = connector_pb2.UpdateCustomFieldsRequest(
             account_id=account_id,
