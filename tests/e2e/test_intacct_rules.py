@@ -189,6 +189,35 @@ async def test_rules_kept_in_intacct_are_in_force_and_arbridge_edits_reach_intac
         listed = await rules.ListRules(rules_pb2.ListRulesRequest(account_id="acme"))
         assert all(r.intacct_record_no != bad for r in listed.rules)
 
+        # A rule's record edited into something arbridge cannot read is refused there and
+        # the rule stays as arbridge last accepted it; edited back, the record says the
+        # rule is in force again (a write Intacct must not skip as a repeat).
+        trigger = (await _records(http, suite))[record]["trigger"]
+        await sandbox_record(http, suite, RULES, {"trigger": "Now and then"}, record_no=record)
+
+        async def kept_refused() -> Any:
+            values = (await _records(http, suite))[record]
+            return values if values.get("syncstatus", "").startswith("Refused") else None
+
+        values = await eventually(kept_refused, timeout=30)
+        assert values is not None, "the unreadable edit was not refused"
+        assert (
+            f"arbridge keeps the rule as it last accepted it ({rule.rule_id})"
+            in (values["syncstatus"])
+        )
+        kept = (
+            await rules.GetRule(rules_pb2.GetRuleRequest(account_id="acme", rule_id=rule.rule_id))
+        ).rule
+        assert kept.timing.trigger == rules_pb2.TIMING_TRIGGER_ON_CREATE_OR_UPDATE
+        await asyncio.sleep(1.2)  # Intacct's times are whole seconds
+        await sandbox_record(http, suite, RULES, {"trigger": trigger}, record_no=record)
+
+        async def back_in_force() -> bool:
+            values = (await _records(http, suite))[record]
+            return bool(values.get("syncstatus") == f"In force in arbridge as {rule.rule_id}")
+
+        assert await eventually(back_in_force, timeout=30), "the record still says refused"
+
         # 5. Changed on both sides before they met: the later change wins, and both say so.
         company = suite.sandbox["company_id"]
         async with http.put(

@@ -19,7 +19,8 @@ the rule (``sync_note``) and on the record (``syncstatus``). A rule that uses
 conditions the Intacct object has no fields for (customer groups, payment
 terms, entities, invoice sources, payment method types) stays in arbridge
 only, and says so; a record arbridge cannot read as a rule is refused on the
-record with the reason, and nothing changes in arbridge.
+record with the reason, and nothing changes in arbridge (a rule it had stays
+as last accepted; edited back to it, the record says "In force" again).
 """
 
 from __future__ import annotations
@@ -340,11 +341,15 @@ class IntacctRules:
                 record_no,
             )
         if row is not None and row["synced_hash"] == digest:
-            return  # nothing changed in Intacct (or it is the echo of our own write)
+            # Nothing changed in Intacct (or it is the echo of our own write); or the
+            # record was refused since and is now back to the rule arbridge holds.
+            await self._restored(account_id, record_no, row, modified)
+            return
         try:
             rule = from_fields(account_id, fields)
         except DomainError as err:
-            await self._refuse(account_id, record_no, digest, err.message)
+            kept = row["rule_id"] if row is not None and not row["deleted"] else ""
+            await self._refuse(account_id, record_no, digest, err.message, kept, modified)
             return
         if row is not None and row["revision"] != row["synced_revision"] and not row["deleted"]:
             # Changed on both sides since they last agreed: the later change wins.
@@ -406,7 +411,17 @@ class IntacctRules:
         )
         log.info("intacct_rules.pulled", rule_id=saved["rule_id"], record_no=record_no)
 
-    async def _refuse(self, account_id: str, record_no: str, digest: str, reason: str) -> None:
+    async def _refuse(
+        self,
+        account_id: str,
+        record_no: str,
+        digest: str,
+        reason: str,
+        kept_rule_id: str,
+        modified: datetime,
+    ) -> None:
+        """Says on the record why arbridge cannot read it (once per content). A rule the
+        record had before stays as arbridge last accepted it (``kept_rule_id``)."""
         known = await self._pool.fetchval(
             "SELECT content_hash FROM intacct_rule_refusals WHERE account_id = $1"
             " AND record_no = $2",
@@ -415,12 +430,19 @@ class IntacctRules:
         )
         if known == digest:
             return
-        message_text = f"Refused by arbridge: {reason}. Fix the record; the rule is not in force."
+        outcome = (
+            f"arbridge keeps the rule as it last accepted it ({kept_rule_id})"
+            if kept_rule_id
+            else "the rule is not in force"
+        )
+        message_text = f"Refused by arbridge: {reason}. Fix the record; {outcome}."
+        # Keyed by this version of the record too: the same content refused again after
+        # an accepted edit is a new write, not a repeat for Intacct to skip.
         await self._write(
             account_id,
             record_no,
             {"syncstatus": message_text[:1000]},
-            f"refused:{record_no}:{digest[:16]}",
+            f"refused:{record_no}:{digest[:16]}:{int(modified.timestamp())}",
         )
         await self._pool.execute(
             "INSERT INTO intacct_rule_refusals (account_id, record_no, content_hash, message)"
@@ -431,6 +453,31 @@ class IntacctRules:
             digest,
             reason,
         )
+
+    async def _restored(
+        self, account_id: str, record_no: str, row: asyncpg.Record, modified: datetime
+    ) -> None:
+        """A refused record edited back to the rule arbridge holds: the refusal goes, and
+        the record says the rule is in force again."""
+        refused = await self._pool.fetchval(
+            "SELECT true FROM intacct_rule_refusals WHERE account_id = $1 AND record_no = $2",
+            account_id,
+            record_no,
+        )
+        if not refused or row["deleted"]:
+            return
+        await self._write(
+            account_id,
+            record_no,
+            {"syncstatus": f"In force in arbridge as {row['rule_id']}"},
+            f"restored:{row['rule_id']}:{row['revision']}:{int(modified.timestamp())}",
+        )
+        await self._pool.execute(
+            "DELETE FROM intacct_rule_refusals WHERE account_id = $1 AND record_no = $2",
+            account_id,
+            record_no,
+        )
+        log.info("intacct_rules.restored", rule_id=row["rule_id"], record_no=record_no)
 
     # arbridge -> Intacct --------------------------------------------------------------
 
