@@ -396,39 +396,49 @@ class Charges:
         modified after the posting was sent (Intacct's times are whole seconds,
         hence the margin); until then it is counted here.
         """
-        # Every part of each such charge: a refund comes off its parts in order (kept_parts).
-        rows = await (conn or self._pool).fetch(
-            "SELECT c.charge_id, c.refunded_minor, c.posting_state, c.posting_started_at,"
-            " ci.invoice_record_no, ci.amount_minor"
-            " FROM charges c JOIN charge_invoices ci USING (charge_id)"
-            " WHERE c.account_id = $1 AND c.phase IN ('succeeded', 'settling')"
-            " AND c.charge_id IN (SELECT charge_id FROM charge_invoices"
-            " WHERE account_id = $1 AND invoice_record_no = ANY($2::text[]))",
+        db = conn or self._pool
+        rows = await db.fetch(
+            "SELECT ci.charge_id, ci.invoice_record_no, ci.amount_minor, c.refunded_minor,"
+            " c.posting_state, c.posting_started_at"
+            " FROM charge_invoices ci JOIN charges c USING (charge_id)"
+            " WHERE ci.account_id = $1 AND ci.invoice_record_no = ANY($2::text[])"
+            " AND c.phase IN ('succeeded', 'settling')",
             account_id,
             list(modified),
         )
-        by_charge: dict[str, list[asyncpg.Record]] = {}
-        for r in rows:
-            by_charge.setdefault(r["charge_id"], []).append(r)
-        taken: dict[str, int] = {}
-        for parts in by_charge.values():
-            charge = parts[0]
-            kept = kept_parts(
-                [(p["invoice_record_no"], int(p["amount_minor"])) for p in parts],
-                int(charge["refunded_minor"]),
-            )
-            for record_no, amount in kept:
-                if record_no not in modified:
-                    continue
-                version = modified[record_no]
-                shown = (
-                    charge["posting_state"] == "posted"
-                    and version is not None
-                    and charge["posting_started_at"] is not None
-                    and version >= charge["posting_started_at"] - POSTING_CLOCK_MARGIN
+        # A refunded charge keeps less than its parts: what it keeps of each invoice
+        # depends on all of its parts (kept_parts), read for those charges only.
+        kept: dict[str, dict[str, int]] = {}
+        refunded = {r["charge_id"]: int(r["refunded_minor"]) for r in rows if r["refunded_minor"]}
+        if refunded:
+            parts: dict[str, list[tuple[str, int]]] = {}
+            for p in await db.fetch(
+                "SELECT charge_id, invoice_record_no, amount_minor FROM charge_invoices"
+                " WHERE charge_id = ANY($1::text[])",
+                list(refunded),
+            ):
+                parts.setdefault(p["charge_id"], []).append(
+                    (p["invoice_record_no"], int(p["amount_minor"]))
                 )
-                if not shown:
-                    taken[record_no] = taken.get(record_no, 0) + amount
+            kept = {c: dict(kept_parts(parts[c], refunded[c])) for c in refunded}
+        taken: dict[str, int] = {}
+        for r in rows:
+            record_no = r["invoice_record_no"]
+            version = modified.get(record_no)
+            shown = (
+                r["posting_state"] == "posted"
+                and version is not None
+                and r["posting_started_at"] is not None
+                and version >= r["posting_started_at"] - POSTING_CLOCK_MARGIN
+            )
+            if shown:
+                continue
+            amount = (
+                kept[r["charge_id"]].get(record_no, 0)
+                if r["charge_id"] in kept
+                else int(r["amount_minor"])
+            )
+            taken[record_no] = taken.get(record_no, 0) + amount
         return taken
 
     async def _method(self, request: ChargeRequest) -> asyncpg.Record:
