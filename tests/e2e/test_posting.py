@@ -197,6 +197,42 @@ async def test_payments_wait_for_a_deposit_account_post_once_and_refusals_stay(
             assert rest.state == payments_pb2.CHARGE_STATE_SUCCEEDED
             assert rest.amount.amount_minor == halves.due.amount_minor - 100
 
+            # The refused payment, re-synced once its cause is fixed (the bank account), is
+            # posted again by payments: Intacct has it, and the entry is resolved.
+            resync = sync_pb2.ResyncRecordRequest(
+                account_id="acme", unsynced_id=entries[0].unsynced_id
+            )
+            assert not (await sync.ResyncRecord(resync)).synced  # payments posts it
+
+            async def reposted() -> payments_pb2.Charge | None:
+                now = await current(doomed.charge_id)
+                return now if now.posting_state == payments_pb2.POSTING_STATE_POSTED else None
+
+            again = await eventually(reposted)
+            assert again is not None, "the re-synced payment was not posted"
+
+            async def resolved() -> bool:
+                reply = await sync.ListUnsynced(
+                    sync_pb2.ListUnsyncedRequest(account_id="acme", include_resolved=True)
+                )
+                entry = next(r for r in reply.records if r.unsynced_id == resync.unsynced_id)
+                return entry.state == sync_pb2.UNSYNCED_STATE_RESYNCED
+
+            assert await eventually(resolved), "the registry entry was not resolved"
+            reposted_payment = (await intacct_values(http, admin, company, "ARPYMT"))[
+                again.intacct_payment_record_no
+            ]
+            assert reposted_payment["FINANCIALENTITY"] == bank.bank_account_id
+            assert to_minor(reposted_payment["TRX_TOTALENTERED"], currency) == (
+                doomed.amount.amount_minor
+            )
+            sandbox_invoices = await intacct_values(http, admin, company, "ARINVOICE")
+            assert all(Decimal(sandbox_invoices[i.record_no]["TRX_TOTALDUE"]) == 0 for i in pair)
+            # A resolved entry is not re-synced again.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await sync.ResyncRecord(resync)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
 
 @pytest.mark.timeout(300)
 async def test_refunds_before_the_posting_come_off_the_payment_and_a_full_one_posts_nothing(

@@ -115,6 +115,11 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         charges.on_gateway_notification,
     )
 
+    ctx.add_consumer(
+        ConsumerSpec("payments-posting-resync", "SYNC", ("sync.payment.resync_requested",)),
+        posting.on_resync_requested,
+    )
+
     async def post_payments(stop: asyncio.Event) -> None:
         await run_passes(stop, 1.0, posting.post_due)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import grpc
@@ -28,6 +29,7 @@ import structlog
 
 from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
+from arbridge.events.v1 import events_pb2
 from arbridge_payments.charges import charge_event, kept_parts
 from arbridge_runtime import tracing
 from arbridge_runtime.errors import InvalidArgument
@@ -219,19 +221,40 @@ class Posting:
             else:
                 await self._later(charge, f"{err.code().name}: {err.details()}")
             return
-        await self._pool.execute(
-            "UPDATE charges SET posting_state = 'posted', intacct_payment_record_no = $2,"
-            " posting_error = '', posting_attempts = posting_attempts + 1, updated_at = now()"
-            " WHERE charge_id = $1",
-            charge["charge_id"],
-            reply.payment_record_no,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE charges SET posting_state = 'posted', intacct_payment_record_no = $2,"
+                " posting_error = '', posting_attempts = posting_attempts + 1, updated_at = now()"
+                " WHERE charge_id = $1 RETURNING *",
+                charge["charge_id"],
+                reply.payment_record_no,
+            )
+            await self._outbox.add(
+                conn,
+                "payments.payment.posted",
+                charge_event(row, [record_no for record_no, _ in parts], state="posted"),
+                event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"posting/{charge['charge_id']}/posted"),
+            )
         log.info(
             "posting.posted",
             charge_id=charge["charge_id"],
             record_no=reply.payment_record_no,
             already_posted=reply.already_posted,
         )
+
+    async def on_resync_requested(self, conn: Any, delivery: Any) -> None:
+        """Sync was asked to re-sync a payment Intacct refused: its posting is due again,
+        under the same key (Intacct ran nothing for the refused attempt)."""
+        event = events_pb2.PaymentResyncRequested.FromString(delivery.data)
+        again = await conn.fetchval(
+            "UPDATE charges SET posting_state = 'pending', posting_error = '',"
+            " posting_attempts = 0, posting_next_at = now(), updated_at = now()"
+            " WHERE account_id = $1 AND charge_id = $2 AND posting_state = 'refused'"
+            " RETURNING true",
+            event.account_id,
+            event.charge_id,
+        )
+        log.info("posting.resync_requested", charge_id=event.charge_id, due=bool(again))
 
     async def _refunded(self, charge: asyncpg.Record) -> None:
         """Refunded in full before it was posted: nothing was collected, so Intacct gets

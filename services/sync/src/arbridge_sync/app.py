@@ -76,6 +76,10 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         ConsumerSpec("sync-payment-refusals", "PAYMENTS", ("payments.payment.refused",)),
         unsynced.on_payment_refused,
     )
+    ctx.add_consumer(
+        ConsumerSpec("sync-payment-postings", "PAYMENTS", ("payments.payment.posted",)),
+        unsynced.on_payment_posted,
+    )
     ctx.add_worker("writeback", writeback.WriteBack(ctx.pool, connector).run)
     ctx.add_worker("sync-jobs", runner.run)
     ctx.add_worker(

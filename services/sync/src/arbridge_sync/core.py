@@ -16,7 +16,7 @@ from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
 from arbridge.sync.v1 import sync_pb2
 from arbridge_runtime import webhooks
-from arbridge_runtime.errors import InvalidArgument, NotFound
+from arbridge_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from arbridge_runtime.jetstream import Delivery, Outbox, PoisonMessage, RetryableError
 from arbridge_sync import store
 from arbridge_sync.intacct_events import BadEvent, IntacctEvent, parse
@@ -239,9 +239,25 @@ class SyncCore:
     async def resync(self, account_id: str, unsynced_id: str) -> tuple[asyncpg.Record, bool]:
         async with self.pool.acquire() as conn, conn.transaction():
             entry = await self._entry(conn, account_id, unsynced_id)
+            if entry["state"] != "open":
+                raise FailedPrecondition(
+                    f"unsynced record {unsynced_id} is already {entry['state']}; nothing to re-sync"
+                )
+            if entry["direction"] == "to_intacct" and entry["object_type"] == "ARPYMT":
+                # A payment Intacct refused: payments posts it again, and the entry is
+                # resolved when Intacct has it (payments.payment.posted).
+                requested = events_pb2.PaymentResyncRequested(
+                    account_id=account_id, charge_id=entry["record_no"]
+                )
+                requested.occurred_at.GetCurrentTime()
+                await self.outbox.add(conn, "sync.payment.resync_requested", requested)
+                return entry, False
             synced = BY_NAME.get(entry["object_type"])
             if synced is None or entry["direction"] != "from_intacct":
-                raise InvalidArgument("only records coming from Intacct can be re-synced here")
+                raise InvalidArgument(
+                    "a value written back to Intacct is sent again when it next changes; "
+                    "fix the cause in Intacct and mark this record synced"
+                )
             context = await read_context(conn, account_id) or NO_CONTEXT
             fields = await self._fetch(conn, account_id, synced, entry["record_no"], context)
             ok = (

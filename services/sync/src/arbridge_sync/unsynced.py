@@ -66,11 +66,19 @@ async def resolve(
     )
 
 
+async def on_payment_posted(conn: asyncpg.Connection, delivery: Any) -> None:
+    """Intacct took a payment (``payments.payment.posted``): an entry it had in the
+    registry (refused before, then re-synced) is resolved."""
+    event = events_pb2.ChargeChanged.FromString(delivery.data)
+    await resolve(conn, event.account_id, "ARPYMT", event.charge_id, "to_intacct", "resynced")
+
+
 async def on_payment_refused(conn: asyncpg.Connection, delivery: Any) -> None:
     """A payment Intacct refused to take (``payments.payment.refused``) joins the registry.
 
     The entry is keyed by the charge id (Intacct has no record of the payment)
-    and goes to Intacct; an operator fixes the cause and marks it synced.
+    and goes to Intacct; an operator fixes the cause and re-syncs it (payments posts
+    it again) or, having entered it in Intacct by hand, marks it synced.
     """
     event = events_pb2.ChargeChanged.FromString(delivery.data)
     amount = from_minor(event.amount.amount_minor, event.amount.currency)
