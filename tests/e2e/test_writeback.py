@@ -138,6 +138,55 @@ async def test_links_and_next_charge_are_written_back_coalesced(
                 functions = (await reply.json())["companies"][company]["functions"]
             # 30 link changes, a balance link and a schedule: coalesced into a few calls.
             assert functions.get("update_invoice", 0) + functions.get("update", 0) <= 8
+
+            # A value Intacct refuses is in the unsynced registry, not retried; re-synced
+            # once the cause is fixed, it is written and the entry is resolved.
+            async def faults(body: dict[str, object]) -> None:
+                async with http.put(f"{admin}/companies/{company}/faults", json=body) as reply:
+                    assert reply.status == 200, await reply.text()
+
+            await faults({"failing_records": [f"ARINVOICE:{invoice.record_no}"]})
+            await link("https://pay.example/i/refused", 100)
+
+            async def entry() -> sync_pb2.UnsyncedRecord | None:
+                listed = await sync.ListUnsynced(
+                    sync_pb2.ListUnsyncedRequest(account_id="acme", include_resolved=True)
+                )
+                return next(
+                    (
+                        r
+                        for r in listed.records
+                        if r.record_no == invoice.record_no
+                        and r.direction == sync_pb2.SYNC_DIRECTION_TO_INTACCT
+                    ),
+                    None,
+                )
+
+            deadline = time.monotonic() + 30
+            refused = None
+            while refused is None and time.monotonic() < deadline:
+                refused = await entry()
+                await asyncio.sleep(0.2)
+            assert refused is not None, "the refused write-back is not in the registry"
+            assert "Validation failed" in refused.reason
+            await asyncio.sleep(1.5)  # not retried automatically
+            values = await custom("ARINVOICE", invoice.record_no)
+            assert values.get("PAYMENT_LINK") == "https://pay.example/i/30"
+            await faults({"failing_records": []})
+            resynced = await sync.ResyncRecord(
+                sync_pb2.ResyncRecordRequest(account_id="acme", unsynced_id=refused.unsynced_id)
+            )
+            assert not resynced.synced  # the write-back sends it
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                now = await entry()
+                values = await custom("ARINVOICE", invoice.record_no)
+                if now is not None and now.state == sync_pb2.UNSYNCED_STATE_RESYNCED:
+                    break
+                await asyncio.sleep(0.2)
+            assert values.get("PAYMENT_LINK") == "https://pay.example/i/refused"
+            assert now is not None
+            assert now.state == sync_pb2.UNSYNCED_STATE_RESYNCED
         await nc.close()
 
 

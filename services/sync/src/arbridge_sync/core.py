@@ -18,7 +18,7 @@ from arbridge.sync.v1 import sync_pb2
 from arbridge_runtime import webhooks
 from arbridge_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from arbridge_runtime.jetstream import Delivery, Outbox, PoisonMessage, RetryableError
-from arbridge_sync import store
+from arbridge_sync import store, writeback
 from arbridge_sync.intacct_events import BadEvent, IntacctEvent, parse
 from arbridge_sync.jobs import NO_CONTEXT, JobRunner, ReadContext, next_daily, read_context
 from arbridge_sync.mapping import Unmappable
@@ -252,12 +252,21 @@ class SyncCore:
                 requested.occurred_at.GetCurrentTime()
                 await self.outbox.add(conn, "sync.payment.resync_requested", requested)
                 return entry, False
+            if entry["direction"] == "to_intacct":
+                # Custom-field values Intacct refused: queued again for the write-back,
+                # which resolves the entry once Intacct has them.
+                if not await writeback.resend_refused(
+                    conn, account_id, entry["object_type"], entry["record_no"]
+                ):
+                    raise FailedPrecondition(
+                        "the values Intacct refused for this record are not kept (refused "
+                        "before this release); they are sent again when they next change, "
+                        "or mark this record synced"
+                    )
+                return entry, False
             synced = BY_NAME.get(entry["object_type"])
-            if synced is None or entry["direction"] != "from_intacct":
-                raise InvalidArgument(
-                    "a value written back to Intacct is sent again when it next changes; "
-                    "fix the cause in Intacct and mark this record synced"
-                )
+            if synced is None:
+                raise InvalidArgument(f"{entry['object_type']} records cannot be re-synced")
             context = await read_context(conn, account_id) or NO_CONTEXT
             fields = await self._fetch(conn, account_id, synced, entry["record_no"], context)
             ok = (

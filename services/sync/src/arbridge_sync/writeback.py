@@ -5,7 +5,9 @@ date to Accounting System" preference on, link and schedule events from
 payments and rules are queued per record and field (a newer value replaces
 an older one), and a worker sends what is queued in as few
 ``UpdateCustomFields`` calls as the API allows. A value Intacct refuses goes
-to the unsynced registry (direction to Intacct) and is not retried.
+to the unsynced registry (direction to Intacct) and is not retried; it is kept,
+and a re-sync of the entry sends it again (the entry resolves once Intacct has
+the record's values).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from arbridge.common.v1 import common_pb2
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
 from arbridge_runtime.jetstream import Delivery
-from arbridge_sync.unsynced import record_failure
+from arbridge_sync.unsynced import record_failure, resolve
 
 log = structlog.get_logger(__name__)
 TRANSIENT = {
@@ -152,6 +154,58 @@ async def on_next_auto_charge(conn: asyncpg.Connection, delivery: Delivery) -> N
             )
 
 
+async def _settled(
+    conn: asyncpg.Connection,
+    account_id: str,
+    obj: str,
+    record_no: str,
+    values: dict[str, str],
+    refusal: str | None,
+) -> None:
+    """Records what became of a record's values. Refused: kept (a re-sync of the record's
+    unsynced entry sends them again) and the entry opened. Written: any refused value of
+    those fields is obsolete, and the entry is resolved once none is left."""
+    if refusal is not None:
+        await conn.executemany(
+            "INSERT INTO writeback_refused (account_id, object, record_no, field, value)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, object, record_no, field)"
+            " DO UPDATE SET value = EXCLUDED.value, refused_at = now()",
+            [(account_id, obj, record_no, f, v) for f, v in values.items()],
+        )
+        await record_failure(conn, account_id, obj, record_no, "to_intacct", refusal)
+        return
+    left = await conn.fetchval(
+        "WITH gone AS (DELETE FROM writeback_refused WHERE account_id = $1 AND object = $2"
+        " AND record_no = $3 AND field = ANY($4::text[]) RETURNING field)"
+        " SELECT count(*) FROM writeback_refused WHERE account_id = $1 AND object = $2"
+        " AND record_no = $3 AND field <> ALL(ARRAY(SELECT field FROM gone))",
+        account_id,
+        obj,
+        record_no,
+        list(values),
+    )
+    if not left:
+        await resolve(conn, account_id, obj, record_no, "to_intacct", "resynced")
+
+
+async def resend_refused(
+    conn: asyncpg.Connection, account_id: str, obj: str, record_no: str
+) -> int:
+    """Queues a record's refused values again (a value queued since stays: it is newer);
+    returns how many there were."""
+    moved: int = await conn.fetchval(
+        "WITH taken AS (DELETE FROM writeback_refused WHERE account_id = $1 AND object = $2"
+        " AND record_no = $3 RETURNING account_id, object, record_no, field, value),"
+        " queued AS (INSERT INTO writeback_pending (account_id, object, record_no, field, value)"
+        " SELECT * FROM taken ON CONFLICT (account_id, object, record_no, field) DO NOTHING)"
+        " SELECT count(*) FROM taken",
+        account_id,
+        obj,
+        record_no,
+    )
+    return moved
+
+
 @dataclass
 class WriteBack:
     pool: asyncpg.Pool
@@ -200,16 +254,14 @@ class WriteBack:
                 for (o, r), v in records.items()
             ],
         )
+        refused: dict[tuple[str, str], str] = {}  # (object, record_no): why
         try:
             reply = await self.connector.UpdateCustomFields(request, timeout=120)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in TRANSIENT:
                 log.info("writeback_deferred", account_id=account_id, code=exc.code().name)
                 return 0  # stays queued; the next flush tries again
-            for obj, record_no in records:
-                await record_failure(
-                    conn, account_id, obj, record_no, "to_intacct", exc.details() or exc.code().name
-                )
+            refused = dict.fromkeys(records, exc.details() or exc.code().name)
             reply = None
         if reply is not None:
             for result in reply.results:
@@ -218,14 +270,17 @@ class WriteBack:
                     *_, obj, record_nos = result.idempotency_key.split(":")
                     reason = "; ".join(e.description2 or e.errorno for e in result.errors)
                     for record_no in record_nos.split(","):
-                        await record_failure(
-                            conn,
-                            account_id,
-                            obj,
-                            record_no,
-                            "to_intacct",
-                            f"Intacct refused the write-back: {reason}",
-                        )
+                        refused[(obj, record_no)] = f"Intacct refused the write-back: {reason}"
+        # (While the account has no refused value and no open entry, there is nothing
+        # more to settle for values written.)
+        kept = refused or await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM writeback_refused WHERE account_id = $1)"
+            " OR EXISTS (SELECT 1 FROM unsynced WHERE account_id = $1 AND state = 'open'"
+            " AND direction = 'to_intacct' AND object_type IN ('CUSTOMER', 'ARINVOICE'))",
+            account_id,
+        )
+        for (obj, record_no), values in records.items() if kept else ():
+            await _settled(conn, account_id, obj, record_no, values, refused.get((obj, record_no)))
         for row in pending:
             await conn.execute(
                 "DELETE FROM writeback_pending WHERE account_id = $1 AND object = $2"
