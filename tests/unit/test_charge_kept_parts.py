@@ -11,6 +11,7 @@ from arbridge_payments.queue import _outcome as queue_outcome
 
 
 def test_a_refund_comes_off_the_invoices_last_in_order_first() -> None:
+    assert kept_parts([("100", 5), ("99", 5)], 5) == [("99", 5)]  # numeric order
     parts = [("20", 500), ("10", 300), ("30", 200)]
     assert kept_parts(parts, 0) == [("10", 300), ("20", 500), ("30", 200)]
     assert kept_parts(parts, 150) == [("10", 300), ("20", 500), ("30", 50)]

@@ -726,7 +726,8 @@ def kept_parts(parts: Sequence[tuple[str, int]], refunded_minor: int) -> list[tu
     """
     kept: list[tuple[str, int]] = []
     left = sum(amount for _, amount in parts) - refunded_minor
-    for record_no, amount in sorted(parts):
+    # Record numbers are Intacct's integers: by length, then text, is their numeric order.
+    for record_no, amount in sorted(parts, key=lambda p: (len(p[0]), p[0])):
         share = min(amount, left)
         if share <= 0:
             break
