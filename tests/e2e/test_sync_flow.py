@@ -23,6 +23,7 @@ from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
+from arbridge_sync.objects import BY_NAME, read_fields
 from tests.conftest import TOKEN
 from tests.support.suite import Suite, install_smart_events, running_suite
 
@@ -440,6 +441,40 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
             assert all(
                 stored[k]["tax_minor"] == _minor(sandbox_now[k]["TAX_AMOUNT"]) for k in taxed
             )
+            # An event from a template set up before the tax field was named lacks it: its
+            # record is read from Intacct, not stored without its tax.
+            retaxed = taxed[0]
+            await _admin(
+                http,
+                suite,
+                "PUT",
+                f"/companies/{company}/records/ARINVOICE/{retaxed}",
+                json={"values": {"DOCNUMBER": f"PO-TAXED-{retaxed}"}},
+            )
+            current = {
+                str(r["recordno"]): r["values"]
+                for r in await _sandbox_rows(http, suite, "ARINVOICE")
+            }[retaxed]
+            untaxed_fields = read_fields(BY_NAME["ARINVOICE"], "")
+            assert "TAX_AMOUNT" not in untaxed_fields
+            async with http.post(
+                next(s.url for s in setup.events),
+                data={
+                    "object": "ARINVOICE",
+                    "action": "set",
+                    **{f: str(current.get(f, "")) for f in untaxed_fields},
+                    "RECORDNO": retaxed,
+                },
+            ) as reply:
+                assert reply.status == 202, await reply.text()
+
+            async def changed_taxed() -> bool:
+                row = (await _store_invoices(db, schema)).get(retaxed)
+                return row is not None and row["po_number"] == f"PO-TAXED-{retaxed}"
+
+            await _until(changed_taxed, 30, "the taxed invoice's change")
+            row = (await _store_invoices(db, schema))[retaxed]
+            assert row["tax_minor"] == _minor(sandbox_now[retaxed]["TAX_AMOUNT"])
 
             # 7. A record Intacct refuses lands in the unsynced registry; re-sync fixes it.
             victim = drifted[10]

@@ -151,7 +151,19 @@ class SyncCore:
             )
             return
         fields = event.fields
-        if event.carries_data:
+        missing = [f for f in read_fields(synced, context.tax_field) if f not in fields]
+        if event.carries_data and missing:
+            # A template made before the mapping read these fields (an earlier release,
+            # or before the Level 2 tax field was named): applying what it carries would
+            # store the record without them, so Intacct's record is read instead.
+            log.warning(
+                "intacct_event_template_outdated",
+                account_id=account_id,
+                object=synced.name,
+                missing=missing[:10],
+                fix="install the smart events that GetSmartEventSetup gives now",
+            )
+        elif event.carries_data:
             counts = await self._apply_fields(
                 conn, account_id, synced, fields, context, from_event=True
             )
@@ -372,9 +384,30 @@ class SyncCore:
             "in a company without Platform Services.",
             "",
         ]
-        # What changed goes in too (the gateway stores identical bodies once): the
-        # modification time and the field users change most.
-        changing = {CHARGE_QUEUE_OBJECT: "status", RULE_OBJECT: "syncstatus"}
+        # What changed goes in too: the gateway stores identical bodies once, and Intacct's
+        # times are whole seconds, so a body naming only the time would take two edits
+        # of one second (a user's just after arbridge wrote a status) for one, and the
+        # second would wait for the next periodic read. Every field a user edits differs.
+        changing = {
+            CHARGE_QUEUE_OBJECT: ("customerid", "invoicekey", "amount", "currency", "status"),
+            RULE_OBJECT: (
+                "name",
+                "enabled",
+                "priority",
+                "customerids",
+                "currencies",
+                "minamount",
+                "maxamount",
+                "amountcurrency",
+                "trigger",
+                "days",
+                "timeofday",
+                "amountmode",
+                "maximum",
+                "retrydays",
+                "syncstatus",
+            ),
+        }
         # A deleted rule record must take its rule with it; a queue record's deletion
         # changes nothing (its charge, if any, stands).
         actions = {CHARGE_QUEUE_OBJECT: ("add", "set"), RULE_OBJECT: ("add", "set", "delete")}
@@ -382,8 +415,8 @@ class SyncCore:
             template = (
                 f"<intacct-event><object>{obj}</object><action>{action}"
                 f"</action><record><RECORDNO>{{!{obj}.id!}}</RECORDNO>"
-                f"<{changing[obj]}>{{!{obj}.{changing[obj]}!}}</{changing[obj]}>"
-                f"<whenmodified>{{!{obj}.whenmodified!}}</whenmodified>"
+                + "".join(f"<{f}>{{!{obj}.{f}!}}</{f}>" for f in changing[obj])
+                + f"<whenmodified>{{!{obj}.whenmodified!}}</whenmodified>"
                 "</record></intacct-event>"
             )
             spec = sync_pb2.SmartEventSpec(
