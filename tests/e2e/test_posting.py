@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -27,6 +28,27 @@ from tests.support.payments import (
 )
 
 
+async def _payable_customer(
+    suite: Any, sync: sync_pb2_grpc.SyncServiceAsyncStub, *, count: int, min_due: int
+) -> tuple[str, list[Any], Any]:
+    """A customer with ``count`` open invoices of one currency and entity, each with more
+    than ``min_due`` due, in a currency the company has a bank account in; and that
+    account."""
+    banks = (
+        await sync.ListBankAccounts(sync_pb2.ListBankAccountsRequest(account_id="acme"))
+    ).bank_accounts
+    by_customer = await open_invoices_by_customer(suite, "acme")
+    customer, invoices = next(
+        (c, found)
+        for c, found in by_customer.items()
+        if len(found) >= count
+        and any(b.currency == found[0].currency for b in banks)
+        and len({(i.currency, i.entity_id) for i in found[:count]}) == 1
+        and all(i.due.amount_minor > min_due for i in found[:count])
+    )
+    return customer, invoices, next(b for b in banks if b.currency == invoices[0].currency)
+
+
 @pytest.mark.timeout(300)
 async def test_payments_wait_for_a_deposit_account_post_once_and_refusals_stay(
     tmp_path: Path, database_url: str, nats_url: str, unique: str
@@ -35,44 +57,17 @@ async def test_payments_wait_for_a_deposit_account_post_once_and_refusals_stay(
         tmp_path, database_url, nats_url, unique, customers=12, invoices=160
     ) as suite:
         sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
-        banks = (
-            await sync.ListBankAccounts(sync_pb2.ListBankAccountsRequest(account_id="acme"))
-        ).bank_accounts
-        by_customer = await open_invoices_by_customer(suite, "acme")
-        customer, invoices = next(
-            (c, found)
-            for c, found in by_customer.items()
-            if len(found) >= 4
-            and any(b.currency == found[0].currency for b in banks)
-            and len({(i.currency, i.entity_id) for i in found[:4]}) == 1
-            and found[3].due.amount_minor > 100
-        )
+        customer, invoices, bank = await _payable_customer(suite, sync, count=4, min_due=100)
         pair, single, halves = invoices[:2], invoices[2], invoices[3]
         currency, entity = pair[0].currency, pair[0].entity_id
-        bank = next(b for b in banks if b.currency == currency)
         company, admin = suite.sandbox["company_id"], suite.sandbox_admin
         async with aiohttp.ClientSession() as http:
             payer = Payer(suite, http, suite.target("payments"))
             await payer.add_card(customer, "4242424242424242")
-
-            async def current(charge_id: str) -> payments_pb2.Charge:
-                reply = await payer.stub.GetCharge(
-                    payments_pb2.GetChargeRequest(account_id="acme", charge_id=charge_id)
-                )
-                return reply.charge
+            current = payer.get_charge
 
             async def set_bank(bank_account_id: str) -> payments_pb2.DepositAccount:
-                reply = await payer.stub.SetDepositAccount(
-                    payments_pb2.SetDepositAccountRequest(
-                        deposit_account=payments_pb2.DepositAccount(
-                            account_id="acme",
-                            entity_id=entity,
-                            currency=currency,
-                            bank_account_id=bank_account_id,
-                        )
-                    )
-                )
-                return reply.deposit_account
+                return await payer.set_deposit(entity, currency, bank_account_id)
 
             # No deposit account for this entity and currency yet: the posting waits.
             doomed = (
@@ -242,33 +237,16 @@ async def test_refunds_before_the_posting_come_off_the_payment_and_a_full_one_po
         tmp_path, database_url, nats_url, unique, customers=12, invoices=160
     ) as suite:
         sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
-        banks = (
-            await sync.ListBankAccounts(sync_pb2.ListBankAccountsRequest(account_id="acme"))
-        ).bank_accounts
-        by_customer = await open_invoices_by_customer(suite, "acme")
-        customer, invoices = next(
-            (c, found)
-            for c, found in by_customer.items()
-            if len(found) >= 3
-            and any(b.currency == found[0].currency for b in banks)
-            and len({(i.currency, i.entity_id) for i in found[:3]}) == 1
-            and all(i.due.amount_minor > 1000 for i in found[:3])
-        )
+        customer, invoices, bank = await _payable_customer(suite, sync, count=3, min_due=1000)
         # A refund comes off the invoice last in record-number order first.
         first, last = sorted(invoices[:2], key=lambda i: (len(i.record_no), i.record_no))
         single = invoices[2]
         currency, entity = first.currency, first.entity_id
-        bank = next(b for b in banks if b.currency == currency)
         company, admin = suite.sandbox["company_id"], suite.sandbox_admin
         async with aiohttp.ClientSession() as http:
             payer = Payer(suite, http, suite.target("payments"))
             await payer.add_card(customer, "4242424242424242")
-
-            async def current(charge_id: str) -> payments_pb2.Charge:
-                reply = await payer.stub.GetCharge(
-                    payments_pb2.GetChargeRequest(account_id="acme", charge_id=charge_id)
-                )
-                return reply.charge
+            current = payer.get_charge
 
             async def refund(charge_id: str, key: str, amount: int | None) -> None:
                 await payer.stub.RefundCharge(
@@ -304,16 +282,7 @@ async def test_refunds_before_the_posting_come_off_the_payment_and_a_full_one_po
             again = (await payer.charge("again", customer, [(single.record_no, None)])).charge
             assert again.amount.amount_minor == single.due.amount_minor
 
-            await payer.stub.SetDepositAccount(
-                payments_pb2.SetDepositAccountRequest(
-                    deposit_account=payments_pb2.DepositAccount(
-                        account_id="acme",
-                        entity_id=entity,
-                        currency=currency,
-                        bank_account_id=bank.bank_account_id,
-                    )
-                )
-            )
+            await payer.set_deposit(entity, currency, bank.bank_account_id)
 
             async def settled() -> list[payments_pb2.Charge] | None:
                 now = [await current(c.charge_id) for c in (both, one, rest, again)]

@@ -145,6 +145,27 @@ class Payer:
         )
         return reply.payment_method
 
+    async def set_deposit(
+        self, entity: str, currency: str, bank_account_id: str
+    ) -> payments_pb2.DepositAccount:
+        reply = await self.stub.SetDepositAccount(
+            payments_pb2.SetDepositAccountRequest(
+                deposit_account=payments_pb2.DepositAccount(
+                    account_id="acme",
+                    entity_id=entity,
+                    currency=currency,
+                    bank_account_id=bank_account_id,
+                )
+            )
+        )
+        return reply.deposit_account
+
+    async def get_charge(self, charge_id: str) -> payments_pb2.Charge:
+        reply = await self.stub.GetCharge(
+            payments_pb2.GetChargeRequest(account_id="acme", charge_id=charge_id)
+        )
+        return reply.charge
+
     async def charge(
         self,
         key: str,
@@ -238,13 +259,4 @@ async def deposit_everywhere(payer: Payer, suite: Suite) -> None:
     }
     for currency, bank in sorted(by_currency.items()):
         for entity in sorted(entities):
-            await payer.stub.SetDepositAccount(
-                payments_pb2.SetDepositAccountRequest(
-                    deposit_account=payments_pb2.DepositAccount(
-                        account_id="acme",
-                        entity_id=entity,
-                        currency=currency,
-                        bank_account_id=bank.bank_account_id,
-                    )
-                )
-            )
+            await payer.set_deposit(entity, currency, bank.bank_account_id)

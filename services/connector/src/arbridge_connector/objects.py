@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from arbridge.common.v1 import common_pb2
+from arbridge_runtime import custom_objects
 from arbridge_runtime.errors import InvalidArgument
 
 _CONTACT = (
@@ -174,17 +175,11 @@ OBJECTS: dict[int, IntacctObject] = {
         generic_update=False,
     ),
     common_pb2.OBJECT_TYPE_CHARGE_QUEUE: IntacctObject(
-        "bluesnaparqueue",
+        custom_objects.QUEUE_OBJECT,
         (
             "id",
-            "name",
-            "customerid",
-            "invoicekey",
-            "amount",
-            "currency",
-            "status",
-            "message",
-            "paymentkey",
+            *custom_objects.QUEUE_REQUEST_FIELDS,
+            *custom_objects.QUEUE_OUTCOME_FIELDS,
             "whenmodified",
         ),
         key_field="id",
@@ -192,25 +187,11 @@ OBJECTS: dict[int, IntacctObject] = {
         id_field="name",
     ),
     common_pb2.OBJECT_TYPE_INTACCT_RULE: IntacctObject(
-        "bluesnaparrule",
+        custom_objects.RULE_OBJECT,
         (
             "id",
-            "name",
-            "enabled",
-            "priority",
-            "customerids",
-            "currencies",
-            "minamount",
-            "maxamount",
-            "amountcurrency",
-            "trigger",
-            "days",
-            "timeofday",
-            "amountmode",
-            "maximum",
-            "retrydays",
-            "arbridgeid",
-            "syncstatus",
+            *custom_objects.RULE_FIELDS,
+            *custom_objects.RULE_STATUS_FIELDS,
             "whenmodified",
         ),
         key_field="id",

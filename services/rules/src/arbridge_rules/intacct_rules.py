@@ -43,6 +43,7 @@ from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
 from arbridge.rules.v1 import rules_pb2
 from arbridge_rules.rules import message, request_reevaluation, stored_parts, validate
+from arbridge_runtime.custom_objects import RULE_FIELDS
 from arbridge_runtime.errors import DomainError, InvalidArgument
 from arbridge_runtime.money import from_minor, to_minor
 from arbridge_runtime.paging import streamed_records
@@ -63,23 +64,6 @@ MODE_WORDS = {
     rules_pb2.AMOUNT_MODE_UP_TO_MAXIMUM: "Up to maximum",
 }
 MODES = {words.lower(): mode for mode, words in MODE_WORDS.items()}
-# The record's rule fields (the others are ours: id, arbridgeid, syncstatus, times).
-RULE_FIELDS = (
-    "name",
-    "enabled",
-    "priority",
-    "customerids",
-    "currencies",
-    "minamount",
-    "maxamount",
-    "amountcurrency",
-    "trigger",
-    "days",
-    "timeofday",
-    "amountmode",
-    "maximum",
-    "retrydays",
-)
 READ_OVERLAP_SECONDS = 2
 
 

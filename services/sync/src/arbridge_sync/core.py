@@ -15,7 +15,7 @@ from prometheus_client import Histogram
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
 from arbridge.sync.v1 import sync_pb2
-from arbridge_runtime import webhooks
+from arbridge_runtime import custom_objects, webhooks
 from arbridge_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from arbridge_runtime.jetstream import Delivery, Outbox, PoisonMessage, RetryableError
 from arbridge_sync import store, writeback
@@ -25,10 +25,9 @@ from arbridge_sync.mapping import Unmappable
 from arbridge_sync.objects import BY_NAME, SYNCED, Synced, read_fields
 from arbridge_sync.unsynced import record_failure, resolve
 
-# The charge-queue custom object (BlueSnapARQueue): its events go to payments.
-CHARGE_QUEUE_OBJECT = "bluesnaparqueue"
-# Auto-payment rules managed in Intacct (BlueSnapARRule): their events go to rules.
-RULE_OBJECT = "bluesnaparrule"
+# The charge-queue custom object's events go to payments; the rule object's to rules.
+CHARGE_QUEUE_OBJECT = custom_objects.QUEUE_OBJECT
+RULE_OBJECT = custom_objects.RULE_OBJECT
 log = structlog.get_logger(__name__)
 
 TRANSIENT = {
@@ -389,24 +388,8 @@ class SyncCore:
         # of one second (a user's just after arbridge wrote a status) for one, and the
         # second would wait for the next periodic read. Every field a user edits differs.
         changing = {
-            CHARGE_QUEUE_OBJECT: ("customerid", "invoicekey", "amount", "currency", "status"),
-            RULE_OBJECT: (
-                "name",
-                "enabled",
-                "priority",
-                "customerids",
-                "currencies",
-                "minamount",
-                "maxamount",
-                "amountcurrency",
-                "trigger",
-                "days",
-                "timeofday",
-                "amountmode",
-                "maximum",
-                "retrydays",
-                "syncstatus",
-            ),
+            CHARGE_QUEUE_OBJECT: (*custom_objects.QUEUE_REQUEST_FIELDS, "status"),
+            RULE_OBJECT: (*custom_objects.RULE_FIELDS, "syncstatus"),
         }
         # A deleted rule record must take its rule with it; a queue record's deletion
         # changes nothing (its charge, if any, stands).
