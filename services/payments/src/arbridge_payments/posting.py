@@ -232,7 +232,12 @@ class Posting:
             await self._outbox.add(
                 conn,
                 "payments.payment.posted",
-                charge_event(row, [record_no for record_no, _ in parts], state="posted"),
+                charge_event(
+                    row,
+                    [record_no for record_no, _ in parts],
+                    state="posted",
+                    amount_minor=row["amount_minor"] - row["refunded_minor"],
+                ),
                 event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"posting/{charge['charge_id']}/posted"),
             )
         log.info(
