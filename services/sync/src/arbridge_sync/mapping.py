@@ -113,11 +113,15 @@ def _hashed(row: dict[str, Any], f: Mapping[str, str]) -> dict[str, Any]:
     return row
 
 
-def _currency(f: Mapping[str, str], default: str = "USD") -> str:
-    currency = (f.get("CURRENCY") or default).strip().upper()
+def _iso_currency(text: str) -> str:
+    currency = text.strip().upper()
     if len(currency) != 3 or not currency.isalpha():
         raise Unmappable(f"CURRENCY {currency!r} is not an ISO 4217 code")
     return currency
+
+
+def _currency(f: Mapping[str, str], default: str = "USD") -> str:
+    return _iso_currency(f.get("CURRENCY") or default)
 
 
 def _amount_currency(f: Mapping[str, str]) -> str:
@@ -130,7 +134,7 @@ def _amount_currency(f: Mapping[str, str]) -> str:
         raise Unmappable(
             "CURRENCY and BASECURR are both empty, so the currency of its amounts is unknown"
         )
-    return _currency({"CURRENCY": given})
+    return _iso_currency(given)
 
 
 def _need(f: Mapping[str, str], name: str) -> str:
