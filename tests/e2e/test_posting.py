@@ -107,6 +107,15 @@ async def test_payments_wait_for_a_deposit_account_post_once_and_refusals_stay(
             assert len(entries) == 1
             assert entries[0].direction == sync_pb2.SYNC_DIRECTION_TO_INTACCT
             assert "Invalid bank account NO-SUCH-BANK" in entries[0].reason
+            # Re-synced before its cause is fixed, it is refused again, and the entry says so.
+            await sync.ResyncRecord(
+                sync_pb2.ResyncRecordRequest(account_id="acme", unsynced_id=entries[0].unsynced_id)
+            )
+
+            async def refused_again() -> bool:
+                return [r.attempts for r in await registered()] == [2]
+
+            assert await eventually(refused_again), "the second refusal was not recorded"
             saved = await set_bank(bank.bank_account_id)
             listed = await payer.stub.ListDepositAccounts(
                 payments_pb2.ListDepositAccountsRequest(account_id="acme")

@@ -306,6 +306,11 @@ class Posting:
                     state="posting_refused",
                     failure_reason=row["posting_error"],
                 ),
-                event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"posting/{charge['charge_id']}/refused"),
+                # One per refusal: a payment re-synced and refused again is announced
+                # again (one id for all would be dropped as a repeat of the first).
+                event_id=uuid.uuid5(
+                    uuid.NAMESPACE_URL,
+                    f"posting/{charge['charge_id']}/refused/{row['updated_at'].isoformat()}",
+                ),
             )
         log.warning("posting.refused", charge_id=charge["charge_id"], reason=reason)
