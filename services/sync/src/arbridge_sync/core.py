@@ -150,26 +150,27 @@ class SyncCore:
             )
             return
         fields = event.fields
-        missing = [f for f in read_fields(synced, context.tax_field) if f not in fields]
-        if event.carries_data and missing:
-            # A template made before the mapping read these fields (an earlier release,
-            # or before the Level 2 tax field was named): applying what it carries would
-            # store the record without them, so Intacct's record is read instead.
-            log.warning(
-                "intacct_event_template_outdated",
-                account_id=account_id,
-                object=synced.name,
-                missing=missing[:10],
-                fix="install the smart events that GetSmartEventSetup gives now",
-            )
-        elif event.carries_data:
-            counts = await self._apply_fields(
-                conn, account_id, synced, fields, context, from_event=True
-            )
-            if counts is None or not counts.ambiguous:
-                return
-            # Same WHENMODIFIED second as the stored version, other data: which one is
-            # newer cannot be told from the event, so Intacct's current record decides.
+        if event.carries_data:
+            missing = [f for f in read_fields(synced, context.tax_field) if f not in fields]
+            if not missing:
+                counts = await self._apply_fields(
+                    conn, account_id, synced, fields, context, from_event=True
+                )
+                if counts is None or not counts.ambiguous:
+                    return
+                # Same WHENMODIFIED second as the stored version, other data: which one
+                # is newer cannot be told from the event, so Intacct's record decides.
+            else:
+                # A template made before the mapping read these fields (an earlier
+                # release, or before the Level 2 tax field was named): applying what it
+                # carries would store the record without them, so Intacct's is read.
+                log.warning(
+                    "intacct_event_template_outdated",
+                    account_id=account_id,
+                    object=synced.name,
+                    missing=missing[:10],
+                    fix="install the smart events that GetSmartEventSetup gives now",
+                )
         fetched = await self._fetch(conn, account_id, synced, event.record_no, context)
         if fetched is None:
             return
