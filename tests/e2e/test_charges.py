@@ -169,19 +169,7 @@ async def test_charges_idempotent_checked_and_made_once(
 
             # Refunds: part, replay, bounds, the rest, then nothing left.
             async def refund(key: str, amount: int | None) -> payments_pb2.RefundChargeResponse:
-                return await payer.stub.RefundCharge(
-                    payments_pb2.RefundChargeRequest(
-                        account_id="acme",
-                        charge_id=balance.charge_id,
-                        idempotency_key=key,
-                        reason="customer asked",
-                        amount=(
-                            common_pb2.Money(amount_minor=amount, currency=cur)
-                            if amount is not None
-                            else None
-                        ),
-                    )
-                )
+                return await payer.refund(balance.charge_id, key, amount, cur, "customer asked")
 
             partial = await refund("r-1", 100)
             assert partial.refund.state == "succeeded"

@@ -13,7 +13,6 @@ import asyncpg
 import grpc
 import pytest
 
-from arbridge.common.v1 import common_pb2
 from arbridge.payments.v1 import payments_pb2
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
@@ -258,19 +257,7 @@ async def test_refunds_before_the_posting_come_off_the_payment_and_a_full_one_po
             current = payer.get_charge
 
             async def refund(charge_id: str, key: str, amount: int | None) -> None:
-                await payer.stub.RefundCharge(
-                    payments_pb2.RefundChargeRequest(
-                        account_id="acme",
-                        charge_id=charge_id,
-                        idempotency_key=key,
-                        reason="paid by cheque instead",
-                        amount=(
-                            common_pb2.Money(amount_minor=amount, currency=currency)
-                            if amount is not None
-                            else None
-                        ),
-                    )
-                )
+                await payer.refund(charge_id, key, amount, currency, "paid by cheque instead")
 
             before = await intacct_values(http, admin, company, "ARPYMT")
             # No deposit account yet, so both payments wait to be posted; meanwhile one is

@@ -160,6 +160,24 @@ class Payer:
         )
         return reply.deposit_account
 
+    async def refund(
+        self, charge_id: str, key: str, amount: int | None, currency: str, reason: str
+    ) -> payments_pb2.RefundChargeResponse:
+        """Refunds ``amount`` minor units of a charge (None: all that is left)."""
+        return await self.stub.RefundCharge(
+            payments_pb2.RefundChargeRequest(
+                account_id="acme",
+                charge_id=charge_id,
+                idempotency_key=key,
+                reason=reason,
+                amount=(
+                    common_pb2.Money(amount_minor=amount, currency=currency)
+                    if amount is not None
+                    else None
+                ),
+            )
+        )
+
     async def get_charge(self, charge_id: str) -> payments_pb2.Charge:
         reply = await self.stub.GetCharge(
             payments_pb2.GetChargeRequest(account_id="acme", charge_id=charge_id)
