@@ -34,11 +34,13 @@ async def _form(http: aiohttp.ClientSession, url: str) -> dict[str, str]:
         return dict(FIELD.findall(await reply.text()))
 
 
-async def _fill(http: aiohttp.ClientSession, suite: Any, token: str, number: str) -> None:
+async def _fill(
+    http: aiohttp.ClientSession, suite: Any, token: str, number: str, exp: str = "11/31"
+) -> None:
     """What the hosted-fields frame does in the payer's browser."""
     async with http.put(
         suite.cards["base_url"] + f"/services/2/payment-fields-tokens/{token}",
-        json={"ccNumber": number, "expDate": "11/31", "cvv": "737"},
+        json={"ccNumber": number, "expDate": exp, "cvv": "737"},
     ) as reply:
         assert reply.status == 200
 
@@ -122,6 +124,26 @@ async def test_pay_pages_charge_once_and_refuse_what_they_must(
             async with http.get(base + first[1]) as reply:
                 assert reply.status == 200
                 assert "Payment received" in await reply.text()
+
+            # Paying once with a new card never takes a saved one away. The gateway tells
+            # a customer's cards apart by type and last four digits only, so a saved card
+            # with the new one's (here the same card with a new expiry) stays, and the
+            # payer is told to use it or save the new one in its place.
+            saved = await payer.add_card(customer, "4111111111111111")
+            form = await _form(http, url)
+            await _fill(http, suite, form["card_token"], "4111111111111111", exp="12/33")
+            status, _, text = await _post(
+                http,
+                url,
+                {**data, "attempt": form["attempt"], "card_token": form["card_token"]},
+                base,
+            )
+            assert status == 422
+            assert "VISA ending 1111 is already saved" in text
+            kept = await payer.stub.ListPaymentMethods(
+                payments_pb2.ListPaymentMethodsRequest(account_id="acme", customer_id=customer)
+            )
+            assert [m.payment_method_id for m in kept.payment_methods] == [saved.payment_method_id]
 
             # Another link cannot show this receipt.
             elsewhere = await link(payments_pb2.LINK_KIND_PAY_BALANCE, customer)

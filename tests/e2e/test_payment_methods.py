@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -15,7 +16,15 @@ from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
-from tests.support.payments import card_token, empty_token, synced_payments_suite
+from tests.support.payments import (
+    Payer,
+    card_token,
+    empty_token,
+    gateway_shopper,
+    gateway_transactions,
+    open_invoices_by_customer,
+    synced_payments_suite,
+)
 from tests.support.suite import Suite
 
 VISA = "4242424242424242"
@@ -203,3 +212,102 @@ async def add_raw(
             account_id="acme", customer_id=customer, gateway_token=token, idempotency_key=key
         )
     )
+
+
+# A Mastercard whose last four digits are the Visa's.
+MASTERCARD_4242 = "5105000000034242"
+
+
+@pytest.mark.timeout(300)
+async def test_cards_the_gateway_names_alike_are_charged_by_type_and_replaced_not_doubled(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    """The card gateway names a shopper's stored card by type and last four digits. A
+    charge names both; a new card with the name of one on file (the same card with a new
+    expiry) replaces it; a removed method's source leaves the gateway's vault."""
+    async with synced_payments_suite(
+        tmp_path, database_url, nats_url, unique, customers=12, invoices=40
+    ) as suite:
+        by_customer = await open_invoices_by_customer(suite, "acme")
+        customer = max(by_customer, key=lambda c: len(by_customer[c]))
+        invoices = by_customer[customer]
+        async with aiohttp.ClientSession() as http:
+            payer = Payer(suite, http, suite.target("payments"))
+            visa = await payer.add_card(customer, VISA)
+            master = await payer.add_card(customer, MASTERCARD_4242)  # the default now
+            db = await asyncpg.connect(database_url)
+            try:
+                shopper_id = await db.fetchval(
+                    f'SELECT shopper_id FROM "{unique}_payments".gateway_shoppers'
+                    " WHERE customer_id = $1",
+                    customer,
+                )
+            finally:
+                await db.close()
+
+            async def vaulted() -> list[tuple[str, str, str]]:
+                shopper = await gateway_shopper(http, suite, shopper_id)
+                return sorted(
+                    (
+                        c["creditCard"]["cardType"],
+                        c["creditCard"]["cardLastFourDigits"],
+                        c["creditCard"]["expirationYear"],
+                    )
+                    for c in shopper["paymentSources"]["creditCardInfo"]
+                )
+
+            async def charged_card(key: str, invoice: Any) -> dict[str, str]:
+                reply = await payer.charge(
+                    key, customer, [(invoice.record_no, 100)], currency=invoice.currency
+                )
+                assert reply.charge.state == payments_pb2.CHARGE_STATE_SUCCEEDED, reply.charge
+                made = [
+                    t
+                    for t in await gateway_transactions(http, suite)
+                    if t["merchantTransactionId"] == reply.charge.charge_id
+                ]
+                return dict(made[0]["creditCard"])
+
+            assert await vaulted() == [("MASTERCARD", "4242", "2031"), ("VISA", "4242", "2031")]
+            # The default is the Mastercard, and it is the card charged, not the Visa.
+            assert await charged_card("by-type-1", invoices[0]) == {
+                "cardLastFourDigits": "4242",
+                "cardType": "MASTERCARD",
+            }
+
+            # The Visa reissued with a new expiry: it replaces the Visa on file, in the
+            # vault too, so the gateway never holds two cards it names alike.
+            reissued = await payer.stub.AddPaymentMethod(
+                payments_pb2.AddPaymentMethodRequest(
+                    account_id="acme",
+                    customer_id=customer,
+                    gateway_token=await card_token(http, suite, VISA, exp="12/33"),
+                )
+            )
+            assert reissued.replaced_payment_method_id == visa.payment_method_id
+            assert not reissued.already_on_file
+            assert (reissued.payment_method.exp_month, reissued.payment_method.exp_year) == (
+                12,
+                2033,
+            )
+            listed = await payer.stub.ListPaymentMethods(
+                payments_pb2.ListPaymentMethodsRequest(account_id="acme", customer_id=customer)
+            )
+            assert [(m.payment_method_id, m.is_default) for m in listed.payment_methods] == [
+                (master.payment_method_id, True),
+                (reissued.payment_method.payment_method_id, False),
+            ]
+            assert await vaulted() == [("MASTERCARD", "4242", "2031"), ("VISA", "4242", "2033")]
+
+            # Removing the default Mastercard deletes it from the vault; the Visa, now the
+            # default, is what the next charge takes.
+            await payer.stub.RemovePaymentMethod(
+                payments_pb2.RemovePaymentMethodRequest(
+                    account_id="acme", payment_method_id=master.payment_method_id
+                )
+            )
+            assert await vaulted() == [("VISA", "4242", "2033")]
+            assert await charged_card("by-type-2", invoices[0]) == {
+                "cardLastFourDigits": "4242",
+                "cardType": "VISA",
+            }

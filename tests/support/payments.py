@@ -54,14 +54,17 @@ async def synced_payments_suite(
         yield suite
 
 
+def _merchant_auth(suite: Suite) -> dict[str, str]:
+    """The card gateway's merchant credentials, as a request header."""
+    credentials = f"{suite.cards['username']}:{suite.cards['password']}".encode()
+    return {"Authorization": f"Basic {base64.b64encode(credentials).decode()}"}
+
+
 async def empty_token(http: aiohttp.ClientSession, suite: Suite) -> str:
     """A hosted-fields token no card was entered into yet."""
-    credentials = base64.b64encode(
-        f"{suite.cards['username']}:{suite.cards['password']}".encode()
-    ).decode()
     async with http.post(
         suite.cards["base_url"] + "/services/2/payment-fields-tokens",
-        headers={"Authorization": f"Basic {credentials}"},
+        headers=_merchant_auth(suite),
     ) as reply:
         assert reply.status == 201
         return reply.headers["Location"].rsplit("/", 1)[1]
@@ -84,15 +87,29 @@ async def bank_token(
     return token
 
 
-async def card_token(http: aiohttp.ClientSession, suite: Suite, number: str) -> str:
+async def card_token(
+    http: aiohttp.ClientSession, suite: Suite, number: str, exp: str = "11/31"
+) -> str:
     """A hosted-fields token as a payer's browser makes one: the number goes to the gateway only."""
     token = await empty_token(http, suite)
     async with http.put(
         suite.cards["base_url"] + f"/services/2/payment-fields-tokens/{token}",
-        json={"ccNumber": number, "expDate": "11/31", "cvv": "737"},
+        json={"ccNumber": number, "expDate": exp, "cvv": "737"},
     ) as reply:
         assert reply.status == 200, await reply.text()
     return token
+
+
+async def gateway_shopper(
+    http: aiohttp.ClientSession, suite: Suite, shopper_id: str
+) -> dict[str, Any]:
+    """A vaulted shopper as the card gateway's API shows it to the merchant."""
+    async with http.get(
+        suite.cards["base_url"] + f"/services/2/vaulted-shoppers/{shopper_id}",
+        headers=_merchant_auth(suite),
+    ) as reply:
+        assert reply.status == 200, await reply.text()
+        return dict(await reply.json())
 
 
 async def gateway_transactions(http: aiohttp.ClientSession, suite: Suite) -> list[dict[str, Any]]:

@@ -269,6 +269,81 @@ async def test_ach_settles_or_returns_later_with_a_notification(live: Live) -> N
         await receiver.close()
 
 
+async def test_stored_cards_are_named_by_type_and_last_four_and_deleted_by_name(
+    live: Live,
+) -> None:
+    shopper = await live.shopper("4242424242424242")
+    path = f"/services/2/vaulted-shoppers/{shopper['vaultedShopperId']}"
+    for number, exp in (("5105000000034242", "12/30"), ("4242424242424242", "01/33")):
+        token = await live.card_token(number, exp)
+        status, body = await live.call(
+            "PUT", path, json={"paymentSources": {"creditCardInfo": [{"pfToken": token}]}}
+        )
+        assert status == 200, body
+
+    async def charge(key: str, card: dict[str, str]) -> tuple[int, Any]:
+        return await live.call(
+            "POST",
+            "/services/2/transactions",
+            json={
+                "amount": 5,
+                "currency": "USD",
+                "cardTransactionType": "AUTH_CAPTURE",
+                "vaultedShopperId": shopper["vaultedShopperId"],
+                "merchantTransactionId": key,
+                "creditCard": card,
+            },
+        )
+
+    # Two Visas end in 4242: a charge that names only the digits, or the type and the
+    # digits, reaches no card; the gateway never picks one.
+    for key, card in (
+        ("t-1", {"cardLastFourDigits": "4242"}),
+        ("t-2", {"cardLastFourDigits": "4242", "cardType": "VISA"}),
+    ):
+        status, body = await charge(key, card)
+        assert (status, body["message"][0]["errorName"]) == (400, "CARD_NOT_IDENTIFIED")
+    status, body = await charge("t-3", {"cardLastFourDigits": "4242", "cardType": "MASTERCARD"})
+    assert status == 200, body
+    assert body["creditCard"] == {"cardLastFourDigits": "4242", "cardType": "MASTERCARD"}
+
+    # A deletion names one card too: the Mastercard goes, deleting it again finds no
+    # card, and a deletion that would name both Visas is refused.
+    delete = {"cardLastFourDigits": "4242", "cardType": "MASTERCARD"}
+    status, body = await live.call(
+        "PUT",
+        path,
+        json={"paymentSources": {"creditCardInfo": [{"creditCard": delete, "status": "D"}]}},
+    )
+    assert status == 200, body
+    cards = [c["creditCard"] for c in body["paymentSources"]["creditCardInfo"]]
+    assert [(c["cardType"], c["expirationYear"]) for c in cards] == [
+        ("VISA", "2030"),
+        ("VISA", "2033"),
+    ]
+    status, body = await live.call(
+        "PUT",
+        path,
+        json={"paymentSources": {"creditCardInfo": [{"creditCard": delete, "status": "D"}]}},
+    )
+    assert (status, body["message"][0]["errorName"]) == (400, "CARD_NOT_FOUND")
+    status, body = await live.call(
+        "PUT",
+        path,
+        json={
+            "paymentSources": {
+                "creditCardInfo": [
+                    {
+                        "creditCard": {"cardLastFourDigits": "4242", "cardType": "VISA"},
+                        "status": "D",
+                    }
+                ]
+            }
+        },
+    )
+    assert (status, body["message"][0]["errorName"]) == (400, "CARD_NOT_IDENTIFIED")
+
+
 async def test_bad_cards_and_credentials_are_refused(live: Live) -> None:
     async with live.http.post(
         live.base + "/services/2/payment-fields-tokens", headers=live.auth

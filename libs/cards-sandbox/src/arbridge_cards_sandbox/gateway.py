@@ -304,12 +304,35 @@ class Gateway:
         return source
 
     def _add_sources(self, shopper: Shopper, sources: dict[str, Any]) -> None:
+        """Vaults each source of a create or update (from a token, or an ECP account in
+        full); an entry with ``status`` ``D`` deletes the shopper's source it names
+        instead (a card by last four digits and type, an account by its public numbers)."""
         for info in sources.get("creditCardInfo") or []:
+            if str(info.get("status", "")).upper() == "D":
+                named = info.get("creditCard") or {}
+                shopper.cards.remove(
+                    _one_card(
+                        shopper,
+                        str(named.get("cardLastFourDigits", "")),
+                        str(named.get("cardType", "")),
+                    )
+                )
+                continue
             card = self._take_token(str(info.get("pfToken", "")), Card)
             assert isinstance(card, Card)
             if all(c.fingerprint != card.fingerprint for c in shopper.cards):
                 shopper.cards.append(card)
         for info in sources.get("ecpDetails") or []:
+            if str(info.get("status", "")).upper() == "D":
+                named = info.get("ecp") or {}
+                shopper.banks.remove(
+                    _one_bank(
+                        shopper,
+                        str(named.get("publicAccountNumber", "")),
+                        str(named.get("publicRoutingNumber", "")),
+                    )
+                )
+                continue
             if info.get("pfToken"):
                 bank = self._take_token(str(info["pfToken"]), Bank)
                 assert isinstance(bank, Bank)
@@ -364,26 +387,22 @@ class Gateway:
             },
         )
         if kind == "card":
-            last4 = str((body.get("creditCard") or {}).get("cardLastFourDigits", ""))
-            card = next((c for c in shopper.cards if not last4 or c.last4 == last4), None)
-            if card is None:
-                raise GatewayError(400, "CARD_NOT_FOUND", "10030", "The shopper has no such card.")
+            named = body.get("creditCard") or {}
+            card = _one_card(
+                shopper, str(named.get("cardLastFourDigits", "")), str(named.get("cardType", ""))
+            )
             transaction.card = card
             outcome = TEST_CARDS.get(card.number, (card.brand, "approve"))[1]
             if outcome != "approve":
                 transaction.status = "declined"
                 transaction.decline = outcome
         else:
-            account = str((body.get("ecpTransaction") or {}).get("publicAccountNumber", ""))[-4:]
-            bank = next(
-                (b for b in shopper.banks if not account or b.account_number.endswith(account)),
-                None,
+            named = body.get("ecpTransaction") or {}
+            transaction.bank = _one_bank(
+                shopper,
+                str(named.get("publicAccountNumber", "")),
+                str(named.get("publicRoutingNumber", "")),
             )
-            if bank is None:
-                raise GatewayError(
-                    400, "ECP_NOT_FOUND", "10031", "The shopper has no such bank account."
-                )
-            transaction.bank = bank
             transaction.status = "PENDING"
         with self._lock:
             self.transactions[transaction.transaction_id] = transaction
@@ -422,6 +441,50 @@ class Gateway:
             )
         transaction.refunded += amount
         return transaction
+
+
+def _one_card(shopper: Shopper, last4: str, brand: str) -> Card:
+    """The vaulted card a request names by last four digits and type (either may be
+    left out while it still names one card); a request that names none, or several,
+    is refused: the gateway never guesses which card to charge or delete."""
+    found = [
+        c
+        for c in shopper.cards
+        if (not last4 or c.last4 == last4) and (not brand or c.brand == brand.upper())
+    ]
+    if not found:
+        raise GatewayError(400, "CARD_NOT_FOUND", "10030", "The shopper has no such card.")
+    if len(found) > 1:
+        raise GatewayError(
+            400,
+            "CARD_NOT_IDENTIFIED",
+            "10032",
+            "The shopper has several cards that match; name the card by cardLastFourDigits"
+            " and cardType.",
+        )
+    return found[0]
+
+
+def _one_bank(shopper: Shopper, account: str, routing: str) -> Bank:
+    """The vaulted bank account a request names by its public (masked) account number,
+    and routing number when given; none or several are refused, as for cards."""
+    found = [
+        b
+        for b in shopper.banks
+        if (not account or b.account_number.endswith(account[-4:]))
+        and (not routing or b.routing_number.endswith(routing[-4:]))
+    ]
+    if not found:
+        raise GatewayError(400, "ECP_NOT_FOUND", "10031", "The shopper has no such bank account.")
+    if len(found) > 1:
+        raise GatewayError(
+            400,
+            "ECP_NOT_IDENTIFIED",
+            "10033",
+            "The shopper has several bank accounts that match; name the account by"
+            " publicAccountNumber and publicRoutingNumber.",
+        )
+    return found[0]
 
 
 def _aba_valid(routing: str) -> bool:

@@ -174,8 +174,9 @@ class Charges:
                 "INSERT INTO charges (charge_id, account_id, idempotency_key, request_hash,"
                 " customer_id, source, rule_id, payment_method_id, kind, shopper_id, last4,"
                 " amount_minor, currency, tax_minor, customer_reference, lease_until, entity_id,"
-                " link_id, trace_parent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
-                " $12, $13, $14, $15, now() + make_interval(secs => $16), $17, $18, $19)"
+                " link_id, trace_parent, brand) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
+                " $11, $12, $13, $14, $15, now() + make_interval(secs => $16), $17, $18, $19,"
+                " $20)"
                 " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING charge_id",
                 charge_id,
                 request.account_id,
@@ -196,6 +197,7 @@ class Charges:
                 plan.entity_id,
                 request.link_id,
                 tracing.traceparent(),
+                plan.method["brand"],
             )
             if inserted is None:
                 raced = True
@@ -444,7 +446,7 @@ class Charges:
     async def _method(self, request: ChargeRequest) -> asyncpg.Record:
         if request.payment_method_id:
             method = await self._pool.fetchrow(
-                "SELECT payment_method_id, customer_id, kind, shopper_id, last4"
+                "SELECT payment_method_id, customer_id, kind, shopper_id, last4, brand"
                 " FROM payment_methods WHERE account_id = $1 AND payment_method_id = $2"
                 " AND removed_at IS NULL",
                 request.account_id,
@@ -457,7 +459,7 @@ class Charges:
                 )
         else:
             method = await self._pool.fetchrow(
-                "SELECT payment_method_id, customer_id, kind, shopper_id, last4"
+                "SELECT payment_method_id, customer_id, kind, shopper_id, last4, brand"
                 " FROM payment_methods WHERE account_id = $1 AND customer_id = $2"
                 " AND is_default AND removed_at IS NULL",
                 request.account_id,
@@ -531,6 +533,7 @@ class Charges:
             amount_minor=row["amount_minor"],
             currency=row["currency"],
             last4=row["last4"],
+            brand=row["brand"],
             tax_minor=row["tax_minor"],
             customer_reference=row["customer_reference"],
         )

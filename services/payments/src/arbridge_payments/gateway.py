@@ -298,6 +298,25 @@ class CardGateway:
         )
         return _shopper(data)
 
+    async def remove_source(self, shopper_id: str, kind: str, brand: str, last4: str) -> None:
+        """Deletes a vaulted card (named by type and last four digits, as the gateway
+        names it) or bank account from a shopper; one already gone counts as deleted."""
+        if kind == CARD:
+            entry: dict[str, Any] = {
+                "creditCardInfo": [
+                    {"creditCard": {"cardLastFourDigits": last4, "cardType": brand}, "status": "D"}
+                ]
+            }
+        else:
+            entry = {"ecpDetails": [{"ecp": {"publicAccountNumber": last4}, "status": "D"}]}
+        try:
+            await self._call(
+                "PUT", f"/services/2/vaulted-shoppers/{shopper_id}", {"paymentSources": entry}
+            )
+        except GatewayRefused as err:
+            if err.name not in ("CARD_NOT_FOUND", "ECP_NOT_FOUND", "SHOPPER_NOT_FOUND"):
+                raise
+
     async def charge(
         self,
         *,
@@ -307,6 +326,7 @@ class CardGateway:
         amount_minor: int,
         currency: str,
         last4: str,
+        brand: str = "",
         tax_minor: int = 0,
         customer_reference: str = "",
     ) -> Transaction:
@@ -328,7 +348,11 @@ class CardGateway:
             }
         if kind == CARD:
             body["cardTransactionType"] = "AUTH_CAPTURE"
+            # The gateway names a shopper's stored card by its last four digits and type
+            # (a charge recorded before the type was kept names the digits only).
             body["creditCard"] = {"cardLastFourDigits": last4}
+            if brand:
+                body["creditCard"]["cardType"] = brand
             path = "/services/2/transactions"
         else:
             body["ecpTransaction"] = {"publicAccountNumber": last4}

@@ -14,6 +14,12 @@ ACH bank account, both entered by the payer into the gateway's hosted fields
 
 Steps 2-3 run under a per-customer advisory lock, so two concurrent adds for a
 customer cannot create two shoppers or two defaults.
+
+The gateway names a shopper's stored card by its type and last four digits (a
+bank account by its last four), so a customer keeps one method per such name: a
+new card with the name of one on file (most often that card reissued with a new
+expiry) replaces it, default and all. Removing a method deletes its source from
+the gateway's vault too, so a removed card can never be charged.
 """
 
 from __future__ import annotations
@@ -106,10 +112,13 @@ class PaymentMethods:
         make_default: bool,
         idempotency_key: str = "",
         kind: str = "",
-    ) -> tuple[PaymentMethod, bool]:
+        replace: bool = True,
+    ) -> tuple[PaymentMethod, bool, str]:
         """Stores the card or bank account behind a hosted-fields token; returns
-        (method, already_on_file). ``kind`` (``card`` or ``ach``), when given, is what
-        the token must hold.
+        (method, already_on_file, id of the method it replaced or ""). ``kind``
+        (``card`` or ``ach``), when given, is what the token must hold. Without
+        ``replace``, a method on file with the new one's name is an error rather than
+        replaced.
 
         A retry with the same idempotency key (or, without one, the same token)
         answers with the method the first request stored.
@@ -141,6 +150,9 @@ class PaymentMethods:
                 f"gateway_token holds {held}, not the {'card' if kind == CARD else 'bank account'}"
                 " the request's type asks for; send the matching type or none"
             )
+        # (A default replaced leaves none, so the new method becomes the default.)
+        replaced = await self._retire_namesake(account_id, customer_id, source, replace)
+        replaced_id = replaced.payment_method_id if replaced else ""
         async with self._pool.acquire() as conn, conn.transaction():
             await _lock_customer(conn, account_id, customer_id)
             # A concurrent request with this key may have finished while we waited.
@@ -159,7 +171,7 @@ class PaymentMethods:
                 if make_default and not method.is_default:
                     method = await self._make_default(conn, method)
                 await self._remember(conn, account_id, request_keys, request_hash, method, True)
-                return method, True
+                return method, True, ""
             shopper_id = await conn.fetchval(
                 "SELECT shopper_id FROM gateway_shoppers WHERE account_id = $1"
                 " AND customer_id = $2",
@@ -224,12 +236,56 @@ class PaymentMethods:
             account_id=account_id,
             payment_method_id=method.payment_method_id,
             brand=method.brand,
+            replaced=replaced_id,
         )
-        return method, False
+        return method, False, replaced_id
+
+    async def _retire_namesake(
+        self, account_id: str, customer_id: str, source: Any, replace: bool
+    ) -> PaymentMethod | None:
+        """Removes the customer's method that the gateway would name as it names the new
+        source (same type and last four digits, another card): with both vaulted, a
+        charge or a deletion could reach either. Done before the new one is vaulted, and
+        committed on its own, so the vault and the table agree at every step; the new
+        method takes over the default. None when there is no such method."""
+        row = await self._pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM payment_methods WHERE account_id = $1 AND customer_id = $2"
+            " AND kind = $3 AND brand = $4 AND last4 = $5 AND fingerprint <> $6"
+            " AND removed_at IS NULL",
+            account_id,
+            customer_id,
+            source.kind,
+            source.brand,
+            source.last4,
+            source.fingerprint,
+        )
+        if row is None:
+            return None
+        namesake = PaymentMethod.from_row(row)
+        if not replace:
+            what = (
+                f"bank account ending {source.last4}"
+                if source.kind != CARD
+                else f"{source.brand or 'card'} ending {source.last4}"
+            )
+            raise FailedPrecondition(
+                f"a {what} is already saved for this customer, and the card gateway tells"
+                " saved methods apart only by type and last four digits: use the saved one,"
+                " or save this one to replace it"
+            )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await _lock_customer(conn, account_id, customer_id)
+            await self._remove(conn, namesake, pass_default=False)
+        log.info(
+            "payment_method.replaced",
+            account_id=account_id,
+            payment_method_id=namesake.payment_method_id,
+        )
+        return namesake
 
     async def _answered(
         self, account_id: str, request_keys: list[str], request_hash: str, conn: Any = None
-    ) -> tuple[PaymentMethod, bool] | None:
+    ) -> tuple[PaymentMethod, bool, str] | None:
         """The stored answer to the first of ``request_keys`` seen before, if any."""
         row = await (conn or self._pool).fetchrow(
             "SELECT r.request_hash, r.already_on_file,"
@@ -250,7 +306,7 @@ class PaymentMethods:
         data = dict(row)
         on_file = data.pop("already_on_file")
         data.pop("request_hash")
-        return PaymentMethod(**data), on_file
+        return PaymentMethod(**data), on_file, ""
 
     @staticmethod
     async def _remember(
@@ -314,26 +370,38 @@ class PaymentMethods:
         return PaymentMethod.from_row(row)
 
     async def remove(self, account_id: str, payment_method_id: str) -> None:
-        """Removes a method from use; a removed default passes to the newest remaining method."""
+        """Removes a method from use and its source from the gateway's vault; a removed
+        default passes to the newest remaining method."""
         method = await self.get(account_id, payment_method_id)
         async with self._pool.acquire() as conn, conn.transaction():
             await _lock_customer(conn, account_id, method.customer_id)
-            removed = await conn.fetchval(
-                "UPDATE payment_methods SET removed_at = now(), is_default = false"
-                " WHERE payment_method_id = $1 AND removed_at IS NULL RETURNING true",
-                payment_method_id,
+            await self._remove(conn, method, pass_default=True)
+
+    async def _remove(self, conn: Any, method: PaymentMethod, *, pass_default: bool) -> None:
+        """Removes a method inside the caller's transaction, which holds the customer's
+        lock. The gateway deletes the source before the transaction commits: if it
+        cannot, nothing is removed (Unavailable, retry); if the commit is lost after it
+        did, a retry finds the source gone, which counts as deleted."""
+        removed = await conn.fetchval(
+            "UPDATE payment_methods SET removed_at = now(), is_default = false"
+            " WHERE payment_method_id = $1 AND removed_at IS NULL RETURNING true",
+            method.payment_method_id,
+        )
+        if not removed:
+            return
+        await self._gateway_call(
+            self._gateway.remove_source(method.shopper_id, method.kind, method.brand, method.last4)
+        )
+        await self._announce(conn, method.account_id, method.customer_id)
+        if pass_default and method.is_default:
+            await conn.execute(
+                "UPDATE payment_methods SET is_default = true WHERE payment_method_id = ("
+                " SELECT payment_method_id FROM payment_methods WHERE account_id = $1"
+                " AND customer_id = $2 AND removed_at IS NULL"
+                " ORDER BY created_at DESC, payment_method_id DESC LIMIT 1)",
+                method.account_id,
+                method.customer_id,
             )
-            if removed:
-                await self._announce(conn, account_id, method.customer_id)
-            if removed and method.is_default:
-                await conn.execute(
-                    "UPDATE payment_methods SET is_default = true WHERE payment_method_id = ("
-                    " SELECT payment_method_id FROM payment_methods WHERE account_id = $1"
-                    " AND customer_id = $2 AND removed_at IS NULL"
-                    " ORDER BY created_at DESC, payment_method_id DESC LIMIT 1)",
-                    account_id,
-                    method.customer_id,
-                )
 
     async def _announce(self, conn: Any, account_id: str, customer_id: str) -> None:
         """``payments.method.changed`` with the types the customer has on file now (the

@@ -555,12 +555,14 @@ for future payments by default</label>
         if new_source:
             what = NEW_SOURCE_TEXT[method_choice][2].lower()
             try:
-                method, already = await self._methods.add(
+                method, already, _ = await self._methods.add(
                     account_id=link.account_id,
                     customer_id=link.customer_id,
                     token=str(form.get(TOKEN_FIELDS[method_choice], "")),
                     make_default=save,
                     kind=NEW_SOURCE_TEXT[method_choice][1],
+                    # Paying once with a card never takes away a saved one.
+                    replace=save,
                 )
             except DomainError as err:
                 raise PageError(
@@ -610,7 +612,7 @@ for future payments by default</label>
                 link, token, status=422, message="Choose a card or a bank account to save."
             )
         try:
-            method, already = await self._methods.add(
+            method, already, replaced = await self._methods.add(
                 account_id=link.account_id,
                 customer_id=link.customer_id,
                 token=str(form.get(TOKEN_FIELDS[choice], "")),
@@ -625,6 +627,8 @@ for future payments by default</label>
                 message=f"Nothing was saved: {_plain(err.message)}",
             )
         said = "was already on file" if already else "is saved"
+        if replaced:
+            said += ". It replaces the one with the same type and last four digits saved before"
         return self._page(
             200,
             "Payment method saved",

@@ -302,7 +302,7 @@ class PaymentsService(payments_pb2_grpc.PaymentsServiceServicer):
         }
         if request.type not in kinds:
             raise InvalidArgument(f"type {request.type} is not a payment method type")
-        method, on_file = await self._methods.add(
+        method, on_file, replaced = await self._methods.add(
             account_id=request.account_id,
             customer_id=request.customer_id,
             token=request.gateway_token,
@@ -311,7 +311,9 @@ class PaymentsService(payments_pb2_grpc.PaymentsServiceServicer):
             kind=kinds[request.type],
         )
         return payments_pb2.AddPaymentMethodResponse(
-            payment_method=method_message(method), already_on_file=on_file
+            payment_method=method_message(method),
+            already_on_file=on_file,
+            replaced_payment_method_id=replaced,
         )
 
     async def ListPaymentMethods(
