@@ -8,22 +8,27 @@ posted to Intacct; a returned one frees its invoice.
 
 from __future__ import annotations
 
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import grpc
 import pytest
 from playwright.async_api import expect
 
 from arbridge.common.v1 import common_pb2
 from arbridge.payments.v1 import payments_pb2
+from arbridge.rules.v1 import rules_pb2, rules_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_devinfra.infra import free_port
 from arbridge_runtime import webhooks
 from arbridge_runtime.grpc_client import service_channel
 from arbridge_runtime.money import to_minor
 from tests.conftest import TOKEN
+from tests.e2e.test_rules import SERVICES as RULES_SERVICES
+from tests.e2e.test_rules import _create_invoice, _rule
 from tests.support.browser import headless_chromium
 from tests.support.payments import (
     Payer,
@@ -36,7 +41,7 @@ from tests.support.payments import (
     open_invoices_by_customer,
     synced_payments_suite,
 )
-from tests.support.suite import WEBHOOK_SECRET, Suite
+from tests.support.suite import WEBHOOK_SECRET, Suite, install_smart_events
 
 SETTLING = payments_pb2.CHARGE_STATE_SETTLING
 
@@ -254,3 +259,77 @@ async def test_a_payer_pays_by_bank_account_and_a_lost_notification_is_found_by_
         numbers = ["000739204689", "7392046789"]
         leaked = await leaks(database_url, f"{unique}_payments", arbridge_logs(suite), numbers)
         assert leaked == []
+
+
+@pytest.mark.timeout(300)
+async def test_a_rules_debit_the_bank_returns_is_a_failed_attempt_and_the_rule_retries(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    """A rule's ACH debit counts as collected while it settles. Returned by the bank a
+    moment later, it is the rule's failed attempt: the schedule moves to the rule's
+    next retry instead of staying done with the invoice unpaid."""
+    async with synced_payments_suite(
+        tmp_path,
+        database_url,
+        nats_url,
+        unique,
+        customers=12,
+        invoices=120,
+        services=RULES_SERVICES,
+        service_extra={
+            "ARBRIDGE_RULES_TICK_SECONDS": "0.2",
+            "ARBRIDGE_PAYMENTS_RECOVERY_SECONDS": "0.3",
+        },
+    ) as suite:
+        notify = f"{suite.gateway_base}/v1/cards/acme/{webhooks.url_token(WEBHOOK_SECRET, 'acme')}"
+        rules = rules_pb2_grpc.RulesServiceStub(service_channel(suite.target("rules"), TOKEN))
+        async with aiohttp.ClientSession() as http:
+            payer = Payer(suite, http, suite.target("payments"))
+            await install_smart_events(http, suite)
+            [(customer, _)] = await _usd_setup(suite, payer, 1)
+            await _add_bank(payer, customer, "9876540000")  # its debits are returned
+            await _sandbox_notifications(http, suite, notify, 1)
+            rule = (
+                await rules.CreateRule(
+                    rules_pb2.CreateRuleRequest(
+                        rule=_rule(
+                            "debit new invoices",
+                            "USD",
+                            conditions={"customer_ids": [customer]},
+                            retry=rules_pb2.RetryPolicy(retry_after_days=[3]),
+                        )
+                    )
+                )
+            ).rule
+            record_no = await _create_invoice(http, suite, customer, "45.60", f"ACH-{unique}")
+            db = await asyncpg.connect(database_url)
+            try:
+
+                async def rescheduled() -> Any:
+                    row = await db.fetchrow(
+                        f'SELECT * FROM "{unique}_rules".schedule WHERE invoice_record_no = $1',
+                        record_no,
+                    )
+                    return row if row is not None and row["attempt"] == 2 else None
+
+                row = await eventually(rescheduled, timeout=60)
+                assert row is not None, "the returned debit left the rule's schedule done"
+                first = await db.fetchrow(
+                    f'SELECT * FROM "{unique}_rules".attempts WHERE invoice_record_no = $1'
+                    " AND attempt = 1",
+                    record_no,
+                )
+            finally:
+                await db.close()
+            assert (row["state"], row["rule_id"]) == ("scheduled", rule.rule_id)
+            assert "returned" in row["note"]
+            days = (row["charge_at"] - first["attempted_at"]).total_seconds() / 86400
+            assert 2.9 < days < 3.2, days
+            assert first["outcome"] == "failed"
+            charge = await _state(payer, first["charge_id"])
+            assert charge.state == payments_pb2.CHARGE_STATE_FAILED
+            explained = await rules.ExplainInvoice(
+                rules_pb2.ExplainInvoiceRequest(account_id="acme", invoice_record_no=record_no)
+            )
+            assert explained.outcome == rules_pb2.EXPLANATION_OUTCOME_WILL_CHARGE, explained
+            assert explained.next_charge_at.ToDatetime(tzinfo=UTC) == row["charge_at"]

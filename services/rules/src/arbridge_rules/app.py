@@ -59,6 +59,7 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         ("rules-customers", "AR", ("ar.customer.>",), scheduler.on_customer),
         ("rules-invoices", "AR", ("ar.invoice.>",), scheduler.on_invoice),
         ("rules-methods", "PAYMENTS", ("payments.method.>",), scheduler.on_methods),
+        ("rules-charges", "PAYMENTS", ("payments.charge.failed",), scheduler.on_charge_failed),
         ("rules-intacct", "SYNC", ("sync.intacct_rule.>",), intacct_rules.on_rule_event),
     ):
         # Evaluations are quick: a replica that dies holding a batch hands it back soon.

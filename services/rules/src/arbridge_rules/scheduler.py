@@ -592,6 +592,84 @@ class Scheduler:
                 return None
         return amount
 
+    @staticmethod
+    async def _after_failure(conn: Any, attempt: asyncpg.Record, reason: str) -> None:
+        """Moves the schedule after a failed attempt: to the rule's next retry, or stopped."""
+        account_id, record_no = attempt["account_id"], attempt["invoice_record_no"]
+        rule_row = await conn.fetchrow("SELECT * FROM rules WHERE rule_id = $1", attempt["rule_id"])
+        rule = spec(rule_row) if rule_row is not None else None
+        retry_at = engine.retry_time(rule, datetime.now(UTC), attempt["attempt"]) if rule else None
+        if retry_at is None:
+            await conn.execute(
+                "UPDATE schedule SET state = 'stopped', lease_until = NULL,"
+                " charge_at = NULL, note = $3, updated_at = now()"
+                " WHERE account_id = $1 AND invoice_record_no = $2",
+                account_id,
+                record_no,
+                f"stopped after attempt {attempt['attempt']}: {reason}"[:500],
+            )
+            return
+        zone = zone_of(
+            await conn.fetchval("SELECT time_zone FROM accounts WHERE account_id = $1", account_id)
+        )
+        await conn.execute(
+            "UPDATE schedule SET state = 'scheduled', lease_until = NULL,"
+            " charge_at = $3, scheduled_for = $4, attempt = $5, note = $6,"
+            " updated_at = now() WHERE account_id = $1 AND invoice_record_no = $2",
+            account_id,
+            record_no,
+            retry_at,
+            retry_at.astimezone(zone).date(),
+            attempt["attempt"] + 1,
+            f"retry after attempt {attempt['attempt']} failed: {reason}"[:500],
+        )
+
+    async def on_charge_failed(self, conn: Any, delivery: Any) -> None:
+        """``payments.charge.failed`` for a rule's charge the schedule took as paid. An ACH
+        debit counts as collected while it settles (the invoice is not charged twice
+        meanwhile), and the bank may return it days later: the attempt then failed, and
+        the rule's retries apply as to a charge declined at once. A charge the schedule
+        has not recorded yet is left to the charging pass, which asks payments again and
+        reads the failure itself; a repeated event finds the attempt failed already."""
+        event = events_pb2.ChargeChanged.FromString(delivery.data)
+        if not event.rule_id or not event.invoice_record_nos:
+            return
+        reason = event.failure_reason or "the charge failed"
+        attempt = await conn.fetchrow(
+            "UPDATE attempts SET outcome = 'failed', failure_reason = $4"
+            " WHERE account_id = $1 AND invoice_record_no = ANY($2::text[]) AND charge_id = $3"
+            " AND outcome = 'succeeded' RETURNING *",
+            event.account_id,
+            list(event.invoice_record_nos),
+            event.charge_id,
+            reason[:1000],
+        )
+        if attempt is None:
+            return
+        row = await conn.fetchrow(
+            "SELECT * FROM schedule WHERE account_id = $1 AND invoice_record_no = $2 FOR UPDATE",
+            attempt["account_id"],
+            attempt["invoice_record_no"],
+        )
+        # Only the attempt that finished the schedule reopens it (not one a later rule or
+        # attempt has taken over from).
+        if (
+            row is None
+            or row["state"] != "done"
+            or row["rule_id"] != attempt["rule_id"]
+            or row["attempt"] != attempt["attempt"]
+        ):
+            return
+        await self._after_failure(conn, attempt, reason)
+        await self._announce(conn, row["account_id"], row["invoice_record_no"], row["customer_id"])
+        log.info(
+            "rules.charge_returned",
+            account_id=row["account_id"],
+            invoice=row["invoice_record_no"],
+            attempt=attempt["attempt"],
+            charge_id=event.charge_id,
+        )
+
     async def _release(
         self, row: asyncpg.Record, note: str, after: timedelta | None = None
     ) -> None:
@@ -686,38 +764,7 @@ class Scheduler:
                     f"charged by charge {charge_id}",
                 )
             else:
-                rule_row = await conn.fetchrow(
-                    "SELECT * FROM rules WHERE rule_id = $1", attempt["rule_id"]
-                )
-                rule = spec(rule_row) if rule_row is not None else None
-                failed_at = datetime.now(UTC)
-                retry_at = engine.retry_time(rule, failed_at, attempt["attempt"]) if rule else None
-                if retry_at is None:
-                    await conn.execute(
-                        "UPDATE schedule SET state = 'stopped', lease_until = NULL,"
-                        " charge_at = NULL, note = $3, updated_at = now()"
-                        " WHERE account_id = $1 AND invoice_record_no = $2",
-                        account_id,
-                        record_no,
-                        f"stopped after attempt {attempt['attempt']}: {reason}"[:500],
-                    )
-                else:
-                    zone = zone_of(
-                        await conn.fetchval(
-                            "SELECT time_zone FROM accounts WHERE account_id = $1", account_id
-                        )
-                    )
-                    await conn.execute(
-                        "UPDATE schedule SET state = 'scheduled', lease_until = NULL,"
-                        " charge_at = $3, scheduled_for = $4, attempt = $5, note = $6,"
-                        " updated_at = now() WHERE account_id = $1 AND invoice_record_no = $2",
-                        account_id,
-                        record_no,
-                        retry_at,
-                        retry_at.astimezone(zone).date(),
-                        attempt["attempt"] + 1,
-                        f"retry after attempt {attempt['attempt']} failed: {reason}"[:500],
-                    )
+                await self._after_failure(conn, attempt, reason)
             await self._announce(conn, account_id, record_no, row["customer_id"])
         log.info(
             "rules.attempt_finished",
