@@ -19,9 +19,11 @@ import pytest
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.payments.v1 import payments_pb2
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_runtime import webhooks
 from arbridge_runtime.grpc_client import service_channel
 from arbridge_runtime.money import from_minor, to_minor
 from tests.conftest import TOKEN
+from tests.e2e.test_ach import _add_bank, _sandbox_notifications, _usd_setup
 from tests.support.payments import (
     Payer,
     deposit_everywhere,
@@ -31,7 +33,7 @@ from tests.support.payments import (
     open_invoices_by_customer,
     synced_payments_suite,
 )
-from tests.support.suite import Suite, install_smart_events, sandbox_record
+from tests.support.suite import WEBHOOK_SECRET, Suite, install_smart_events, sandbox_record
 
 QUEUE = "bluesnaparqueue"
 
@@ -256,3 +258,65 @@ async def test_a_company_without_platform_services_has_no_queue_and_it_is_never_
             assert stats["failed_functions"] == {}  # the sync's reads all succeeded too
         finally:
             await db.close()
+
+
+@pytest.mark.timeout(300)
+async def test_a_request_that_meets_another_charge_of_its_invoice_is_charged_when_it_ends(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    """A request whose invoice has a charge in progress (here a bank debit settling) is
+    not charged then; it is charged once that charge ends, under its own key, without
+    the record being edited or read again."""
+    async with synced_payments_suite(
+        tmp_path,
+        database_url,
+        nats_url,
+        unique,
+        customers=12,
+        invoices=160,
+        services=("connector", "sync", "payments", "gateway"),
+        service_extra={"ARBRIDGE_PAYMENTS_QUEUE_POLL_SECONDS": "3600"},
+    ) as suite:
+        notify = f"{suite.gateway_base}/v1/cards/acme/{webhooks.url_token(WEBHOOK_SECRET, 'acme')}"
+        async with aiohttp.ClientSession() as http:
+            assert await install_smart_events(http, suite, objects={QUEUE}) == 2
+            payer = Payer(suite, http, suite.target("payments"))
+            [(customer, invoices)] = await _usd_setup(suite, payer, 1)
+            await _add_bank(payer, customer, "7392046789")
+            invoice = invoices[0]
+            await _sandbox_notifications(http, suite, notify, 4)
+            debit = (await payer.charge("api-debit", customer, [(invoice.record_no, 100)])).charge
+            assert debit.state == payments_pb2.CHARGE_STATE_SETTLING
+            record = await sandbox_record(
+                http,
+                suite,
+                QUEUE,
+                {
+                    "name": "REQ-BUSY",
+                    "customerid": customer,
+                    "invoicekey": invoice.record_no,
+                    "amount": "2.00",
+                    "currency": "USD",
+                    "status": "Pending",
+                },
+            )
+
+            async def charged() -> dict[str, Any] | None:
+                found = (await _queue_values(http, suite))[record]
+                return found if found["status"] in ("Processing", "Paid") else None
+
+            found = await eventually(charged, timeout=90)
+            assert found is not None, (
+                f"the request was never charged: {(await _queue_values(http, suite))[record]}"
+            )
+            charges = (
+                await payer.stub.ListCharges(payments_pb2.ListChargesRequest(account_id="acme"))
+            ).charges
+            mine = [c for c in charges if c.source == payments_pb2.CHARGE_SOURCE_INTACCT_QUEUE]
+            assert [(c.idempotency_key, c.amount.amount_minor) for c in mine] == [
+                (f"intacct-queue:{record}:1", 200)
+            ]
+            assert (await payer.get_charge(debit.charge_id)).state in (
+                payments_pb2.CHARGE_STATE_SUCCEEDED,
+                payments_pb2.CHARGE_STATE_SETTLING,
+            )

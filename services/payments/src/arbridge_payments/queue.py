@@ -13,9 +13,12 @@ A request is keyed by its record and attempt: re-reading a record charges
 nothing twice (the idempotency key is ``intacct-queue:{record}:{attempt}``).
 An Intacct user retries a declined or failed request by setting its status
 back to Pending, which starts the next attempt; nothing is retried
-automatically. The request row is written before the charge, and the
-status to write is derived from the charge, so a crash at any point leaves
-work the next pass finishes.
+automatically. The request row (with the request's fields) is written
+before the charge, and the status to write is derived from the charge, so a
+crash at any point leaves work the next pass finishes: a request recorded but
+not charged (the process died in between, or another charge of the invoice
+was in progress) is charged again under its key by the ``charge_unsent`` pass
+once it has waited ``UNSENT_RETRY``, or at once when its record is read again.
 
 Each connected account's queue is read every ``poll_seconds`` (and at once
 when sync forwards an Intacct event about a queue record). A company without
@@ -27,6 +30,7 @@ with Intacct's reason and looked at again only daily.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,7 +45,7 @@ from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
 from arbridge_payments.charges import ChargeRequest, Charges, InvoicePart
 from arbridge_payments.methods import charged_source
-from arbridge_runtime.errors import Conflict, DomainError
+from arbridge_runtime.errors import Conflict, DeadlineExceeded, DomainError, Unavailable
 from arbridge_runtime.money import from_minor, to_minor
 from arbridge_runtime.paging import streamed_records
 
@@ -52,6 +56,9 @@ REQUESTED = frozenset({"", "pending", "new", "queued"})
 # Intacct's times are whole seconds: each read goes back this far past the last one.
 READ_OVERLAP = timedelta(seconds=2)
 UNAVAILABLE_RETRY = timedelta(days=1)
+# How long a request recorded but not charged waits before the next try: long enough
+# that a try still in flight has recorded its charge (a repeat would only replay it).
+UNSENT_RETRY = timedelta(seconds=15)
 FINAL = frozenset({"Paid", "Declined", "Failed"})
 NO_PLATFORM = (
     "the company has no Platform Services with the BlueSnap application, so it has no "
@@ -136,8 +143,32 @@ class ChargeQueue:
                 # account is read again at its next poll, and requests are keyed, so a
                 # read that stopped halfway charges nothing twice.
                 log.exception("charge_queue.read_failed", account_id=account["account_id"])
+        unsent = await self.charge_unsent()
         written = await self.write_outcomes()
-        return len(accounts) + written
+        return len(accounts) + unsent + written
+
+    async def charge_unsent(self, limit: int = 20) -> int:
+        """Charges requests recorded but not charged, under their key; returns how many."""
+        rows = await self._pool.fetch(
+            "UPDATE queue_requests SET updated_at = now() WHERE (account_id, queue_record_no)"
+            " IN (SELECT account_id, queue_record_no FROM queue_requests WHERE NOT done"
+            " AND charge_id = '' AND outcome_status = '' AND written_status = ''"
+            " AND updated_at < now() - $2::interval ORDER BY updated_at LIMIT $1"
+            " FOR UPDATE SKIP LOCKED) RETURNING account_id, queue_record_no, attempt, fields",
+            limit,
+            UNSENT_RETRY,
+        )
+        for row in rows:
+            log.info(
+                "charge_queue.charging_again",
+                account_id=row["account_id"],
+                record_no=row["queue_record_no"],
+                attempt=row["attempt"],
+            )
+            await self._settle(
+                row["account_id"], row["queue_record_no"], row["attempt"], json.loads(row["fields"])
+            )
+        return len(rows)
 
     async def _read(self, account_id: str, cursor: datetime | None) -> None:
         request = connector_pb2.StreamRecordsRequest(account_id=account_id, object_type=QUEUE)
@@ -192,21 +223,42 @@ class ChargeQueue:
         status = fields.get("status", "").strip().lower()
         if status not in REQUESTED:
             return  # an outcome (ours) or a status the user set to stop it
+        request = json.dumps(fields)
         attempt = await self._pool.fetchval(
-            "INSERT INTO queue_requests (account_id, queue_record_no, request_name)"
-            " VALUES ($1, $2, $3) ON CONFLICT (account_id, queue_record_no) DO UPDATE"
+            "INSERT INTO queue_requests (account_id, queue_record_no, request_name, fields)"
+            " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (account_id, queue_record_no) DO UPDATE"
             " SET attempt = queue_requests.attempt + 1, charge_id = '', outcome_status = '',"
             " outcome_message = '', written_status = '', written_payment_key = '',"
-            " done = false, updated_at = now()"
+            " done = false, fields = EXCLUDED.fields, updated_at = now()"
             # Only a request whose outcome was written and then set back to a requested
-            # status by a user is a new attempt; one still in flight is left alone.
+            # status by a user is a new attempt.
             " WHERE queue_requests.written_status <> '' RETURNING attempt",
             account_id,
             record_no,
             fields.get("name", ""),
+            request,
         )
         if attempt is None:
-            return
+            # The same attempt: if it was recorded but not charged, it is charged now
+            # under its key (a charge made meanwhile is only replayed); otherwise it is
+            # in flight or its outcome is on its way, and is left alone.
+            attempt = await self._pool.fetchval(
+                "UPDATE queue_requests SET fields = $3::jsonb, updated_at = now()"
+                " WHERE account_id = $1 AND queue_record_no = $2 AND NOT done"
+                " AND charge_id = '' AND outcome_status = '' AND written_status = ''"
+                " RETURNING attempt",
+                account_id,
+                record_no,
+                request,
+            )
+            if attempt is None:
+                return
+        await self._settle(account_id, record_no, attempt, fields)
+
+    async def _settle(
+        self, account_id: str, record_no: str, attempt: int, fields: dict[str, str]
+    ) -> None:
+        """Charges one attempt of a request, or records why it cannot be charged."""
         outcome = await self._charge(account_id, record_no, attempt, fields)
         if outcome is not None:
             await self._pool.execute(
@@ -256,8 +308,16 @@ class ChargeQueue:
                     source="intacct_queue",
                 )
             )
-        except Conflict:
-            return None  # another charge of the invoice is in flight: read again next pass
+        except (Conflict, Unavailable, DeadlineExceeded) as err:
+            # Another charge of the invoice is in progress, or the AR store could not be
+            # read: nothing was charged, and charge_unsent tries again.
+            log.info(
+                "charge_queue.charge_later",
+                account_id=account_id,
+                record_no=record_no,
+                reason=type(err).__name__,
+            )
+            return None
         except DomainError as err:
             return Outcome("Failed", _sentence(err.message))
         await self._pool.execute(
