@@ -168,6 +168,18 @@ def test_amounts_are_in_the_base_currency_when_the_record_names_no_other() -> No
     assert mapping.invoice_row("acme", {**FIELDS, "BASECURR": "USD"}, "")["currency"] == "EUR"
 
 
+def test_a_dinar_invoice_keeps_its_fils() -> None:
+    # KWD has three decimals: 12.345 is 12,345 fils, not an amount to refuse.
+    kuwaiti = {**FIELDS, "CURRENCY": "KWD", "TRX_TOTALENTERED": "12.345"}
+    kuwaiti.update(TRX_TOTALPAID="2.005", TRX_TOTALDUE="10.340")
+    invoice = mapping.invoice_row("acme", kuwaiti, "")
+    assert (invoice["total_minor"], invoice["paid_minor"], invoice["due_minor"]) == (
+        12_345,
+        2_005,
+        10_340,
+    )
+
+
 @pytest.mark.parametrize(
     ("given", "state"),
     [

@@ -9,13 +9,40 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-# Currencies without minor units (ISO 4217 exponent 0).
-ZERO_DECIMAL = frozenset({"JPY", "KRW", "VND", "CLP", "ISK", "UGX", "XAF", "XOF"})
+# ISO 4217 minor-unit exponents other than 2 (the list maintained by SIX for ISO,
+# table A.1). A wrong one moves money: a Kuwaiti dinar has 1,000 fils, so KWD 12.345
+# is 12345 minor units, where the two-digit default refused it.
+_EXPONENTS: dict[str, int] = {
+    **dict.fromkeys(
+        (
+            "BIF",
+            "CLP",
+            "DJF",
+            "GNF",
+            "ISK",
+            "JPY",
+            "KMF",
+            "KRW",
+            "PYG",
+            "RWF",
+            "UGX",
+            "UYI",
+            "VND",
+            "VUV",
+            "XAF",
+            "XOF",
+            "XPF",
+        ),
+        0,
+    ),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+    **dict.fromkeys(("CLF", "UYW"), 4),
+}
 
 
 def exponent(currency: str) -> int:
-    """Digits after the decimal point in ``currency``."""
-    return 0 if currency.upper() in ZERO_DECIMAL else 2
+    """Digits after the decimal point in ``currency`` (ISO 4217's minor unit)."""
+    return _EXPONENTS.get(currency.upper(), 2)
 
 
 def to_minor(value: str, currency: str) -> int:
