@@ -77,6 +77,11 @@ async def _add_bank(payer: Payer, customer: str, account: str) -> payments_pb2.P
     return reply.payment_method
 
 
+def _notify_url(suite: Suite) -> str:
+    """The webhook gateway's door for the card gateway's notifications about "acme"."""
+    return f"{suite.gateway_base}/v1/cards/acme/{webhooks.url_token(WEBHOOK_SECRET, 'acme')}"
+
+
 async def _sandbox_notifications(
     http: aiohttp.ClientSession, suite: Suite, url: str, settle_seconds: float
 ) -> None:
@@ -119,7 +124,7 @@ async def test_ach_debits_settle_by_notification_are_returned_and_ignore_forged_
         services=("connector", "sync", "payments", "gateway"),
         service_extra={"ARBRIDGE_PAYMENTS_RECOVERY_SECONDS": "0.3"},  # no ACH polling: 1 h
     ) as suite:
-        notify = f"{suite.gateway_base}/v1/cards/acme/{webhooks.url_token(WEBHOOK_SECRET, 'acme')}"
+        notify = _notify_url(suite)
         async with aiohttp.ClientSession() as http:
             payer = Payer(suite, http, suite.target("payments"))
             (customer, invoices), (other, other_invoices) = await _usd_setup(suite, payer, 2)
@@ -281,7 +286,7 @@ async def test_a_rules_debit_the_bank_returns_is_a_failed_attempt_and_the_rule_r
             "ARBRIDGE_PAYMENTS_RECOVERY_SECONDS": "0.3",
         },
     ) as suite:
-        notify = f"{suite.gateway_base}/v1/cards/acme/{webhooks.url_token(WEBHOOK_SECRET, 'acme')}"
+        notify = _notify_url(suite)
         rules = rules_pb2_grpc.RulesServiceStub(service_channel(suite.target("rules"), TOKEN))
         async with aiohttp.ClientSession() as http:
             payer = Payer(suite, http, suite.target("payments"))

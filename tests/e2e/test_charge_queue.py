@@ -19,11 +19,10 @@ import pytest
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.payments.v1 import payments_pb2
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
-from arbridge_runtime import webhooks
 from arbridge_runtime.grpc_client import service_channel
 from arbridge_runtime.money import from_minor, to_minor
 from tests.conftest import TOKEN
-from tests.e2e.test_ach import _add_bank, _sandbox_notifications, _usd_setup
+from tests.e2e.test_ach import _add_bank, _notify_url, _sandbox_notifications, _usd_setup
 from tests.support.payments import (
     Payer,
     deposit_everywhere,
@@ -33,7 +32,7 @@ from tests.support.payments import (
     open_invoices_by_customer,
     synced_payments_suite,
 )
-from tests.support.suite import WEBHOOK_SECRET, Suite, install_smart_events, sandbox_record
+from tests.support.suite import Suite, install_smart_events, sandbox_record
 
 QUEUE = "bluesnaparqueue"
 
@@ -277,7 +276,7 @@ async def test_a_request_that_meets_another_charge_of_its_invoice_is_charged_whe
         services=("connector", "sync", "payments", "gateway"),
         service_extra={"ARBRIDGE_PAYMENTS_QUEUE_POLL_SECONDS": "3600"},
     ) as suite:
-        notify = f"{suite.gateway_base}/v1/cards/acme/{webhooks.url_token(WEBHOOK_SECRET, 'acme')}"
+        notify = _notify_url(suite)
         async with aiohttp.ClientSession() as http:
             assert await install_smart_events(http, suite, objects={QUEUE}) == 2
             payer = Payer(suite, http, suite.target("payments"))
