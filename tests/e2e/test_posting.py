@@ -311,3 +311,16 @@ async def test_refunds_before_the_posting_come_off_the_payment_and_a_full_one_po
             sandbox_invoices = await intacct_values(http, admin, company, "ARINVOICE")
             for invoice in (first, last, single):
                 assert Decimal(sandbox_invoices[invoice.record_no]["TRX_TOTALDUE"]) == 0
+
+            # A refund after the posting does not reverse the payment, and Intacct still
+            # shows the invoice paid. The AR store has not seen the payment yet (this
+            # suite installs no smart events): the open balance is what Intacct holds,
+            # so the invoice is not offered for a second payment Intacct would refuse.
+            await refund(again_now.charge_id, "after-posting", None)
+            assert (await current(again_now.charge_id)).state == (
+                payments_pb2.CHARGE_STATE_REFUNDED
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await payer.charge("after", customer, [(single.record_no, None)])
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "no open balance left" in str(err.value.details())

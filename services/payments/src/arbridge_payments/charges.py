@@ -396,12 +396,13 @@ class Charges:
         A payment not posted to Intacct yet is not in the invoice's balance. A posted
         one is there once the AR store holds a version of the invoice that Intacct
         modified after the posting was sent (Intacct's times are whole seconds,
-        hence the margin); until then it is counted here.
+        hence the margin); until then it is counted here: what was posted, which a
+        refund made afterwards does not reverse, or else what the charge keeps.
         """
         db = conn or self._pool
         rows = await db.fetch(
-            "SELECT ci.charge_id, ci.invoice_record_no, ci.amount_minor, c.refunded_minor,"
-            " c.posting_state, c.posting_started_at"
+            "SELECT ci.charge_id, ci.invoice_record_no, ci.amount_minor, ci.posted_minor,"
+            " c.refunded_minor, c.posting_state, c.posting_started_at"
             " FROM charge_invoices ci JOIN charges c USING (charge_id)"
             " WHERE ci.account_id = $1 AND ci.invoice_record_no = ANY($2::text[])"
             " AND c.phase IN ('succeeded', 'settling')",
@@ -411,7 +412,11 @@ class Charges:
         # A refunded charge keeps less than its parts: what it keeps of each invoice
         # depends on all of its parts (kept_parts), read for those charges only.
         kept: dict[str, dict[str, int]] = {}
-        refunded = {r["charge_id"]: int(r["refunded_minor"]) for r in rows if r["refunded_minor"]}
+        refunded = {
+            r["charge_id"]: int(r["refunded_minor"])
+            for r in rows
+            if r["refunded_minor"] and r["posted_minor"] is None
+        }
         if refunded:
             parts: dict[str, list[tuple[str, int]]] = {}
             for p in await db.fetch(
@@ -435,11 +440,12 @@ class Charges:
             )
             if shown:
                 continue
-            amount = (
-                kept[r["charge_id"]].get(record_no, 0)
-                if r["charge_id"] in kept
-                else int(r["amount_minor"])
-            )
+            if r["posted_minor"] is not None:
+                amount = int(r["posted_minor"])
+            elif r["charge_id"] in kept:
+                amount = kept[r["charge_id"]].get(record_no, 0)
+            else:
+                amount = int(r["amount_minor"])
             taken[record_no] = taken.get(record_no, 0) + amount
         return taken
 
