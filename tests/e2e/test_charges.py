@@ -127,7 +127,7 @@ async def test_charges_idempotent_checked_and_made_once(
             # The AR store still shows the balance until the payment is posted; the
             # charge already made counts against it.
             paid = await refused(payer.charge("k-one-b", rich, [(usd[0].record_no, None)]))
-            assert paid.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert paid.code() == grpc.StatusCode.ABORTED  # (until the AR store shows it paid)
 
             # Amounts: above the balance, another currency, a wrong expected total.
             over = usd[1].due.amount_minor + 1
@@ -209,6 +209,46 @@ async def test_charges_idempotent_checked_and_made_once(
             part = (await payer.charge("k-part", rich, [(usd[4].record_no, 150)], cur)).charge
             assert part.state == payments_pb2.CHARGE_STATE_SUCCEEDED
             assert part.amount.amount_minor == 150
+            # A caller that read the balance from the AR store (an auto-payment rule), which
+            # does not show that payment yet, asks for the open balance up to what it read:
+            # what the partial payment left is charged, not refused as too much.
+            err = await refused(
+                payer.stub.ChargeInvoices(
+                    payments_pb2.ChargeInvoicesRequest(
+                        account_id="acme",
+                        idempotency_key="k-max-bad",
+                        customer_id=rich,
+                        invoices=[
+                            payments_pb2.InvoiceAmount(
+                                invoice_record_no=usd[4].record_no,
+                                amount=common_pb2.Money(amount_minor=1, currency=cur),
+                                maximum=common_pb2.Money(amount_minor=1, currency=cur),
+                            )
+                        ],
+                    )
+                )
+            )
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "both an amount and a maximum" in str(err.details())
+            remainder = (
+                await payer.stub.ChargeInvoices(
+                    payments_pb2.ChargeInvoicesRequest(
+                        account_id="acme",
+                        idempotency_key="k-max",
+                        customer_id=rich,
+                        invoices=[
+                            payments_pb2.InvoiceAmount(
+                                invoice_record_no=usd[4].record_no,
+                                maximum=common_pb2.Money(
+                                    amount_minor=usd[4].due.amount_minor, currency=cur
+                                ),
+                            )
+                        ],
+                    )
+                )
+            ).charge
+            assert remainder.state == payments_pb2.CHARGE_STATE_SUCCEEDED
+            assert remainder.amount.amount_minor == usd[4].due.amount_minor - 150
 
             # A decline, explained; then a retry with a good card succeeds.
             target = by_customer[decliner][0]
@@ -319,9 +359,9 @@ async def test_charges_idempotent_checked_and_made_once(
                 if not token:
                     break
             assert [c.charge_id for c in seen] == [
-                c.charge_id for c in (lost, part, balance, first)
+                c.charge_id for c in (lost, remainder, part, balance, first)
             ]
-            assert seen[2].state == payments_pb2.CHARGE_STATE_REFUNDED
+            assert seen[3].state == payments_pb2.CHARGE_STATE_REFUNDED
             by_invoice = await payer.stub.ListCharges(
                 payments_pb2.ListChargesRequest(
                     account_id="acme", invoice_record_no=usd[2].record_no
@@ -367,11 +407,11 @@ async def test_charges_idempotent_checked_and_made_once(
             made = await gateway_transactions(http, suite)
             per_id = collections.Counter(t["merchantTransactionId"] for t in made)
             assert all(n == 1 for n in per_id.values()), per_id.most_common(3)
-            # k-one, k-balance, k-part, k-d1 (declined), k-d2, k-lost, k-5xx, one per
-            # target and one per rival pair.
-            assert len(made) == 7 + len(targets) + len(rivals)
+            # k-one, k-balance, k-part, k-max, k-d1 (declined), k-d2, k-lost, k-5xx, one
+            # per target and one per rival pair.
+            assert len(made) == 8 + len(targets) + len(rivals)
             approved = [t for t in made if t["processingInfo"]["processingStatus"] == "success"]
-            assert len(approved) == 6 + len(targets) + len(rivals)
+            assert len(approved) == 7 + len(targets) + len(rivals)
 
         conn = await asyncpg.connect(
             database_url, server_settings={"search_path": f"{unique}_payments"}
@@ -385,7 +425,7 @@ async def test_charges_idempotent_checked_and_made_once(
         finally:
             await conn.close()
         subjects = collections.Counter(r["subject"] for r in events)
-        assert subjects["payments.charge.succeeded"] == 6 + len(targets) + len(rivals)
+        assert subjects["payments.charge.succeeded"] == 7 + len(targets) + len(rivals)
         assert subjects["payments.charge.declined"] == 1
         assert subjects["payments.charge.refunded"] == 2
         log = suite.processes["payments"].logs()

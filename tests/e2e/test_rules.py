@@ -448,3 +448,80 @@ async def test_replicas_killed_while_charging_still_charge_every_due_invoice_onc
         finally:
             for process in [*doomed, survivor]:
                 process.terminate()
+
+
+@pytest.mark.timeout(300)
+async def test_a_rule_charges_what_a_payment_intacct_does_not_show_yet_left(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    """A payer paid part of an invoice, and the payment is not posted yet (no deposit
+    account), so the AR store still shows the whole balance. The rule's charge, decided
+    from the AR store, takes what is left rather than being refused as too much."""
+    async with (
+        synced_payments_suite(
+            tmp_path,
+            database_url,
+            nats_url,
+            unique,
+            customers=12,
+            invoices=60,
+            services=SERVICES,
+            service_extra={"ARBRIDGE_RULES_TICK_SECONDS": "0.2"},
+        ) as suite,
+        aiohttp.ClientSession() as http,
+    ):
+        rules = rules_pb2_grpc.RulesServiceStub(service_channel(suite.target("rules"), TOKEN))
+        sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
+        payer = Payer(suite, http, suite.target("payments"))
+        await install_smart_events(http, suite)
+        (customer, currency), *_ = await _customers_with_currency(suite)
+        await payer.add_card(customer, "4242424242424242")
+
+        async def auto_pay(enabled: bool) -> None:
+            await rules.SetCustomerAutoPay(
+                rules_pb2.SetCustomerAutoPayRequest(
+                    account_id="acme", customer_id=customer, enabled=enabled
+                )
+            )
+
+        await auto_pay(False)
+        rule = (
+            await rules.CreateRule(
+                rules_pb2.CreateRuleRequest(
+                    rule=_rule(
+                        "charge new invoices", currency, conditions={"customer_ids": [customer]}
+                    )
+                )
+            )
+        ).rule
+        created = await _create_invoice(http, suite, customer, "100.00", f"PART-{unique}")
+
+        async def stored() -> Any:
+            try:
+                return await sync.GetInvoice(
+                    sync_pb2.GetInvoiceRequest(account_id="acme", record_no=created)
+                )
+            except grpc.aio.AioRpcError:
+                return None
+
+        assert await eventually(stored, timeout=30), "the new invoice did not reach the AR store"
+        part = (await payer.charge("by-link", customer, [(created, 4000)], currency)).charge
+        assert part.state == payments_pb2.CHARGE_STATE_SUCCEEDED
+        await auto_pay(True)
+
+        async def by_rule() -> list[payments_pb2.Charge] | None:
+            charges = (
+                await payer.stub.ListCharges(
+                    payments_pb2.ListChargesRequest(account_id="acme", invoice_record_no=created)
+                )
+            ).charges
+            made = [c for c in charges if c.source == payments_pb2.CHARGE_SOURCE_RULE]
+            return made or None
+
+        made = await eventually(by_rule, timeout=60)
+        assert made is not None, await rules.ExplainInvoice(
+            rules_pb2.ExplainInvoiceRequest(account_id="acme", invoice_record_no=created)
+        )
+        assert [(c.rule_id, c.state, c.amount.amount_minor) for c in made] == [
+            (rule.rule_id, payments_pb2.CHARGE_STATE_SUCCEEDED, to_minor("60.00", currency))
+        ]

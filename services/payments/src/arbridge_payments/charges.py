@@ -81,11 +81,13 @@ POSTING_CLOCK_MARGIN = timedelta(seconds=2)
 
 @dataclass(frozen=True)
 class InvoicePart:
-    """An invoice to pay and the amount for it (None: its whole open balance)."""
+    """An invoice to pay and the amount for it (None: its whole open balance, at most
+    ``maximum_minor`` when that is given)."""
 
     record_no: str
     amount_minor: int | None
     currency: str = ""
+    maximum_minor: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,11 @@ class ChargeRequest:
         """What makes two requests under one key the same request."""
         body = {
             "customer": self.customer_id,
+            # (A maximum only when set, so keys recorded before it keep their hashes.)
             "invoices": sorted(
-                [i.record_no, i.amount_minor, i.currency.upper()] for i in self.invoices
+                [i.record_no, i.amount_minor, i.currency.upper()]
+                + ([i.maximum_minor] if i.maximum_minor is not None else [])
+                for i in self.invoices
             ),
             "method": self.payment_method_id,
             "expected": [self.expected_total_minor, self.expected_currency.upper()],
@@ -314,12 +319,19 @@ class Charges:
                     f"invoice {part.record_no} is {state.lower()}, not open; nothing to charge"
                 )
             open_minor = balances[part.record_no]
+            if invoice.due.amount_minor <= 0:
+                raise FailedPrecondition(f"invoice {part.record_no} has nothing due")
             if open_minor <= 0:
-                raise FailedPrecondition(
-                    f"invoice {part.record_no} has no open balance left (payments already "
-                    "charged are being posted to Intacct)"
+                # The AR store shows a balance, but charges Intacct does not show yet
+                # took it: retry once they are posted and read back (the invoice is
+                # then paid, or open again if a posting was refused).
+                raise Conflict(
+                    f"invoice {part.record_no} has no open balance left: charges already "
+                    "made are being posted to Intacct; retry in a few minutes"
                 )
             amount = open_minor if part.amount_minor is None else part.amount_minor
+            if part.maximum_minor is not None:
+                amount = min(amount, part.maximum_minor)
             if part.currency and part.currency.upper() != currency:
                 raise InvalidArgument(
                     f"the amount for invoice {part.record_no} is in {part.currency.upper()}, "
@@ -782,6 +794,16 @@ def _validate(request: ChargeRequest) -> None:
             raise InvalidArgument(
                 f"the amount for invoice {part.record_no} must be positive, in minor units"
             )
+        if part.maximum_minor is not None:
+            if part.amount_minor is not None:
+                raise InvalidArgument(
+                    f"invoice {part.record_no} has both an amount and a maximum; give the "
+                    "amount, or the maximum for its open balance up to it"
+                )
+            if part.maximum_minor <= 0:
+                raise InvalidArgument(
+                    f"the maximum for invoice {part.record_no} must be positive, in minor units"
+                )
     if request.source not in SOURCES:
         raise InvalidArgument(f"source must be one of {', '.join(SOURCES)}")
 

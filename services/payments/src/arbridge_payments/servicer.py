@@ -257,7 +257,14 @@ class PaymentsService(payments_pb2_grpc.PaymentsServiceServicer):
                     InvoicePart(
                         record_no=i.invoice_record_no,
                         amount_minor=i.amount.amount_minor if i.HasField("amount") else None,
-                        currency=i.amount.currency if i.HasField("amount") else "",
+                        currency=(
+                            i.amount.currency
+                            if i.HasField("amount")
+                            else i.maximum.currency
+                            if i.HasField("maximum")
+                            else ""
+                        ),
+                        maximum_minor=i.maximum.amount_minor if i.HasField("maximum") else None,
                     )
                     for i in request.invoices
                 ),

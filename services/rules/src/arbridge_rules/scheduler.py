@@ -516,10 +516,13 @@ class Scheduler:
                     account_id=account_id,
                     idempotency_key=attempt["idempotency_key"],
                     customer_id=row["customer_id"],
+                    # The amount decided from the AR store, as a maximum: payments charges
+                    # the open balance up to it, which is less when a payer paid part of
+                    # the invoice that Intacct does not show yet.
                     invoices=[
                         payments_pb2.InvoiceAmount(
                             invoice_record_no=record_no,
-                            amount=common_pb2.Money(
+                            maximum=common_pb2.Money(
                                 amount_minor=attempt["amount_minor"], currency=attempt["currency"]
                             ),
                         )
