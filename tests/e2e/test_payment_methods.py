@@ -20,6 +20,7 @@ from tests.support.payments import (
     Payer,
     card_token,
     empty_token,
+    eventually,
     gateway_shopper,
     gateway_transactions,
     open_invoices_by_customer,
@@ -226,7 +227,13 @@ async def test_cards_the_gateway_names_alike_are_charged_by_type_and_replaced_no
     charge names both; a new card with the name of one on file (the same card with a new
     expiry) replaces it; a removed method's source leaves the gateway's vault."""
     async with synced_payments_suite(
-        tmp_path, database_url, nats_url, unique, customers=12, invoices=40
+        tmp_path,
+        database_url,
+        nats_url,
+        unique,
+        customers=12,
+        invoices=40,
+        service_extra={"ARBRIDGE_PAYMENTS_RECOVERY_SECONDS": "0.3"},
     ) as suite:
         by_customer = await open_invoices_by_customer(suite, "acme")
         customer = max(by_customer, key=lambda c: len(by_customer[c]))
@@ -311,3 +318,30 @@ async def test_cards_the_gateway_names_alike_are_charged_by_type_and_replaced_no
                 "cardLastFourDigits": "4242",
                 "cardType": "VISA",
             }
+
+            # With the gateway down a removal still takes at once (a pay page discarding
+            # a card it only charged never fails on it); the card leaves the vault when
+            # the gateway answers again.
+            async def gateway_faults(rate: float) -> None:
+                async with http.put(
+                    suite.cards["base_url"] + "/sandbox/faults", json={"error_5xx_rate": rate}
+                ) as reply:
+                    assert reply.status == 200, await reply.text()
+
+            await gateway_faults(1.0)
+            await payer.stub.RemovePaymentMethod(
+                payments_pb2.RemovePaymentMethodRequest(
+                    account_id="acme", payment_method_id=reissued.payment_method.payment_method_id
+                )
+            )
+            listed = await payer.stub.ListPaymentMethods(
+                payments_pb2.ListPaymentMethodsRequest(account_id="acme", customer_id=customer)
+            )
+            assert list(listed.payment_methods) == []
+            await asyncio.sleep(1.0)  # recovery passes that meet the gateway down
+            await gateway_faults(0.0)
+
+            async def emptied() -> bool:
+                return await vaulted() == []
+
+            assert await eventually(emptied, timeout=20), await vaulted()

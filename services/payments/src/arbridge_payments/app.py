@@ -106,6 +106,7 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
             refunds.recover_once,
             charges.settle_due,
             links.announce_expired,
+            methods.delete_pending_sources,
         )
 
     ctx.add_worker("charge-recovery", recovery)

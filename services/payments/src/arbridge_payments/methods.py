@@ -19,7 +19,11 @@ The gateway names a shopper's stored card by its type and last four digits (a
 bank account by its last four), so a customer keeps one method per such name: a
 new card with the name of one on file (most often that card reissued with a new
 expiry) replaces it, default and all. Removing a method deletes its source from
-the gateway's vault too, so a removed card can never be charged.
+the gateway's vault too, so a removed card can never be charged: the removal
+commits first and is never held up by the gateway, and a deletion the gateway
+could not take is retried by the recovery pass (``delete_pending_sources``).
+A new source is never vaulted beside a removed one of its name that the
+gateway may still hold.
 """
 
 from __future__ import annotations
@@ -172,6 +176,7 @@ class PaymentMethods:
                     method = await self._make_default(conn, method)
                 await self._remember(conn, account_id, request_keys, request_hash, method, True)
                 return method, True, ""
+            await self._settle_namesake_deletions(conn, account_id, customer_id, source)
             shopper_id = await conn.fetchval(
                 "SELECT shopper_id FROM gateway_shoppers WHERE account_id = $1"
                 " AND customer_id = $2",
@@ -276,6 +281,7 @@ class PaymentMethods:
         async with self._pool.acquire() as conn, conn.transaction():
             await _lock_customer(conn, account_id, customer_id)
             await self._remove(conn, namesake, pass_default=False)
+        await self._delete_from_vault(namesake)
         log.info(
             "payment_method.replaced",
             account_id=account_id,
@@ -376,22 +382,20 @@ class PaymentMethods:
         async with self._pool.acquire() as conn, conn.transaction():
             await _lock_customer(conn, account_id, method.customer_id)
             await self._remove(conn, method, pass_default=True)
+        await self._delete_from_vault(method)
 
     async def _remove(self, conn: Any, method: PaymentMethod, *, pass_default: bool) -> None:
         """Removes a method inside the caller's transaction, which holds the customer's
-        lock. The gateway deletes the source before the transaction commits: if it
-        cannot, nothing is removed (Unavailable, retry); if the commit is lost after it
-        did, a retry finds the source gone, which counts as deleted."""
+        lock, and marks its source for deletion from the vault (done after the commit
+        by ``_delete_from_vault``, or by the recovery pass)."""
         removed = await conn.fetchval(
-            "UPDATE payment_methods SET removed_at = now(), is_default = false"
+            "UPDATE payment_methods SET removed_at = now(), is_default = false,"
+            " vault_delete_pending = true"
             " WHERE payment_method_id = $1 AND removed_at IS NULL RETURNING true",
             method.payment_method_id,
         )
         if not removed:
             return
-        await self._gateway_call(
-            self._gateway.remove_source(method.shopper_id, method.kind, method.brand, method.last4)
-        )
         await self._announce(conn, method.account_id, method.customer_id)
         if pass_default and method.is_default:
             await conn.execute(
@@ -402,6 +406,61 @@ class PaymentMethods:
                 method.account_id,
                 method.customer_id,
             )
+
+    async def _delete_from_vault(self, method: PaymentMethod) -> bool:
+        """Deletes a removed method's source at the gateway (one already gone counts as
+        deleted); False when the gateway could not be asked, and the recovery pass
+        tries again."""
+        try:
+            await self._gateway.remove_source(
+                method.shopper_id, method.kind, method.brand, method.last4
+            )
+        except (GatewayUnavailable, GatewayTimeout, GatewayRefused) as err:
+            log.warning(
+                "payment_method.vault_delete_later",
+                payment_method_id=method.payment_method_id,
+                error=str(err),
+            )
+            return False
+        await self._pool.execute(
+            "UPDATE payment_methods SET vault_delete_pending = false WHERE payment_method_id = $1",
+            method.payment_method_id,
+        )
+        return True
+
+    async def delete_pending_sources(self, limit: int = 50) -> int:
+        """The recovery pass: deletes from the vault the sources of removed methods the
+        gateway has not confirmed deleted; returns how many it deleted."""
+        rows = await self._pool.fetch(
+            f"SELECT {_COLUMNS} FROM payment_methods WHERE vault_delete_pending"
+            " ORDER BY removed_at LIMIT $1",
+            limit,
+        )
+        deleted = 0
+        for row in rows:
+            deleted += await self._delete_from_vault(PaymentMethod.from_row(row))
+        return deleted
+
+    async def _settle_namesake_deletions(
+        self, conn: Any, account_id: str, customer_id: str, source: Any
+    ) -> None:
+        """Before a source is vaulted: a removed method of the customer with its name
+        whose deletion the gateway has not confirmed is deleted now, or the add waits
+        (Unavailable): with both vaulted, the gateway could not tell them apart."""
+        for row in await conn.fetch(
+            f"SELECT {_COLUMNS} FROM payment_methods WHERE account_id = $1 AND customer_id = $2"
+            " AND vault_delete_pending AND kind = $3 AND brand = $4 AND last4 = $5",
+            account_id,
+            customer_id,
+            source.kind,
+            source.brand,
+            source.last4,
+        ):
+            if not await self._delete_from_vault(PaymentMethod.from_row(row)):
+                raise Unavailable(
+                    "the card gateway has not yet deleted the removed card or account this "
+                    "one replaces; retry in a minute with the same token"
+                )
 
     async def _announce(self, conn: Any, account_id: str, customer_id: str) -> None:
         """``payments.method.changed`` with the types the customer has on file now (the
