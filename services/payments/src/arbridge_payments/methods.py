@@ -407,10 +407,25 @@ class PaymentMethods:
                 method.customer_id,
             )
 
-    async def _delete_from_vault(self, method: PaymentMethod) -> bool:
+    async def _delete_from_vault(self, method: PaymentMethod, conn: Any = None) -> bool:
         """Deletes a removed method's source at the gateway (one already gone counts as
         deleted); False when the gateway could not be asked, and the recovery pass
-        tries again."""
+        tries again.
+
+        The gateway deletes by name (type and last four digits), so this runs under the
+        customer's lock (taken here, unless ``conn`` holds it) and only while the
+        deletion is still pending: a deletion decided earlier can never reach a newer
+        source of the same name that an add vaulted meanwhile."""
+        if conn is None:
+            async with self._pool.acquire() as own, own.transaction():
+                await _lock_customer(own, method.account_id, method.customer_id)
+                return await self._delete_from_vault(method, own)
+        pending = await conn.fetchval(
+            "SELECT vault_delete_pending FROM payment_methods WHERE payment_method_id = $1",
+            method.payment_method_id,
+        )
+        if not pending:
+            return True
         try:
             await self._gateway.remove_source(
                 method.shopper_id, method.kind, method.brand, method.last4
@@ -422,7 +437,7 @@ class PaymentMethods:
                 error=str(err),
             )
             return False
-        await self._pool.execute(
+        await conn.execute(
             "UPDATE payment_methods SET vault_delete_pending = false WHERE payment_method_id = $1",
             method.payment_method_id,
         )
@@ -456,7 +471,7 @@ class PaymentMethods:
             source.brand,
             source.last4,
         ):
-            if not await self._delete_from_vault(PaymentMethod.from_row(row)):
+            if not await self._delete_from_vault(PaymentMethod.from_row(row), conn):
                 raise Unavailable(
                     "the card gateway has not yet deleted the removed card or account this "
                     "one replaces; retry in a minute with the same token"
