@@ -345,3 +345,30 @@ async def test_cards_the_gateway_names_alike_are_charged_by_type_and_replaced_no
                 return await vaulted() == []
 
             assert await eventually(emptied, timeout=20), await vaulted()
+
+            # Two cards of one name added at once: whichever order they meet in, the
+            # customer ends with one method of that name and the vault with one card (a
+            # loser is replaced, or told to retry: ABORTED).
+            async def add_visa(exp: str) -> payments_pb2.AddPaymentMethodResponse:
+                return await payer.stub.AddPaymentMethod(
+                    payments_pb2.AddPaymentMethodRequest(
+                        account_id="acme",
+                        customer_id=customer,
+                        gateway_token=await card_token(http, suite, VISA, exp=exp),
+                    )
+                )
+
+            replies = await asyncio.gather(
+                *(add_visa(exp) for exp in ("01/34", "02/35")), return_exceptions=True
+            )
+            refused = [r for r in replies if isinstance(r, BaseException)]
+            assert len(refused) < 2
+            assert all(
+                isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.ABORTED
+                for r in refused
+            ), refused
+            listed = await payer.stub.ListPaymentMethods(
+                payments_pb2.ListPaymentMethodsRequest(account_id="acme", customer_id=customer)
+            )
+            assert [(m.brand, m.last4) for m in listed.payment_methods] == [("VISA", "4242")]
+            assert [(kind, last4) for kind, last4, _ in await vaulted()] == [("VISA", "4242")]

@@ -48,6 +48,7 @@ from arbridge_payments.gateway import (
     GatewayUnavailable,
 )
 from arbridge_runtime.errors import (
+    Conflict,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -176,6 +177,12 @@ class PaymentMethods:
                     method = await self._make_default(conn, method)
                 await self._remember(conn, account_id, request_keys, request_hash, method, True)
                 return method, True, ""
+            if await self._live_namesake(conn, account_id, customer_id, source) is not None:
+                # Another add of this name committed since the namesake was retired.
+                raise Conflict(
+                    "a card or account with the same type and last four digits was saved for "
+                    "this customer meanwhile; retry with the same token to replace it"
+                )
             await self._settle_namesake_deletions(conn, account_id, customer_id, source)
             shopper_id = await conn.fetchval(
                 "SELECT shopper_id FROM gateway_shoppers WHERE account_id = $1"
@@ -253,20 +260,9 @@ class PaymentMethods:
         charge or a deletion could reach either. Done before the new one is vaulted, and
         committed on its own, so the vault and the table agree at every step; the new
         method takes over the default. None when there is no such method."""
-        row = await self._pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM payment_methods WHERE account_id = $1 AND customer_id = $2"
-            " AND kind = $3 AND brand = $4 AND last4 = $5 AND fingerprint <> $6"
-            " AND removed_at IS NULL",
-            account_id,
-            customer_id,
-            source.kind,
-            source.brand,
-            source.last4,
-            source.fingerprint,
-        )
-        if row is None:
+        namesake = await self._live_namesake(self._pool, account_id, customer_id, source)
+        if namesake is None:
             return None
-        namesake = PaymentMethod.from_row(row)
         if not replace:
             what = (
                 f"bank account ending {source.last4}"
@@ -288,6 +284,25 @@ class PaymentMethods:
             payment_method_id=namesake.payment_method_id,
         )
         return namesake
+
+    @staticmethod
+    async def _live_namesake(
+        db: Any, account_id: str, customer_id: str, source: Any
+    ) -> PaymentMethod | None:
+        """The customer's method on file that the gateway names as it names ``source``
+        (same type and last four digits) but that is another card or account."""
+        row = await db.fetchrow(
+            f"SELECT {_COLUMNS} FROM payment_methods WHERE account_id = $1 AND customer_id = $2"
+            " AND kind = $3 AND brand = $4 AND last4 = $5 AND fingerprint <> $6"
+            " AND removed_at IS NULL",
+            account_id,
+            customer_id,
+            source.kind,
+            source.brand,
+            source.last4,
+            source.fingerprint,
+        )
+        return None if row is None else PaymentMethod.from_row(row)
 
     async def _answered(
         self, account_id: str, request_keys: list[str], request_hash: str, conn: Any = None
