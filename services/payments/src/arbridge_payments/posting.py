@@ -231,11 +231,9 @@ class Posting:
             )
             # What Intacct now holds of each invoice: 0 for those a refund took whole.
             await conn.execute(
-                "UPDATE charge_invoices ci SET posted_minor = COALESCE(p.amount, 0)"
-                " FROM charge_invoices x LEFT JOIN unnest($2::text[], $3::bigint[])"
-                " AS p(record_no, amount) ON p.record_no = x.invoice_record_no"
-                " WHERE x.charge_id = $1 AND ci.charge_id = $1"
-                " AND ci.invoice_record_no = x.invoice_record_no",
+                "UPDATE charge_invoices SET posted_minor = COALESCE((SELECT p.amount"
+                " FROM unnest($2::text[], $3::bigint[]) AS p(record_no, amount)"
+                " WHERE p.record_no = invoice_record_no), 0) WHERE charge_id = $1",
                 charge["charge_id"],
                 [record_no for record_no, _ in parts],
                 [amount for _, amount in parts],

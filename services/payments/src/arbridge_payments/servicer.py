@@ -257,13 +257,8 @@ class PaymentsService(payments_pb2_grpc.PaymentsServiceServicer):
                     InvoicePart(
                         record_no=i.invoice_record_no,
                         amount_minor=i.amount.amount_minor if i.HasField("amount") else None,
-                        currency=(
-                            i.amount.currency
-                            if i.HasField("amount")
-                            else i.maximum.currency
-                            if i.HasField("maximum")
-                            else ""
-                        ),
+                        # (An unset one reads as ""; one with both set is refused.)
+                        currency=i.amount.currency or i.maximum.currency,
                         maximum_minor=i.maximum.amount_minor if i.HasField("maximum") else None,
                     )
                     for i in request.invoices
