@@ -18,21 +18,14 @@ import pytest
 
 from arbridge.common.v1 import common_pb2
 from arbridge.payments.v1 import payments_pb2
-from tests.conftest import TOKEN
 from tests.support.payments import (
+    FAST_RECOVERY,
     Payer,
+    doomed_replica,
     gateway_transactions,
     open_invoices_by_customer,
     synced_payments_suite,
 )
-from tests.support.runtime_env import ServiceProcess, service_env, start_process
-from tests.support.suite import Suite
-
-FAST_RECOVERY = {
-    "ARBRIDGE_PAYMENTS_CHARGE_LEASE_SECONDS": "1",
-    "ARBRIDGE_PAYMENTS_RECOVERY_SECONDS": "0.2",
-}
-
 
 # Every error message a test saw, scanned for card numbers at the end.
 ERRORS_SEEN: list[str] = []
@@ -43,39 +36,6 @@ async def refused(call: Any) -> grpc.aio.AioRpcError:
         await call
     ERRORS_SEEN.append(str(err.value.details()))
     return err.value
-
-
-async def doomed_replica(
-    tmp_path: Path,
-    suite: Suite,
-    database_url: str,
-    nats_url: str,
-    namespace: str,
-    fault: str,
-    name: str,
-) -> ServiceProcess:
-    """A second payments replica, sharing the database, that SIGKILLs itself at ``fault``."""
-    ready = tmp_path / f"doomed-{name}.ready"
-    env = service_env(
-        database_url=database_url,
-        nats_url=nats_url,
-        namespace=namespace,
-        schema=f"{namespace}_payments",
-        token=TOKEN,
-        ready_file=ready,
-        ARBRIDGE_SYNC_TARGET=suite.target("sync"),
-        ARBRIDGE_CARD_GATEWAY_URL=suite.cards["base_url"],
-        ARBRIDGE_CARD_GATEWAY_PASSWORD=suite.cards["password"],
-        ARBRIDGE_FAULTS=f"{fault}:kill",
-        **FAST_RECOVERY,
-    )
-    return await asyncio.to_thread(
-        start_process,
-        ["-m", "arbridge_payments"],
-        env,
-        ready,
-        tmp_path / f"doomed-{name}.log",
-    )
 
 
 @pytest.mark.timeout(600)

@@ -17,14 +17,18 @@ from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
 from tests.support.payments import (
+    FAST_RECOVERY,
     Payer,
+    arbridge_logs,
     card_token,
+    doomed_replica,
     empty_token,
     eventually,
     gateway_shopper,
     gateway_transactions,
     open_invoices_by_customer,
     synced_payments_suite,
+    vault_at_gateway,
 )
 from tests.support.suite import Suite
 
@@ -284,14 +288,15 @@ async def test_cards_the_gateway_names_alike_are_charged_by_type_and_replaced_no
 
             # The Visa reissued with a new expiry: it replaces the Visa on file, in the
             # vault too, so the gateway never holds two cards it names alike.
-            reissued = await payer.stub.AddPaymentMethod(
-                payments_pb2.AddPaymentMethodRequest(
-                    account_id="acme",
-                    customer_id=customer,
-                    gateway_token=await card_token(http, suite, VISA, exp="12/33"),
-                )
+            reissue = payments_pb2.AddPaymentMethodRequest(
+                account_id="acme",
+                customer_id=customer,
+                gateway_token=await card_token(http, suite, VISA, exp="12/33"),
             )
+            reissued = await payer.stub.AddPaymentMethod(reissue)
             assert reissued.replaced_payment_method_id == visa.payment_method_id
+            # A retry answers as the first did, the method it replaced included.
+            assert await payer.stub.AddPaymentMethod(reissue) == reissued
             assert not reissued.already_on_file
             assert (reissued.payment_method.exp_month, reissued.payment_method.exp_year) == (
                 12,
@@ -372,3 +377,112 @@ async def test_cards_the_gateway_names_alike_are_charged_by_type_and_replaced_no
             )
             assert [(m.brand, m.last4) for m in listed.payment_methods] == [("VISA", "4242")]
             assert [(kind, last4) for kind, last4, _ in await vaulted()] == [("VISA", "4242")]
+
+
+@pytest.mark.timeout(300)
+async def test_a_replacing_add_survives_a_crash_and_refused_vault_deletions_back_off(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    """A replica killed between retiring the card a new one replaces and saving the new
+    one: the retry saves it and still names the card it replaced. A vault deletion the
+    gateway refuses is not asked again on every recovery pass, and a card of that name
+    cannot be saved until the gateway deletes the old one (the gateway could not tell
+    them apart)."""
+    async with synced_payments_suite(
+        tmp_path,
+        database_url,
+        nats_url,
+        unique,
+        customers=12,
+        invoices=30,
+        service_extra=FAST_RECOVERY,
+    ) as suite:
+        by_customer = await open_invoices_by_customer(suite, "acme")
+        customer = next(iter(by_customer))
+        schema = f'"{unique}_payments"'
+        async with aiohttp.ClientSession() as http:
+            payer = Payer(suite, http, suite.target("payments"))
+            visa = await payer.add_card(customer, VISA)
+            doomed = await doomed_replica(
+                tmp_path, suite, database_url, nats_url, unique, "method.after_retire", "retire"
+            )
+            reissue = payments_pb2.AddPaymentMethodRequest(
+                account_id="acme",
+                customer_id=customer,
+                gateway_token=await card_token(http, suite, VISA, exp="12/33"),
+            )
+            victim = Payer(suite, http, doomed.grpc_target)  # (kept: its channel with it)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await victim.stub.AddPaymentMethod(reissue)
+            assert await asyncio.to_thread(doomed.process.wait, 30) == -9
+            # The old card is retired and nothing new is saved yet.
+            listed = await payer.stub.ListPaymentMethods(
+                payments_pb2.ListPaymentMethodsRequest(account_id="acme", customer_id=customer)
+            )
+            assert list(listed.payment_methods) == []
+
+            reissued = await payer.stub.AddPaymentMethod(reissue)
+            assert reissued.replaced_payment_method_id == visa.payment_method_id
+            assert (reissued.payment_method.exp_year, reissued.payment_method.is_default) == (
+                2033,
+                True,
+            )
+            assert await payer.stub.AddPaymentMethod(reissue) == reissued
+            db = await asyncpg.connect(database_url)
+            try:
+                shopper_id = await db.fetchval(
+                    f"SELECT shopper_id FROM {schema}.gateway_shoppers WHERE customer_id = $1",
+                    customer,
+                )
+                shopper = await gateway_shopper(http, suite, shopper_id)
+                assert [
+                    c["creditCard"]["expirationYear"]
+                    for c in shopper["paymentSources"]["creditCardInfo"]
+                ] == ["2033"]
+
+                # Another Visa ending 4242 vaulted at the gateway behind arbridge's back:
+                # the gateway can no longer tell which one a deletion by name means.
+                await vault_at_gateway(
+                    http, suite, shopper_id, await card_token(http, suite, VISA, exp="01/35")
+                )
+                await payer.stub.RemovePaymentMethod(
+                    payments_pb2.RemovePaymentMethodRequest(
+                        account_id="acme",
+                        payment_method_id=reissued.payment_method.payment_method_id,
+                    )
+                )
+                await asyncio.sleep(1.5)  # several recovery passes (0.2 s apart)
+                pending = await db.fetchrow(
+                    "SELECT vault_delete_pending, vault_delete_refusals, vault_delete_error,"
+                    f" vault_delete_next_at - now() AS wait FROM {schema}.payment_methods"
+                    " WHERE payment_method_id = $1",
+                    reissued.payment_method.payment_method_id,
+                )
+                assert pending["vault_delete_pending"]
+                assert pending["vault_delete_refusals"] == 1, pending
+                assert pending["vault_delete_error"] == "CARD_NOT_IDENTIFIED"
+                assert pending["wait"].total_seconds() > 30
+
+                # A new Visa ending 4242 would be a third card of that name: refused, and
+                # the deletion was asked again for it.
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await payer.stub.AddPaymentMethod(
+                        payments_pb2.AddPaymentMethodRequest(
+                            account_id="acme",
+                            customer_id=customer,
+                            gateway_token=await card_token(http, suite, VISA, exp="02/36"),
+                        )
+                    )
+                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert "refuses to delete the removed VISA ending 4242" in str(err.value.details())
+                assert (
+                    await db.fetchval(
+                        f"SELECT vault_delete_refusals FROM {schema}.payment_methods"
+                        " WHERE payment_method_id = $1",
+                        reissued.payment_method.payment_method_id,
+                    )
+                    == 2
+                )
+            finally:
+                await db.close()
+            assert arbridge_logs(suite).count("payment_method.vault_delete_refused") == 2

@@ -19,7 +19,14 @@ from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
+from tests.support.runtime_env import ServiceProcess, service_env, start_process
 from tests.support.suite import Suite, connect_and_sync, running_suite
+
+# Payments replicas that recover crashed work at once.
+FAST_RECOVERY = {
+    "ARBRIDGE_PAYMENTS_CHARGE_LEASE_SECONDS": "1",
+    "ARBRIDGE_PAYMENTS_RECOVERY_SECONDS": "0.2",
+}
 
 
 @contextlib.asynccontextmanager
@@ -110,6 +117,19 @@ async def gateway_shopper(
     ) as reply:
         assert reply.status == 200, await reply.text()
         return dict(await reply.json())
+
+
+async def vault_at_gateway(
+    http: aiohttp.ClientSession, suite: Suite, shopper_id: str, token: str
+) -> None:
+    """Vaults a token's card on a shopper directly at the card gateway, as a merchant's
+    other tool might, behind arbridge's back."""
+    async with http.put(
+        suite.cards["base_url"] + f"/services/2/vaulted-shoppers/{shopper_id}",
+        headers=_merchant_auth(suite),
+        json={"paymentSources": {"creditCardInfo": [{"pfToken": token}]}},
+    ) as reply:
+        assert reply.status == 200, await reply.text()
 
 
 async def gateway_transactions(http: aiohttp.ClientSession, suite: Suite) -> list[dict[str, Any]]:
@@ -295,3 +315,36 @@ async def deposit_everywhere(payer: Payer, suite: Suite) -> None:
     for currency, bank in sorted(by_currency.items()):
         for entity in sorted(entities):
             await payer.set_deposit(entity, currency, bank.bank_account_id)
+
+
+async def doomed_replica(
+    tmp_path: Path,
+    suite: Suite,
+    database_url: str,
+    nats_url: str,
+    namespace: str,
+    fault: str,
+    name: str,
+) -> ServiceProcess:
+    """A second payments replica, sharing the database, that SIGKILLs itself at ``fault``."""
+    ready = tmp_path / f"doomed-{name}.ready"
+    env = service_env(
+        database_url=database_url,
+        nats_url=nats_url,
+        namespace=namespace,
+        schema=f"{namespace}_payments",
+        token=TOKEN,
+        ready_file=ready,
+        ARBRIDGE_SYNC_TARGET=suite.target("sync"),
+        ARBRIDGE_CARD_GATEWAY_URL=suite.cards["base_url"],
+        ARBRIDGE_CARD_GATEWAY_PASSWORD=suite.cards["password"],
+        ARBRIDGE_FAULTS=f"{fault}:kill",
+        **FAST_RECOVERY,
+    )
+    return await asyncio.to_thread(
+        start_process,
+        ["-m", "arbridge_payments"],
+        env,
+        ready,
+        tmp_path / f"doomed-{name}.log",
+    )

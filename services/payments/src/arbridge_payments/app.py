@@ -48,7 +48,7 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
     )
     gateway = CardGateway(settings.gateway, http)
     sync = sync_pb2_grpc.SyncServiceStub(channel)
-    methods = PaymentMethods(ctx.pool, gateway, sync, ctx.outbox)
+    methods = PaymentMethods(ctx.pool, gateway, sync, ctx.outbox, ctx.faults)
     charges = Charges(
         ctx.pool,
         ctx.outbox,

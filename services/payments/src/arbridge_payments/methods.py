@@ -21,9 +21,10 @@ new card with the name of one on file (most often that card reissued with a new
 expiry) replaces it, default and all. Removing a method deletes its source from
 the gateway's vault too, so a removed card can never be charged: the removal
 commits first and is never held up by the gateway, and a deletion the gateway
-could not take is retried by the recovery pass (``delete_pending_sources``).
-A new source is never vaulted beside a removed one of its name that the
-gateway may still hold.
+could not take is retried by the recovery pass (``delete_pending_sources``);
+one the gateway refuses outright is tried again later and later (from a minute
+to a day apart) and logged as an error each time. A new source is never vaulted
+beside a removed one of its name that the gateway may still hold.
 """
 
 from __future__ import annotations
@@ -54,9 +55,16 @@ from arbridge_runtime.errors import (
     NotFound,
     Unavailable,
 )
+from arbridge_runtime.faults import NO_FAULTS, FaultInjector
 from arbridge_runtime.jetstream import Outbox
 
 log = structlog.get_logger(__name__)
+
+# Outcomes of a vault deletion (see ``PaymentMethods._delete_from_vault``).
+DELETED, LATER, REFUSED = "deleted", "later", "refused"
+# A deletion the gateway refused is tried again after this, doubling up to the maximum.
+REFUSED_BACKOFF_FIRST = 60.0
+REFUSED_BACKOFF_MAX = 24 * 3600.0
 
 _COLUMNS = (
     "payment_method_id, account_id, customer_id, kind, shopper_id, brand, last4, exp_month,"
@@ -102,11 +110,13 @@ class PaymentMethods:
         gateway: CardGateway,
         sync: sync_pb2_grpc.SyncServiceAsyncStub,
         outbox: Outbox,
+        faults: FaultInjector = NO_FAULTS,
     ) -> None:
         self._pool = pool
         self._gateway = gateway
         self._sync = sync
         self._outbox = outbox
+        self._faults = faults
 
     async def add(
         self,
@@ -126,7 +136,7 @@ class PaymentMethods:
         replaced.
 
         A retry with the same idempotency key (or, without one, the same token)
-        answers with the method the first request stored.
+        answers with the method the first request stored, and the one it replaced.
         """
         _require(account_id=account_id, customer_id=customer_id, gateway_token=token)
         if len(idempotency_key) > 255:
@@ -156,8 +166,21 @@ class PaymentMethods:
                 " the request's type asks for; send the matching type or none"
             )
         # (A default replaced leaves none, so the new method becomes the default.)
-        replaced = await self._retire_namesake(account_id, customer_id, source, replace)
-        replaced_id = replaced.payment_method_id if replaced else ""
+        # The token's key names the replacing request: a retry after a crash between
+        # retiring the old method and saving the new one still tells what it replaced.
+        replacing = request_keys[-1]
+        replaced = await self._retire_namesake(account_id, customer_id, source, replace, replacing)
+        replaced_id = (
+            replaced.payment_method_id
+            if replaced
+            else await self._pool.fetchval(
+                "SELECT coalesce(max(payment_method_id), '') FROM payment_methods"
+                " WHERE account_id = $1 AND customer_id = $2 AND replaced_by_request = $3",
+                account_id,
+                customer_id,
+                replacing,
+            )
+        )
         async with self._pool.acquire() as conn, conn.transaction():
             await _lock_customer(conn, account_id, customer_id)
             # A concurrent request with this key may have finished while we waited.
@@ -241,7 +264,9 @@ class PaymentMethods:
                 source.bank_account_type,
             )
             method = PaymentMethod.from_row(row)
-            await self._remember(conn, account_id, request_keys, request_hash, method, False)
+            await self._remember(
+                conn, account_id, request_keys, request_hash, method, False, replaced_id
+            )
             await self._announce(conn, account_id, customer_id)
         log.info(
             "payment_method.added",
@@ -253,13 +278,14 @@ class PaymentMethods:
         return method, False, replaced_id
 
     async def _retire_namesake(
-        self, account_id: str, customer_id: str, source: Any, replace: bool
+        self, account_id: str, customer_id: str, source: Any, replace: bool, replacing: str
     ) -> PaymentMethod | None:
         """Removes the customer's method that the gateway would name as it names the new
         source (same type and last four digits, another card): with both vaulted, a
         charge or a deletion could reach either. Done before the new one is vaulted, and
         committed on its own, so the vault and the table agree at every step; the new
-        method takes over the default. None when there is no such method."""
+        method takes over the default. None when there is no such method. ``replacing``
+        names the add (its token's request key), recorded on the retired method."""
         namesake = await self._live_namesake(self._pool, account_id, customer_id, source)
         if namesake is None:
             return None
@@ -276,7 +302,8 @@ class PaymentMethods:
             )
         async with self._pool.acquire() as conn, conn.transaction():
             await _lock_customer(conn, account_id, customer_id)
-            await self._remove(conn, namesake, pass_default=False)
+            await self._remove(conn, namesake, pass_default=False, replaced_by=replacing)
+        self._faults.hit("method.after_retire")
         await self._delete_from_vault(namesake)
         log.info(
             "payment_method.replaced",
@@ -309,7 +336,7 @@ class PaymentMethods:
     ) -> tuple[PaymentMethod, bool, str] | None:
         """The stored answer to the first of ``request_keys`` seen before, if any."""
         row = await (conn or self._pool).fetchrow(
-            "SELECT r.request_hash, r.already_on_file,"
+            "SELECT r.request_hash, r.already_on_file, r.replaced_payment_method_id,"
             f" {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))}"
             " FROM payment_method_requests r JOIN payment_methods m USING (payment_method_id)"
             " WHERE r.account_id = $1 AND r.request_key = ANY($2::text[])"
@@ -326,8 +353,9 @@ class PaymentMethods:
             )
         data = dict(row)
         on_file = data.pop("already_on_file")
+        replaced_id = data.pop("replaced_payment_method_id")
         data.pop("request_hash")
-        return PaymentMethod(**data), on_file, ""
+        return PaymentMethod(**data), on_file, replaced_id
 
     @staticmethod
     async def _remember(
@@ -337,13 +365,14 @@ class PaymentMethods:
         request_hash: str,
         method: PaymentMethod,
         on_file: bool,
+        replaced_id: str = "",
     ) -> None:
         await conn.executemany(
             "INSERT INTO payment_method_requests (account_id, request_key, request_hash,"
-            " payment_method_id, already_on_file) VALUES ($1, $2, $3, $4, $5)"
-            " ON CONFLICT DO NOTHING",
+            " payment_method_id, already_on_file, replaced_payment_method_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
             [
-                (account_id, key, request_hash, method.payment_method_id, on_file)
+                (account_id, key, request_hash, method.payment_method_id, on_file, replaced_id)
                 for key in request_keys
             ],
         )
@@ -399,15 +428,19 @@ class PaymentMethods:
             await self._remove(conn, method, pass_default=True)
         await self._delete_from_vault(method)
 
-    async def _remove(self, conn: Any, method: PaymentMethod, *, pass_default: bool) -> None:
+    async def _remove(
+        self, conn: Any, method: PaymentMethod, *, pass_default: bool, replaced_by: str = ""
+    ) -> None:
         """Removes a method inside the caller's transaction, which holds the customer's
         lock, and marks its source for deletion from the vault (done after the commit
-        by ``_delete_from_vault``, or by the recovery pass)."""
+        by ``_delete_from_vault``, or by the recovery pass). ``replaced_by``: the
+        request key of the add that replaces it, if one does."""
         removed = await conn.fetchval(
             "UPDATE payment_methods SET removed_at = now(), is_default = false,"
-            " vault_delete_pending = true"
+            " vault_delete_pending = true, replaced_by_request = nullif($2, '')"
             " WHERE payment_method_id = $1 AND removed_at IS NULL RETURNING true",
             method.payment_method_id,
+            replaced_by,
         )
         if not removed:
             return
@@ -422,10 +455,11 @@ class PaymentMethods:
                 method.customer_id,
             )
 
-    async def _delete_from_vault(self, method: PaymentMethod, conn: Any = None) -> bool:
+    async def _delete_from_vault(self, method: PaymentMethod, conn: Any = None) -> str:
         """Deletes a removed method's source at the gateway (one already gone counts as
-        deleted); False when the gateway could not be asked, and the recovery pass
-        tries again.
+        deleted): DELETED; LATER when the gateway could not be asked (the next recovery
+        pass tries again); REFUSED when it refused (tried again after a backoff that
+        doubles from a minute to a day, and logged as an error each time).
 
         The gateway deletes by name (type and last four digits), so this runs under the
         customer's lock (taken here, unless ``conn`` holds it) and only while the
@@ -440,43 +474,76 @@ class PaymentMethods:
             method.payment_method_id,
         )
         if not pending:
-            return True
+            return DELETED
         try:
             await self._gateway.remove_source(
                 method.shopper_id, method.kind, method.brand, method.last4
             )
-        except (GatewayUnavailable, GatewayTimeout, GatewayRefused) as err:
+        except (GatewayUnavailable, GatewayTimeout) as err:
             log.warning(
                 "payment_method.vault_delete_later",
                 payment_method_id=method.payment_method_id,
                 error=str(err),
             )
-            return False
+            await conn.execute(
+                "UPDATE payment_methods SET vault_delete_error = $2 WHERE payment_method_id = $1",
+                method.payment_method_id,
+                type(err).__name__,
+            )
+            return LATER
+        except GatewayRefused as err:
+            # Recorded on a connection of its own: an add refused for it rolls back.
+            refusals, next_at = await self._pool.fetchrow(
+                "UPDATE payment_methods SET vault_delete_refusals = vault_delete_refusals + 1,"
+                " vault_delete_error = $2, vault_delete_next_at = now() + make_interval("
+                "secs => least($3 * 2 ^ least(vault_delete_refusals, 20), $4))"
+                " WHERE payment_method_id = $1"
+                " RETURNING vault_delete_refusals, vault_delete_next_at",
+                method.payment_method_id,
+                err.name or f"HTTP {err.status}",
+                REFUSED_BACKOFF_FIRST,
+                REFUSED_BACKOFF_MAX,
+            )
+            log.error(
+                "payment_method.vault_delete_refused",
+                payment_method_id=method.payment_method_id,
+                shopper_id=method.shopper_id,
+                error=str(err),
+                refusals=refusals,
+                next_attempt_at=next_at.isoformat(),
+                fix="the card gateway keeps a source arbridge removed; have the gateway's"
+                " support delete it from the shopper",
+            )
+            return REFUSED
         await conn.execute(
-            "UPDATE payment_methods SET vault_delete_pending = false WHERE payment_method_id = $1",
+            "UPDATE payment_methods SET vault_delete_pending = false, vault_delete_error = ''"
+            " WHERE payment_method_id = $1",
             method.payment_method_id,
         )
-        return True
+        return DELETED
 
     async def delete_pending_sources(self, limit: int = 50) -> int:
         """The recovery pass: deletes from the vault the sources of removed methods the
-        gateway has not confirmed deleted; returns how many it deleted."""
+        gateway has not confirmed deleted, but for those it refused whose next attempt
+        is not due; returns how many it deleted."""
         rows = await self._pool.fetch(
             f"SELECT {_COLUMNS} FROM payment_methods WHERE vault_delete_pending"
+            " AND (vault_delete_next_at IS NULL OR vault_delete_next_at <= now())"
             " ORDER BY removed_at LIMIT $1",
             limit,
         )
         deleted = 0
         for row in rows:
-            deleted += await self._delete_from_vault(PaymentMethod.from_row(row))
+            deleted += await self._delete_from_vault(PaymentMethod.from_row(row)) == DELETED
         return deleted
 
     async def _settle_namesake_deletions(
         self, conn: Any, account_id: str, customer_id: str, source: Any
     ) -> None:
         """Before a source is vaulted: a removed method of the customer with its name
-        whose deletion the gateway has not confirmed is deleted now, or the add waits
-        (Unavailable): with both vaulted, the gateway could not tell them apart."""
+        whose deletion the gateway has not confirmed is deleted now (whatever its
+        backoff), or the add waits (Unavailable), or is refused while the gateway
+        refuses the deletion: with both vaulted, the gateway could not tell them apart."""
         for row in await conn.fetch(
             f"SELECT {_COLUMNS} FROM payment_methods WHERE account_id = $1 AND customer_id = $2"
             " AND vault_delete_pending AND kind = $3 AND brand = $4 AND last4 = $5",
@@ -486,10 +553,19 @@ class PaymentMethods:
             source.brand,
             source.last4,
         ):
-            if not await self._delete_from_vault(PaymentMethod.from_row(row), conn):
+            removed = PaymentMethod.from_row(row)
+            outcome = await self._delete_from_vault(removed, conn)
+            if outcome == LATER:
                 raise Unavailable(
                     "the card gateway has not yet deleted the removed card or account this "
                     "one replaces; retry in a minute with the same token"
+                )
+            if outcome == REFUSED:
+                raise FailedPrecondition(
+                    f"the card gateway refuses to delete the removed {_named(removed)} from"
+                    f" shopper {removed.shopper_id}, and a new one of that name cannot be"
+                    " told apart from it there: have the gateway's support delete it, then"
+                    " retry with a new token"
                 )
 
     async def _announce(self, conn: Any, account_id: str, customer_id: str) -> None:
@@ -528,6 +604,13 @@ class PaymentMethods:
             ) from None
         except (GatewayUnavailable, GatewayTimeout) as err:
             raise Unavailable(f"{err}; retry") from None
+
+
+def _named(method: PaymentMethod) -> str:
+    """How the gateway names a method: type and last four digits."""
+    if method.kind != CARD:
+        return f"bank account ending {method.last4}"
+    return f"{method.brand or 'card'} ending {method.last4}"
 
 
 def charged_source(kind: str, last4: str) -> str:
