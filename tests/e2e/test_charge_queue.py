@@ -300,6 +300,18 @@ async def test_a_request_that_meets_another_charge_of_its_invoice_is_charged_whe
                 },
             )
 
+            # Meanwhile the record says why it waits (it stays a request: Pending).
+            async def told_why() -> dict[str, Any] | None:
+                found = (await _queue_values(http, suite))[record]
+                return found if found.get("message") else None
+
+            waiting = await eventually(told_why, timeout=20)
+            assert waiting is not None, "the waiting request's record never said why"
+            assert waiting["status"] == "Pending", waiting
+            assert waiting["message"].startswith(
+                "Not charged yet: another charge of this invoice is in progress"
+            ), waiting
+
             async def charged() -> dict[str, Any] | None:
                 found = (await _queue_values(http, suite))[record]
                 return found if found["status"] in ("Processing", "Paid") else None

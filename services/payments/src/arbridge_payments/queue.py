@@ -19,6 +19,8 @@ crash at any point leaves work the next pass finishes: a request recorded but
 not charged (the process died in between, or another charge of the invoice
 was in progress) is charged again under its key by the ``charge_unsent`` pass
 once it has waited ``UNSENT_RETRY``, or at once when its record is read again.
+While a request waits for another charge of its invoice (a bank debit settles
+for days), its record says so: status Pending, and why in the message.
 
 Each connected account's queue is read every ``poll_seconds`` (and at once
 when sync forwards an Intacct event about a queue record). A company without
@@ -60,6 +62,13 @@ UNAVAILABLE_RETRY = timedelta(days=1)
 # that a try still in flight has recorded its charge (a repeat would only replay it).
 UNSENT_RETRY = timedelta(seconds=15)
 FINAL = frozenset({"Paid", "Declined", "Failed"})
+# Why a request waits, as its record says it.
+WAITING_FOR_CHARGE = (
+    "another charge of this invoice is in progress or being posted to Intacct (a bank"
+    " debit settles in a few business days); this one is charged once it is done, if a"
+    " balance is left."
+)
+WAITING_FOR_STORE = "arbridge could not read the invoice's open balance just now."
 NO_PLATFORM = (
     "the company has no Platform Services with the BlueSnap application, so it has no "
     "charge queue; charges are made from AR Automation only"
@@ -73,6 +82,8 @@ class Outcome:
     status: str
     message: str
     payment_key: str = ""
+    # Not an outcome: why the request is not charged yet (it stays Pending).
+    waiting: str = ""
 
 
 class ChargeQueue:
@@ -229,6 +240,7 @@ class ChargeQueue:
             " VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (account_id, queue_record_no) DO UPDATE"
             " SET attempt = queue_requests.attempt + 1, charge_id = '', outcome_status = '',"
             " outcome_message = '', written_status = '', written_payment_key = '',"
+            " waiting = '', written_waiting = '',"
             " done = false, fields = EXCLUDED.fields, updated_at = now()"
             # Only a request whose outcome was written and then set back to a requested
             # status by a user is a new attempt.
@@ -310,18 +322,26 @@ class ChargeQueue:
             )
         except (Conflict, Unavailable, DeadlineExceeded) as err:
             # Another charge of the invoice is in progress, or the AR store could not be
-            # read: nothing was charged, and charge_unsent tries again.
+            # read: nothing was charged, and charge_unsent tries again. The record says why.
             log.info(
                 "charge_queue.charge_later",
                 account_id=account_id,
                 record_no=record_no,
                 reason=type(err).__name__,
             )
+            await self._pool.execute(
+                "UPDATE queue_requests SET waiting = $4 WHERE account_id = $1"
+                " AND queue_record_no = $2 AND attempt = $3 AND charge_id = ''",
+                account_id,
+                record_no,
+                attempt,
+                WAITING_FOR_CHARGE if isinstance(err, Conflict) else WAITING_FOR_STORE,
+            )
             return None
         except DomainError as err:
             return Outcome("Failed", _sentence(err.message))
         await self._pool.execute(
-            "UPDATE queue_requests SET charge_id = $3, updated_at = now()"
+            "UPDATE queue_requests SET charge_id = $3, waiting = '', updated_at = now()"
             " WHERE account_id = $1 AND queue_record_no = $2",
             account_id,
             record_no,
@@ -342,7 +362,10 @@ class ChargeQueue:
             " (r.outcome_status <> '' AND r.written_status = '')"
             # or its charge changed (phase, posting) since the request row was last written
             " OR (c.charge_id IS NOT NULL AND (r.written_status = ''"
-            " OR c.updated_at >= r.updated_at)))"
+            " OR c.updated_at >= r.updated_at))"
+            # or it waits, and the record does not say why yet
+            " OR (r.charge_id = '' AND r.outcome_status = '' AND r.written_status = ''"
+            " AND r.waiting <> r.written_waiting))"
             " ORDER BY r.updated_at LIMIT $1",
             limit,
         )
@@ -351,7 +374,9 @@ class ChargeQueue:
             outcome = _outcome(row)
             if outcome is None:
                 continue
-            if (outcome.status, outcome.payment_key) == (
+            if outcome.waiting and outcome.waiting == row["written_waiting"]:
+                continue
+            if not outcome.waiting and (outcome.status, outcome.payment_key) == (
                 row["written_status"],
                 row["written_payment_key"],
             ):
@@ -363,7 +388,7 @@ class ChargeQueue:
     async def _write(self, row: asyncpg.Record, outcome: Outcome) -> bool:
         key = (
             f"queue:{row['queue_record_no']}:{row['attempt']}:{outcome.status}:"
-            f"{outcome.payment_key}"
+            f"{outcome.payment_key or outcome.waiting}"
         )
         try:
             reply = await self._connector.WriteRecords(
@@ -407,6 +432,17 @@ class ChargeQueue:
             )
             await self._back_off(row)
             return False
+        if outcome.waiting:
+            # Still a request (written_status stays empty): charge_unsent goes on with it.
+            await self._pool.execute(
+                "UPDATE queue_requests SET written_waiting = $4, write_failures = 0"
+                " WHERE account_id = $1 AND queue_record_no = $2 AND attempt = $3",
+                row["account_id"],
+                row["queue_record_no"],
+                row["attempt"],
+                outcome.waiting,
+            )
+            return True
         final = outcome.status in FINAL and (outcome.status != "Paid" or bool(outcome.payment_key))
         await self._pool.execute(
             "UPDATE queue_requests SET written_status = $3, written_payment_key = $4,"
@@ -438,8 +474,15 @@ def _outcome(row: asyncpg.Record) -> Outcome | None:
     if row["outcome_status"]:
         return Outcome(row["outcome_status"], row["outcome_message"])
     phase = row["phase"]
+    if phase is None and row["waiting"] and not row["charge_id"]:
+        return Outcome(
+            "Pending",
+            f"Not charged yet: {row['waiting']} arbridge tries again every "
+            f"{int(UNSENT_RETRY.total_seconds())} seconds and never charges twice.",
+            waiting=row["waiting"],
+        )
     if phase is None:
-        return None  # not charged yet (in flight, or waiting for the invoice's other charge)
+        return None  # not charged yet (in flight)
     amount = f"{from_minor(row['amount_minor'], row['currency'])} {row['currency']}"
     source = charged_source(row["kind"], row["last4"])
     charge = row["charge_id"]
