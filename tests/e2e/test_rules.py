@@ -535,3 +535,104 @@ async def test_a_rule_charges_what_a_payment_intacct_does_not_show_yet_left(
         assert [(c.rule_id, c.state, c.amount.amount_minor) for c in made] == [
             (rule.rule_id, payments_pb2.CHARGE_STATE_SUCCEEDED, to_minor("60.00", currency))
         ]
+
+
+@pytest.mark.timeout(300)
+async def test_an_invoice_paid_between_the_check_and_the_charge_is_cleared_not_failed(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    """A replica dies after checking the invoice and recording its attempt; before the
+    attempt is charged, the invoice is paid in Intacct. Payments refuses the charge (the
+    invoice is paid): the schedule is cleared, not failed, retried or stopped."""
+    async with (
+        synced_payments_suite(
+            tmp_path,
+            database_url,
+            nats_url,
+            unique,
+            customers=12,
+            invoices=60,
+            services=("connector", "sync", "payments", "gateway"),
+        ) as suite,
+        aiohttp.ClientSession() as http,
+    ):
+        doomed = await _rules_replica(
+            tmp_path, suite, database_url, nats_url, unique, "doomed", "rules.after_attempt:kill"
+        )
+        rules = rules_pb2_grpc.RulesServiceStub(service_channel(doomed.grpc_target, TOKEN))
+        payer = Payer(suite, http, suite.target("payments"))
+        await install_smart_events(http, suite)
+        (customer, currency), *_ = await _customers_with_currency(suite)
+        await payer.add_card(customer, "4242424242424242")
+        await rules.CreateRule(
+            rules_pb2.CreateRuleRequest(
+                rule=_rule("charge new invoices", currency, conditions={"customer_ids": [customer]})
+            )
+        )
+        created = await _create_invoice(http, suite, customer, "80.00", f"RACE-{unique}")
+        assert await asyncio.to_thread(doomed.process.wait, 60) == -9
+
+        # Paid in Intacct in full, by a payment arbridge did not make.
+        today = date.today()
+        bank = "BOA-USD" if currency == "USD" else f"BANK-{currency}"
+        async with http.post(
+            f"{suite.sandbox_admin}/companies/{suite.sandbox['company_id']}/ui",
+            data=(
+                f"<create_arpayment><customerid>{customer}</customerid>"
+                f"<paymentamount>80.00</paymentamount><bankaccountid>{bank}</bankaccountid>"
+                f"<datereceived><year>{today.year}</year><month>{today.month}</month>"
+                f"<day>{today.day}</day></datereceived><currency>{currency}</currency>"
+                f"<arpaymentitem><invoicekey>{created}</invoicekey><amount>80.00</amount>"
+                "</arpaymentitem></create_arpayment>"
+            ),
+            headers={"Content-Type": "application/xml"},
+        ) as reply:
+            assert reply.status == 200, await reply.text()
+        sync = sync_pb2_grpc.SyncServiceStub(service_channel(suite.target("sync"), TOKEN))
+
+        async def paid_in_store() -> bool:
+            invoice = (
+                await sync.GetInvoice(
+                    sync_pb2.GetInvoiceRequest(account_id="acme", record_no=created)
+                )
+            ).invoice
+            return invoice.due.amount_minor == 0
+
+        assert await eventually(paid_in_store, timeout=30), "the payment never reached sync"
+
+        survivor = await _rules_replica(tmp_path, suite, database_url, nats_url, unique, "ok")
+        try:
+            db = await asyncpg.connect(database_url)
+            try:
+
+                async def settled() -> Any:
+                    row = await db.fetchrow(
+                        f'SELECT state, note FROM "{unique}_rules".schedule'
+                        " WHERE invoice_record_no = $1",
+                        created,
+                    )
+                    return row if row is not None and row["state"] != "charging" else None
+
+                row = await eventually(settled, timeout=30)
+                attempts = await db.fetch(
+                    f'SELECT outcome, charge_id FROM "{unique}_rules".attempts'
+                    " WHERE invoice_record_no = $1",
+                    created,
+                )
+            finally:
+                await db.close()
+            assert row is not None
+            assert (row["state"], row["note"]) == (
+                "cleared",
+                "the invoice was paid before this attempt could charge it; nothing was charged",
+            ), row
+            # The attempt was refused, and charged nothing.
+            assert [(a["outcome"], a["charge_id"]) for a in attempts] == [("failed", "")]
+            charges = (
+                await payer.stub.ListCharges(
+                    payments_pb2.ListChargesRequest(account_id="acme", invoice_record_no=created)
+                )
+            ).charges
+            assert list(charges) == []
+        finally:
+            survivor.process.terminate()

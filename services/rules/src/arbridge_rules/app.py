@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from arbridge.connector.v1 import connector_pb2_grpc
 from arbridge.payments.v1 import payments_pb2_grpc
@@ -47,6 +48,7 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         sync_pb2_grpc.SyncServiceStub(sync_channel),
         payments_pb2_grpc.PaymentsServiceStub(payments_channel),
         lease_seconds=settings.lease_seconds,
+        in_progress_retry=timedelta(seconds=settings.in_progress_retry_seconds),
         faults=ctx.faults,
     )
     ctx.grpc.add_service(

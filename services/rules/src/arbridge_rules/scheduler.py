@@ -130,6 +130,7 @@ class Scheduler:
         payments: payments_pb2_grpc.PaymentsServiceAsyncStub,
         *,
         lease_seconds: float = 60.0,
+        in_progress_retry: timedelta = IN_PROGRESS_RETRY,
         faults: FaultInjector = NO_FAULTS,
     ) -> None:
         self._pool = pool
@@ -137,6 +138,7 @@ class Scheduler:
         self._sync = sync
         self._payments = payments
         self._lease = lease_seconds
+        self._in_progress_retry = in_progress_retry
         self._faults = faults
 
     # Mirrors (consumers) ------------------------------------------------------------
@@ -595,6 +597,29 @@ class Scheduler:
                 return None
         return amount
 
+    async def _settled_otherwise(self, row: asyncpg.Record) -> str | None:
+        """Why the row's invoice needs no charge now, as the AR store shows it (gone, or
+        not open, or nothing due); None when it still does, or cannot be read."""
+        account_id, record_no = row["account_id"], row["invoice_record_no"]
+        try:
+            fresh = (
+                await self._sync.GetInvoice(
+                    sync_pb2.GetInvoiceRequest(account_id=account_id, record_no=record_no),
+                    timeout=30,
+                )
+            ).invoice
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return "the invoice no longer exists; nothing was charged"
+            return None
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self.store_invoice(conn, fresh, datetime.now(UTC))
+        state = STATES.get(fresh.state, "open")
+        if state not in ("paid", "void", "draft") and fresh.due.amount_minor > 0:
+            return None
+        done = {"void": "voided", "draft": "made a draft again"}.get(state, "paid")
+        return f"the invoice was {done} before this attempt could charge it; nothing was charged"
+
     @staticmethod
     async def _after_failure(conn: Any, attempt: asyncpg.Record, reason: str) -> None:
         """Moves the schedule after a failed attempt: to the rule's next retry, or stopped."""
@@ -694,7 +719,9 @@ class Scheduler:
             # The invoice is being paid (a payer through a link, or this attempt still in
             # flight): look again shortly, under the same key.
             await self._release(
-                row, f"a payment of the invoice is in progress: {err.details()}", IN_PROGRESS_RETRY
+                row,
+                f"a payment of the invoice is in progress: {err.details()}",
+                self._in_progress_retry,
             )
             return
         if code in (
@@ -702,7 +729,13 @@ class Scheduler:
             grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.NOT_FOUND,
         ):
-            await self._record(row, attempt, None, str(err.details()))
+            # Refused as paid, void or gone: if the AR store says so too, the invoice was
+            # settled otherwise (a payer, a payment in Intacct) between the check before
+            # the charge and the charge: nothing to collect, not a failure to retry.
+            settled = None
+            if code != grpc.StatusCode.INVALID_ARGUMENT:
+                settled = await self._settled_otherwise(row)
+            await self._record(row, attempt, None, str(err.details()), cleared=settled)
             return
         # Unavailable, deadline, internal: the outcome is unknown; the lease lapses and the
         # next claim asks again with the same key.
@@ -719,8 +752,11 @@ class Scheduler:
         attempt: asyncpg.Record,
         charge: payments_pb2.Charge | None,
         refusal: str | None,
+        *,
+        cleared: str | None = None,
     ) -> None:
-        """Writes the attempt's outcome and moves the schedule: done, a retry, or stopped."""
+        """Writes the attempt's outcome and moves the schedule: done, a retry, or stopped;
+        cleared (with that note) when the refused invoice needs no charge any more."""
         account_id, record_no = row["account_id"], row["invoice_record_no"]
         if charge is not None and charge.state in (
             payments_pb2.CHARGE_STATE_PENDING,
@@ -765,6 +801,15 @@ class Scheduler:
                     account_id,
                     record_no,
                     f"charged by charge {charge_id}",
+                )
+            elif cleared is not None:
+                await conn.execute(
+                    "UPDATE schedule SET state = 'cleared', charge_at = NULL,"
+                    " lease_until = NULL, note = $3, updated_at = now()"
+                    " WHERE account_id = $1 AND invoice_record_no = $2",
+                    account_id,
+                    record_no,
+                    cleared[:500],
                 )
             else:
                 await self._after_failure(conn, attempt, reason)

@@ -26,6 +26,9 @@ class Settings:
             replica may take it (``ARBRIDGE_RULES_LEASE_SECONDS``); above a charge's
             longest time at payments.
         tick_seconds: How often due charges are looked for (``ARBRIDGE_RULES_TICK_SECONDS``).
+        in_progress_retry_seconds: How long a charge payments refused because another
+            payment of the invoice is in progress waits before it is looked at again
+            (``ARBRIDGE_RULES_IN_PROGRESS_RETRY_SECONDS``).
     """
 
     runtime: RuntimeSettings
@@ -35,6 +38,7 @@ class Settings:
     intacct_poll_seconds: float = 300.0
     lease_seconds: float = 150.0
     tick_seconds: float = 1.0
+    in_progress_retry_seconds: float = 120.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -47,6 +51,9 @@ class Settings:
         intacct_poll = env.number("ARBRIDGE_RULES_INTACCT_POLL_SECONDS", 300.0, minimum=0.5)
         lease = env.number("ARBRIDGE_RULES_LEASE_SECONDS", 150.0, minimum=1.0)
         tick = env.number("ARBRIDGE_RULES_TICK_SECONDS", 1.0, minimum=0.05)
+        in_progress_retry = env.number(
+            "ARBRIDGE_RULES_IN_PROGRESS_RETRY_SECONDS", 120.0, minimum=0.1
+        )
         env.check()
         return cls(
             runtime=runtime,
@@ -56,4 +63,5 @@ class Settings:
             intacct_poll_seconds=intacct_poll,
             lease_seconds=lease,
             tick_seconds=tick,
+            in_progress_retry_seconds=in_progress_retry,
         )
