@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from arbridge.common.v1 import common_pb2
 from arbridge.payments.v1 import payments_pb2
 from arbridge_devinfra.infra import free_port
 from arbridge_runtime.money import from_minor
@@ -125,6 +126,37 @@ async def test_pay_pages_charge_once_and_refuse_what_they_must(
                 assert reply.status == 200
                 assert "Payment received" in await reply.text()
 
+            # Refunds show on the receipt: a part, then the rest.
+            charge_id = first[1].split("/charges/")[1]
+            cur = invoice.currency
+            for key, minor in (("refund-part", 40), ("refund-rest", None)):
+                await payer.stub.RefundCharge(
+                    payments_pb2.RefundChargeRequest(
+                        account_id="acme",
+                        charge_id=charge_id,
+                        idempotency_key=key,
+                        amount=None
+                        if minor is None
+                        else common_pb2.Money(amount_minor=minor, currency=cur),
+                    )
+                )
+                async with http.get(base + first[1]) as reply:
+                    receipt = _plain_text(await reply.text())
+                if minor is not None:
+                    assert "Payment received" in receipt
+                    assert (
+                        f"Part of it was refunded: {from_minor(40, cur)} {cur} back to the"
+                        " card ending 1111." in receipt
+                    ), receipt
+                    assert f"Refunded {from_minor(40, cur)} {cur}" in receipt
+                else:
+                    assert "Payment refunded" in receipt
+                    assert (
+                        f"This payment was refunded in full: {amount} {cur} back to the card"
+                        " ending 1111." in receipt
+                    ), receipt
+                    assert f"Refunded {amount} {cur}" in receipt
+
             # Paying once with a new card never takes a saved one away. The gateway tells
             # a customer's cards apart by type and last four digits only, so a saved card
             # with the new one's (here the same card with a new expiry) stays, and the
@@ -225,3 +257,8 @@ async def test_pay_pages_charge_once_and_refuse_what_they_must(
                 payments_pb2.ListPaymentMethodsRequest(account_id="acme", customer_id=other)
             )
             assert list(methods.payment_methods) == []
+
+
+def _plain_text(html: str) -> str:
+    """A page's text with its tags and the white space between them collapsed."""
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())

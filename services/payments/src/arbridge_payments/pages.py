@@ -716,6 +716,8 @@ for future payments by default</label>
         )
         phase = row["phase"]
         refresh = phase in ("pending", "processing")
+        paid_with = charged_source(row["kind"], row["last4"])
+        refunded = int(row["refunded_minor"]) if phase in ("succeeded", "settling") else 0
         title = {
             "succeeded": "Payment received",
             "settling": "Payment submitted",
@@ -734,13 +736,31 @@ for future payments by default</label>
             "We are confirming your payment with the card network. This page updates "
             "by itself; there is no need to pay again.",
         )
+        if refunded:
+            back_to = f"{_amount(refunded, currency)} {currency} back to the {paid_with}"
+            if refunded >= row["amount_minor"]:
+                title = "Payment refunded"
+                status_text = (
+                    f"This payment was refunded in full: {back_to}. A refund takes a few "
+                    "business days to show on your statement."
+                )
+            else:
+                status_text += (
+                    f" Part of it was refunded: {back_to}. A refund takes a few business "
+                    "days to show on your statement."
+                )
         when = row["created_at"].astimezone(UTC).strftime("%d %b %Y %H:%M UTC")
         tone = "done" if phase in ("succeeded", "settling") else "message"
         back = "the invoice" if link.kind == "payment" else "your invoices"
+        refund_line = (
+            f"\n<dt>Refunded</dt><dd>{_e(_amount(refunded, currency))} {_e(currency)}</dd>"
+            if refunded
+            else ""
+        )
         body = f"""<p class="{tone}" role="status">{_e(status_text)}</p>
 <dl class="receipt">
 <dt>Amount</dt><dd>{_e(_amount(row["amount_minor"], currency))} {_e(currency)}</dd>
-<dt>Paid with</dt><dd>{_e(charged_source(row["kind"], row["last4"]).capitalize())}</dd>
+<dt>Paid with</dt><dd>{_e(paid_with.capitalize())}</dd>{refund_line}
 <dt>Date</dt><dd>{_e(when)}</dd>
 <dt>Reference</dt><dd><code>{_e(row["charge_id"])}</code></dd>
 </dl>
