@@ -513,6 +513,66 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
             )
             assert resynced.synced
             assert resynced.record.state == sync_pb2.UNSYNCED_STATE_RESYNCED
+
+            # 8. Records that failed and were then deleted in Intacct are unsynced no
+            # more: one by its delete event, one found gone when it is re-synced.
+            by_event, by_resync = drifted[11], drifted[12]
+            await _admin(
+                http,
+                suite,
+                "PUT",
+                f"/companies/{company}/faults",
+                json={"failing_records": [f"ARINVOICE:{by_event}", f"ARINVOICE:{by_resync}"]},
+            )
+            for key in (by_event, by_resync):
+                async with http.post(
+                    token_url,
+                    data=f"object=ARINVOICE&action=set&RECORDNO={key}",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                ) as reply:
+                    assert reply.status == 202
+
+            async def both_registered() -> bool:
+                listed = await sync.ListUnsynced(sync_pb2.ListUnsyncedRequest(account_id=ACCOUNT))
+                return {by_event, by_resync} <= {r.record_no for r in listed.records}
+
+            await _until(both_registered, 30, "the two unsynced entries")
+            await _admin(
+                http, suite, "PUT", f"/companies/{company}/faults", json={"failing_records": []}
+            )
+            for key in (by_event, by_resync):
+                await _admin(http, suite, "DELETE", f"/companies/{company}/records/ARINVOICE/{key}")
+            async with http.post(
+                token_url,
+                data=f"object=ARINVOICE&action=delete&RECORDNO={by_event}",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            ) as reply:
+                assert reply.status == 202
+
+            async def entries() -> dict[str, sync_pb2.UnsyncedRecord]:
+                listed = await sync.ListUnsynced(
+                    sync_pb2.ListUnsyncedRequest(account_id=ACCOUNT, include_resolved=True)
+                )
+                return {r.record_no: r for r in listed.records}
+
+            async def resolved_by_event() -> bool:
+                found = (await entries())[by_event]
+                return found.state == sync_pb2.UNSYNCED_STATE_RESYNCED
+
+            await _until(resolved_by_event, 30, "the deleted record's entry resolved")
+            assert "deleted in Intacct" in (await entries())[by_event].resolution_note
+            gone = await sync.ResyncRecord(
+                sync_pb2.ResyncRecordRequest(
+                    account_id=ACCOUNT, unsynced_id=(await entries())[by_resync].unsynced_id
+                )
+            )
+            assert gone.synced
+            assert gone.record.state == sync_pb2.UNSYNCED_STATE_RESYNCED
+            assert "deleted in Intacct" in gone.record.resolution_note
+            for key in (by_event, by_resync):
+                assert await db.fetchval(
+                    f'SELECT deleted FROM "{schema}".invoices WHERE record_no = $1', key
+                )
         await db.close()
         await connector_channel.close(None)
         await sync_channel.close(None)

@@ -16,14 +16,14 @@ from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
 from arbridge.sync.v1 import sync_pb2
 from arbridge_runtime import custom_objects, webhooks
-from arbridge_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from arbridge_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from arbridge_runtime.jetstream import Delivery, Outbox, PoisonMessage, RetryableError
 from arbridge_sync import store, writeback
 from arbridge_sync.intacct_events import BadEvent, IntacctEvent, parse
 from arbridge_sync.jobs import NO_CONTEXT, JobRunner, ReadContext, next_daily, read_context
 from arbridge_sync.mapping import Unmappable
 from arbridge_sync.objects import BY_NAME, SYNCED, Synced, read_fields
-from arbridge_sync.unsynced import record_failure, resolve
+from arbridge_sync.unsynced import record_failure, resolve, resolve_deleted
 
 # The charge-queue custom object's events go to payments; the rule object's to rules.
 CHARGE_QUEUE_OBJECT = custom_objects.QUEUE_OBJECT
@@ -140,14 +140,7 @@ class SyncCore:
     ) -> None:
         context = await read_context(conn, account_id) or NO_CONTEXT
         if event.action == "delete":
-            await store.delete(
-                conn,
-                self.outbox,
-                synced.table,
-                account_id,
-                [event.record_no],
-                time_zone=context.time_zone,
-            )
+            await self._delete(conn, account_id, synced, event.record_no, context)
             return
         fields = event.fields
         if event.carries_data:
@@ -235,16 +228,23 @@ class SyncCore:
             return None
         if not reply.records:
             # Gone from Intacct (or out of this connection's reach): treat as deleted.
-            await store.delete(
-                conn,
-                self.outbox,
-                synced.table,
-                account_id,
-                [record_no],
-                time_zone=context.time_zone,
-            )
+            await self._delete(conn, account_id, synced, record_no, context)
             return None
         return dict(reply.records[0].fields)
+
+    async def _delete(
+        self,
+        conn: asyncpg.Connection,
+        account_id: str,
+        synced: Synced,
+        record_no: str,
+        context: ReadContext,
+    ) -> None:
+        """Tombstones a record deleted in Intacct; its unsynced entries are resolved."""
+        await store.delete(
+            conn, self.outbox, synced.table, account_id, [record_no], time_zone=context.time_zone
+        )
+        await resolve_deleted(conn, account_id, synced.name, [record_no])
 
     # Unsynced registry ----------------------------------------------------------------
 
@@ -280,7 +280,13 @@ class SyncCore:
             if synced is None:
                 raise InvalidArgument(f"{entry['object_type']} records cannot be re-synced")
             context = await read_context(conn, account_id) or NO_CONTEXT
-            fields = await self._fetch(conn, account_id, synced, entry["record_no"], context)
+            try:
+                fields = await self._fetch(conn, account_id, synced, entry["record_no"], context)
+            except RetryableError as exc:
+                raise Unavailable(
+                    f"the record could not be read from Intacct just now ({exc}); "
+                    "retry the re-sync in a minute"
+                ) from None
             ok = (
                 fields is not None
                 and await self._apply_fields(conn, account_id, synced, fields, context) is not None
@@ -289,7 +295,9 @@ class SyncCore:
                 await resolve(
                     conn, account_id, synced.name, entry["record_no"], "from_intacct", "resynced"
                 )
-            return await self._entry(conn, account_id, unsynced_id), ok
+            entry = await self._entry(conn, account_id, unsynced_id)
+            # A record gone from Intacct is resolved by its deletion.
+            return entry, ok or entry["state"] != "open"
 
     async def mark_synced(
         self, account_id: str, unsynced_id: str, actor: str, reason: str

@@ -38,7 +38,7 @@ from arbridge_runtime.workers import run_passes
 from arbridge_sync import store
 from arbridge_sync.mapping import Unmappable
 from arbridge_sync.objects import SYNCED, Synced, read_fields
-from arbridge_sync.unsynced import record_failure
+from arbridge_sync.unsynced import record_failure, resolve_deleted
 
 log = structlog.get_logger(__name__)
 
@@ -441,9 +441,11 @@ class JobRunner:
                 )
             ]
             missing = [r for r in stored if r not in seen]
-            return await store.delete(
+            deleted = await store.delete(
                 conn, self.outbox, synced.table, account_id, missing, time_zone=tz
             )
+            await resolve_deleted(conn, account_id, synced.name, missing)
+            return deleted
 
     async def _finish(
         self, job: Mapping[str, Any], state: str, error: str, progress: Mapping[str, ObjectProgress]

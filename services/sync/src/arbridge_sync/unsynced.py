@@ -66,6 +66,24 @@ async def resolve(
     )
 
 
+async def resolve_deleted(
+    conn: asyncpg.Connection, account_id: str, object_name: str, record_nos: Sequence[str]
+) -> None:
+    """Records deleted in Intacct are unsynced no more (the AR store marks them deleted,
+    and nothing can be written to them): their open entries are resolved, with why."""
+    if not record_nos:
+        return
+    await conn.execute(
+        "UPDATE unsynced SET state = 'resynced', resolution_note = $4, resolved_at = now()"
+        " WHERE account_id = $1 AND object_type = $2 AND record_no = ANY($3::text[])"
+        " AND state = 'open'",
+        account_id,
+        object_name,
+        list(record_nos),
+        "deleted in Intacct: the AR store marks it deleted",
+    )
+
+
 async def on_payment_posted(conn: asyncpg.Connection, delivery: Any) -> None:
     """Intacct took a payment (``payments.payment.posted``): an entry it had in the
     registry (refused before, then re-synced) is resolved."""
