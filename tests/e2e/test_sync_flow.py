@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 import asyncpg
+import grpc
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -573,6 +574,39 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
                 assert await db.fetchval(
                     f'SELECT deleted FROM "{schema}".invoices WHERE record_no = $1', key
                 )
+
+            # 9. A re-sync while the connector is down says so and changes nothing.
+            stuck = drifted[13]
+            await _admin(
+                http,
+                suite,
+                "PUT",
+                f"/companies/{company}/faults",
+                json={"failing_records": [f"ARINVOICE:{stuck}"]},
+            )
+            async with http.post(
+                token_url,
+                data=f"object=ARINVOICE&action=set&RECORDNO={stuck}",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            ) as reply:
+                assert reply.status == 202
+
+            async def stuck_registered() -> bool:
+                return stuck in await entries()
+
+            await _until(stuck_registered, 30, "the third unsynced entry")
+            connector = suite.processes["connector"].process
+            connector.terminate()
+            await asyncio.to_thread(connector.wait, 30)
+            with pytest.raises(grpc.aio.AioRpcError) as down:
+                await sync.ResyncRecord(
+                    sync_pb2.ResyncRecordRequest(
+                        account_id=ACCOUNT, unsynced_id=(await entries())[stuck].unsynced_id
+                    )
+                )
+            assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "retry the re-sync in a minute" in str(down.value.details())
+            assert (await entries())[stuck].state == sync_pb2.UNSYNCED_STATE_OPEN
         await db.close()
         await connector_channel.close(None)
         await sync_channel.close(None)
