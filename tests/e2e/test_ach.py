@@ -23,7 +23,6 @@ from arbridge.payments.v1 import payments_pb2
 from arbridge.rules.v1 import rules_pb2, rules_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_devinfra.infra import free_port
-from arbridge_runtime import webhooks
 from arbridge_runtime.grpc_client import service_channel
 from arbridge_runtime.money import to_minor
 from tests.conftest import TOKEN
@@ -38,10 +37,12 @@ from tests.support.payments import (
     eventually,
     intacct_values,
     leaks,
+    notify_url,
     open_invoices_by_customer,
+    sandbox_notifications,
     synced_payments_suite,
 )
-from tests.support.suite import WEBHOOK_SECRET, Suite, install_smart_events
+from tests.support.suite import Suite, install_smart_events
 
 SETTLING = payments_pb2.CHARGE_STATE_SETTLING
 
@@ -77,21 +78,6 @@ async def _add_bank(payer: Payer, customer: str, account: str) -> payments_pb2.P
     return reply.payment_method
 
 
-def _notify_url(suite: Suite) -> str:
-    """The webhook gateway's door for the card gateway's notifications about "acme"."""
-    return f"{suite.gateway_base}/v1/cards/acme/{webhooks.url_token(WEBHOOK_SECRET, 'acme')}"
-
-
-async def _sandbox_notifications(
-    http: aiohttp.ClientSession, suite: Suite, url: str, settle_seconds: float
-) -> None:
-    async with http.put(
-        suite.cards["base_url"] + "/sandbox/notifications",
-        json={"url": url, "ach_settle_seconds": settle_seconds},
-    ) as reply:
-        assert reply.status == 200
-
-
 async def _state(payer: Payer, charge_id: str) -> payments_pb2.Charge:
     reply = await payer.stub.GetCharge(
         payments_pb2.GetChargeRequest(account_id="acme", charge_id=charge_id)
@@ -124,7 +110,7 @@ async def test_ach_debits_settle_by_notification_are_returned_and_ignore_forged_
         services=("connector", "sync", "payments", "gateway"),
         service_extra={"ARBRIDGE_PAYMENTS_RECOVERY_SECONDS": "0.3"},  # no ACH polling: 1 h
     ) as suite:
-        notify = _notify_url(suite)
+        notify = notify_url(suite)
         async with aiohttp.ClientSession() as http:
             payer = Payer(suite, http, suite.target("payments"))
             (customer, invoices), (other, other_invoices) = await _usd_setup(suite, payer, 2)
@@ -136,7 +122,7 @@ async def test_ach_debits_settle_by_notification_are_returned_and_ignore_forged_
 
             # A debit the gateway has not settled: a forged "settled" notification
             # through the real webhook door changes nothing (payments asks the gateway).
-            await _sandbox_notifications(http, suite, notify, 3600)
+            await sandbox_notifications(http, suite, notify, 3600)
             first = invoices[0]
             held = (await payer.charge("ach-held", customer, [(first.record_no, None)])).charge
             assert held.state == SETTLING
@@ -161,7 +147,7 @@ async def test_ach_debits_settle_by_notification_are_returned_and_ignore_forged_
 
             # Settled by the gateway a second later: the notification finishes it, and
             # the payment is posted to Intacct and applied.
-            await _sandbox_notifications(http, suite, notify, 1)
+            await sandbox_notifications(http, suite, notify, 1)
             second = invoices[1]
             settled = (
                 await payer.charge("ach-settles", customer, [(second.record_no, None)])
@@ -216,7 +202,7 @@ async def test_a_payer_pays_by_bank_account_and_a_lost_notification_is_found_by_
     ):
         payer = Payer(suite, http, suite.target("payments"))
         # The gateway's notifications go nowhere: only the look-ups can see the end.
-        await _sandbox_notifications(http, suite, "", 1)
+        await sandbox_notifications(http, suite, "", 1)
         ((customer, invoices),) = await _usd_setup(suite, payer, 1)
         invoice = invoices[0]
         url = (
@@ -286,14 +272,14 @@ async def test_a_rules_debit_the_bank_returns_is_a_failed_attempt_and_the_rule_r
             "ARBRIDGE_PAYMENTS_RECOVERY_SECONDS": "0.3",
         },
     ) as suite:
-        notify = _notify_url(suite)
+        notify = notify_url(suite)
         rules = rules_pb2_grpc.RulesServiceStub(service_channel(suite.target("rules"), TOKEN))
         async with aiohttp.ClientSession() as http:
             payer = Payer(suite, http, suite.target("payments"))
             await install_smart_events(http, suite)
             [(customer, _)] = await _usd_setup(suite, payer, 1)
             await _add_bank(payer, customer, "9876540000")  # its debits are returned
-            await _sandbox_notifications(http, suite, notify, 1)
+            await sandbox_notifications(http, suite, notify, 1)
             rule = (
                 await rules.CreateRule(
                     rules_pb2.CreateRuleRequest(

@@ -22,14 +22,16 @@ from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
 from arbridge_runtime.money import from_minor, to_minor
 from tests.conftest import TOKEN
-from tests.e2e.test_ach import _add_bank, _notify_url, _sandbox_notifications, _usd_setup
+from tests.e2e.test_ach import _add_bank, _usd_setup
 from tests.support.payments import (
     Payer,
     deposit_everywhere,
     eventually,
     gateway_transactions,
     intacct_values,
+    notify_url,
     open_invoices_by_customer,
+    sandbox_notifications,
     synced_payments_suite,
 )
 from tests.support.suite import Suite, install_smart_events, sandbox_record
@@ -276,14 +278,14 @@ async def test_a_request_that_meets_another_charge_of_its_invoice_is_charged_whe
         services=("connector", "sync", "payments", "gateway"),
         service_extra={"ARBRIDGE_PAYMENTS_QUEUE_POLL_SECONDS": "3600"},
     ) as suite:
-        notify = _notify_url(suite)
+        notify = notify_url(suite)
         async with aiohttp.ClientSession() as http:
             assert await install_smart_events(http, suite, objects={QUEUE}) == 2
             payer = Payer(suite, http, suite.target("payments"))
             [(customer, invoices)] = await _usd_setup(suite, payer, 1)
             await _add_bank(payer, customer, "7392046789")
             invoice = invoices[0]
-            await _sandbox_notifications(http, suite, notify, 4)
+            await sandbox_notifications(http, suite, notify, 4)
             debit = (await payer.charge("api-debit", customer, [(invoice.record_no, 100)])).charge
             assert debit.state == payments_pb2.CHARGE_STATE_SETTLING
             record = await sandbox_record(

@@ -18,12 +18,17 @@ import pytest
 
 from arbridge.common.v1 import common_pb2
 from arbridge.payments.v1 import payments_pb2
+from arbridge_runtime.money import from_minor
 from tests.support.payments import (
     FAST_RECOVERY,
     Payer,
     doomed_replica,
+    eventually,
     gateway_transactions,
+    notify_url,
     open_invoices_by_customer,
+    refund_at_gateway,
+    sandbox_notifications,
     synced_payments_suite,
 )
 
@@ -493,3 +498,90 @@ async def test_a_crash_at_each_phase_is_finished_by_recovery_once(
         finally:
             await conn.close()
         assert (stuck, live) == (0, 0)
+
+
+@pytest.mark.timeout(300)
+async def test_refunds_made_at_the_gateway_outside_arbridge_are_recorded(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    """A refund made in the card gateway's console, behind arbridge's back, is recorded:
+    at once from the gateway's REFUND notification, or, with none, before arbridge's
+    next refund of the charge, which is then neither held nor let past what is left."""
+    async with synced_payments_suite(
+        tmp_path,
+        database_url,
+        nats_url,
+        unique,
+        customers=12,
+        invoices=60,
+        services=("connector", "sync", "payments", "gateway"),
+        service_extra=FAST_RECOVERY,
+    ) as suite:
+        by_customer = await open_invoices_by_customer(suite, "acme")
+        customer = max(by_customer, key=lambda c: len(by_customer[c]))
+        first, second = [i for i in by_customer[customer] if i.due.amount_minor >= 1000][:2]
+        async with aiohttp.ClientSession() as http:
+            payer = Payer(suite, http, suite.target("payments"))
+            await payer.add_card(customer, "4242424242424242")
+            charged = [
+                (await payer.charge(f"ext-{n}", customer, [(i.record_no, 1000)], i.currency)).charge
+                for n, i in enumerate((first, second))
+            ]
+            assert all(c.state == payments_pb2.CHARGE_STATE_SUCCEEDED for c in charged)
+            one, two = charged
+
+            async def refund(
+                charge: payments_pb2.Charge, key: str, minor: int | None
+            ) -> payments_pb2.RefundChargeResponse:
+                return await payer.stub.RefundCharge(
+                    payments_pb2.RefundChargeRequest(
+                        account_id="acme",
+                        charge_id=charge.charge_id,
+                        idempotency_key=key,
+                        amount=None
+                        if minor is None
+                        else common_pb2.Money(amount_minor=minor, currency=charge.amount.currency),
+                    )
+                )
+
+            # With notifications: the console's refund is recorded from its notification.
+            await sandbox_notifications(http, suite, notify_url(suite), 5)
+            await refund_at_gateway(
+                http, suite, one.gateway_transaction_id, from_minor(300, one.amount.currency)
+            )
+
+            async def noticed() -> payments_pb2.Charge | None:
+                charge = await payer.get_charge(one.charge_id)
+                return charge if charge.refunded.amount_minor else None
+
+            seen = await eventually(noticed, timeout=30)
+            assert seen is not None, "the console's refund was never recorded"
+            assert seen.refunded.amount_minor == 300
+            assert seen.state == payments_pb2.CHARGE_STATE_PARTIALLY_REFUNDED
+            # The rest through arbridge: what is left, not held for totals that disagree.
+            rest = await refund(one, "ext-rest", None)
+            assert rest.refund.amount.amount_minor == 700
+            assert rest.refund.state == "succeeded"
+            assert rest.charge.state == payments_pb2.CHARGE_STATE_REFUNDED
+
+            # Without a notification: found before arbridge's next refund of the charge.
+            await sandbox_notifications(http, suite, "", 5)
+            await refund_at_gateway(
+                http, suite, two.gateway_transaction_id, from_minor(400, two.amount.currency)
+            )
+            too_much = await refused(refund(two, "ext-too-much", 700))
+            assert too_much.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"at most {from_minor(600, two.amount.currency)}" in str(too_much.details())
+            left = await refund(two, "ext-left", 600)
+            assert left.refund.state == "succeeded"
+            assert left.charge.refunded.amount_minor == 1000
+            assert left.charge.state == payments_pb2.CHARGE_STATE_REFUNDED
+            made = {
+                t["merchantTransactionId"]: t
+                for t in await gateway_transactions(http, suite)
+                if t["merchantTransactionId"] in (one.charge_id, two.charge_id)
+            }
+            assert {k: float(t["refundedAmount"]) for k, t in made.items()} == {
+                one.charge_id: 10.0,
+                two.charge_id: 10.0,
+            }

@@ -17,10 +17,11 @@ import asyncpg
 from arbridge.common.v1 import common_pb2
 from arbridge.payments.v1 import payments_pb2, payments_pb2_grpc
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
+from arbridge_runtime import webhooks
 from arbridge_runtime.grpc_client import service_channel
 from tests.conftest import TOKEN
 from tests.support.runtime_env import ServiceProcess, service_env, start_process
-from tests.support.suite import Suite, connect_and_sync, running_suite
+from tests.support.suite import WEBHOOK_SECRET, Suite, connect_and_sync, running_suite
 
 # Payments replicas that recover crashed work at once.
 FAST_RECOVERY = {
@@ -348,3 +349,31 @@ async def doomed_replica(
         ready,
         tmp_path / f"doomed-{name}.log",
     )
+
+
+def notify_url(suite: Suite) -> str:
+    """The webhook gateway's door for the card gateway's notifications about "acme"."""
+    return f"{suite.gateway_base}/v1/cards/acme/{webhooks.url_token(WEBHOOK_SECRET, 'acme')}"
+
+
+async def sandbox_notifications(
+    http: aiohttp.ClientSession, suite: Suite, url: str, settle_seconds: float
+) -> None:
+    async with http.put(
+        suite.cards["base_url"] + "/sandbox/notifications",
+        json={"url": url, "ach_settle_seconds": settle_seconds},
+    ) as reply:
+        assert reply.status == 200
+
+
+async def refund_at_gateway(
+    http: aiohttp.ClientSession, suite: Suite, transaction_id: str, amount: str
+) -> None:
+    """Refunds part of a transaction at the card gateway, as the merchant's console
+    does, outside arbridge."""
+    async with http.put(
+        suite.cards["base_url"] + f"/services/2/transaction/{transaction_id}/refund",
+        params={"amount": amount},
+        headers=_merchant_auth(suite),
+    ) as reply:
+        assert reply.status == 204, await reply.text()

@@ -29,6 +29,8 @@ from arbridge_cards_sandbox.gateway import Card, Gateway, GatewayError, Transact
 log = structlog.get_logger(__name__)
 GATEWAY = web.AppKey("gateway", Gateway)
 RANDOM = web.AppKey("random", random.Random)
+# Notifications on their way (kept so they are not collected before they are sent).
+NOTIFYING = web.AppKey("notifying", set)
 
 HOSTED_FIELDS = (resources.files("arbridge_cards_sandbox") / "hosted_fields.html").read_text()
 
@@ -261,7 +263,23 @@ async def refund(request: web.Request) -> web.Response:
             amount = Decimal(request.query["amount"])
         except InvalidOperation:
             raise GatewayError(400, "INVALID_AMOUNT", "10020", "amount must be a number.") from None
-    request.app[GATEWAY].refund(request.match_info["id"], amount)
+    gateway = request.app[GATEWAY]
+    before = gateway.lookup(request.match_info["id"]).refunded
+    transaction = gateway.refund(request.match_info["id"], amount)
+    # A REFUND notification, as for a refund made in the merchant console (or by the API).
+    form = {
+        "transactionType": "REFUND",
+        "referenceNumber": transaction.transaction_id,
+        "merchantTransactionId": transaction.merchant_transaction_id,
+        "reversalRefNum": transaction.transaction_id,
+        "invoiceAmount": str(transaction.amount),
+        "refundAmount": str(transaction.refunded - before),
+        "currency": transaction.currency,
+    }
+    keep = request.app[NOTIFYING]
+    task = asyncio.ensure_future(_notify(gateway, form))
+    keep.add(task)
+    task.add_done_callback(keep.discard)
     return web.Response(status=204)
 
 
@@ -269,8 +287,6 @@ async def _settle_ach(app: web.Application, transaction: Transaction) -> None:
     gateway = app[GATEWAY]
     returned = transaction.bank is not None and transaction.bank.account_number.endswith("0000")
     transaction.status = "returned" if returned else "success"
-    if not gateway.notification_url:
-        return
     form = {
         "transactionType": "DECLINE" if returned else "CHARGE",
         "referenceNumber": transaction.transaction_id,
@@ -280,6 +296,13 @@ async def _settle_ach(app: web.Application, transaction: Transaction) -> None:
         "paymentMethod": "ECP",
         "reason": "R01 Insufficient funds" if returned else "",
     }
+    await _notify(gateway, form)
+
+
+async def _notify(gateway: Gateway, form: dict[str, str]) -> None:
+    """Posts an IPN to the merchant's notification URL, if set, trying three times."""
+    if not gateway.notification_url:
+        return
     for delay in (0.0, 1.0, 3.0):
         await asyncio.sleep(delay)
         try:
@@ -353,6 +376,7 @@ def build_app(gateway: Gateway, seed: int = 0) -> web.Application:
     app = web.Application(middlewares=[merchant_auth], client_max_size=1024 * 1024)
     app[GATEWAY] = gateway
     app[RANDOM] = random.Random(seed)
+    app[NOTIFYING] = set()
     r = app.router
     r.add_post("/services/2/payment-fields-tokens", new_token)
     r.add_put("/services/2/payment-fields-tokens/{token}", fill_token)

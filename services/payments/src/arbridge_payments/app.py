@@ -104,6 +104,7 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
             settings.recovery_interval_seconds,
             charges.recover_once,
             refunds.recover_once,
+            refunds.reconcile_due,
             charges.settle_due,
             links.announce_expired,
             methods.delete_pending_sources,

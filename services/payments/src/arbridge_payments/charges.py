@@ -657,8 +657,10 @@ class Charges:
 
     async def on_gateway_notification(self, conn: Any, delivery: Any) -> None:
         """A card-gateway notification (through the webhook gateway) names a transaction:
-        its charge, if settling, is looked up now. The notification is only a hint; what
-        the charge becomes is what the gateway's API says, so a forged one changes nothing.
+        its charge, if settling, is looked up now; if succeeded, its refunded total is
+        (a refund made at the gateway, outside arbridge: ``Refunds.reconcile_due``). The
+        notification is only a hint; what the charge becomes is what the gateway's API
+        says, so a forged one changes nothing.
         """
         event = events_pb2.CardGatewayNotificationReceived.FromString(delivery.data)
         charge_id = _notified_charge(event.body, event.content_type)
@@ -666,8 +668,10 @@ class Charges:
             log.info("gateway_notification.ignored", account_id=event.account_id)
             return
         await conn.execute(
-            "UPDATE charges SET settle_check_at = now() WHERE account_id = $1"
-            " AND charge_id = $2 AND phase = 'settling'",
+            "UPDATE charges SET settle_check_at = CASE WHEN phase = 'settling' THEN now()"
+            " ELSE settle_check_at END, refund_check_at = CASE WHEN phase = 'succeeded'"
+            " THEN now() ELSE refund_check_at END"
+            " WHERE account_id = $1 AND charge_id = $2 AND phase IN ('settling', 'succeeded')",
             event.account_id,
             charge_id,
         )

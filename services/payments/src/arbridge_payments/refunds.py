@@ -7,6 +7,12 @@ refunded total: refunds of one charge are settled one at a time under an
 advisory lock, in the order they were recorded, and before each is sent the
 gateway's total is compared with ours. Equal: not sent yet, send it. Ours plus
 this refund: it was sent before a crash or a lost answer, record it.
+
+A refund made at the gateway outside arbridge (the merchant's console, another
+tool) raises the gateway's total above ours, which would hold every later
+refund: ``reconcile`` records it, when a gateway notification names the charge
+(``reconcile_due``) and before each refund arbridge records. Only while no
+refund of ours is pending, so that what ours sent is never taken for another's.
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ from arbridge_runtime.jetstream import Outbox
 from arbridge_runtime.money import from_minor
 
 log = structlog.get_logger(__name__)
+
+EXTERNAL_REASON = "refunded at the card gateway, outside arbridge"
+# What reconcile found: a refund recorded, the totals agree, a refund of ours pending
+# (so it did not look), or the gateway could not be asked.
+RECORDED, AGREES, PENDING, UNREACHABLE = "recorded", "agrees", "pending", "unreachable"
+# How long a charge waits before reconcile_due looks at it again after PENDING or
+# UNREACHABLE.
+RECHECK_SECONDS = 60.0
 
 
 class Refunds:
@@ -88,6 +102,9 @@ class Refunds:
         digest = hashlib.sha256(f"{charge_id}\x1f{amount_minor}\x1f{reason}".encode()).hexdigest()
         refund = await self._by_key(account_id, idempotency_key)
         if refund is None:
+            # What was refunded at the gateway outside arbridge counts first: it bounds
+            # what is left, and the gateway's total must match ours when this is sent.
+            await self.reconcile(charge_id, account_id)
             refund = await self._record(
                 account_id, charge_id, amount_minor, reason, idempotency_key, digest
             )
@@ -287,6 +304,93 @@ class Refunds:
             reason,
         )
         log.warning("refund.failed", refund_id=refund["refund_id"], reason=reason)
+
+    async def reconcile(self, charge_id: str, account_id: str = "") -> str:
+        """Records a refund made at the gateway outside arbridge, if any: the gateway's
+        refunded total above ours, when no refund of ours is pending, is one refund of
+        the difference (announced as ours are). ``account_id``, when given, must own the
+        charge. Returns RECORDED, AGREES, PENDING or UNREACHABLE."""
+        async with self._pool.acquire() as lock:
+            await lock.execute("SELECT pg_advisory_lock(hashtextextended($1, 11))", charge_id)
+            try:
+                charge = await lock.fetchrow(
+                    "SELECT * FROM charges WHERE charge_id = $1 AND ($2 = '' OR account_id = $2)",
+                    charge_id,
+                    account_id,
+                )
+                if charge is None or charge["phase"] != "succeeded":
+                    return AGREES  # nothing a refund could have been made of
+                if await lock.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM refunds WHERE charge_id = $1"
+                    " AND phase = 'pending')",
+                    charge_id,
+                ):
+                    return PENDING
+                try:
+                    transaction = await self._witness(charge)
+                except Unavailable:
+                    return UNREACHABLE
+                except FailedPrecondition:
+                    log.error("refund.no_gateway_transaction", charge_id=charge_id)
+                    return AGREES  # nothing there to reconcile with
+                extra = transaction.refunded_minor - charge["refunded_minor"]
+                if extra < 0:
+                    log.error(
+                        "refund.totals_disagree",
+                        charge_id=charge_id,
+                        gateway_refunded_minor=transaction.refunded_minor,
+                        recorded_refunded_minor=charge["refunded_minor"],
+                    )
+                if extra <= 0:
+                    return AGREES
+                async with lock.transaction():
+                    # Recorded and settled in one transaction: never left pending, so never
+                    # sent to the gateway as if it were ours.
+                    row = await lock.fetchrow(
+                        "INSERT INTO refunds (refund_id, charge_id, account_id, idempotency_key,"
+                        " request_hash, amount_minor, reason) VALUES ($1, $2, $3, $4, '', $5, $6)"
+                        " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING *",
+                        "rf_" + secrets.token_hex(12),
+                        charge_id,
+                        charge["account_id"],
+                        f"gateway:{charge_id}:{transaction.refunded_minor}",
+                        extra,
+                        EXTERNAL_REASON,
+                    )
+                    if row is None:
+                        return AGREES
+                    await self._done(lock, row, charge)
+                log.warning(
+                    "refund.external_recorded",
+                    charge_id=charge_id,
+                    refund_id=row["refund_id"],
+                    amount_minor=extra,
+                )
+                return RECORDED
+            finally:
+                await lock.execute("SELECT pg_advisory_unlock(hashtextextended($1, 11))", charge_id)
+
+    async def reconcile_due(self, limit: int = 50) -> int:
+        """The recovery pass: reconciles the charges a gateway notification named; returns
+        how many refunds made outside arbridge it recorded."""
+        rows = await self._pool.fetch(
+            "UPDATE charges SET refund_check_at = now() + make_interval(secs => $2)"
+            " WHERE charge_id IN (SELECT charge_id FROM charges WHERE refund_check_at <= now()"
+            " ORDER BY refund_check_at LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING charge_id",
+            limit,
+            RECHECK_SECONDS,
+        )
+        recorded = 0
+        for row in rows:
+            outcome = await self.reconcile(row["charge_id"])
+            recorded += outcome == RECORDED
+            if outcome in (RECORDED, AGREES):
+                await self._pool.execute(
+                    "UPDATE charges SET refund_check_at = NULL WHERE charge_id = $1"
+                    " AND refund_check_at > now()",
+                    row["charge_id"],
+                )
+        return recorded
 
     async def recover_once(self, limit: int = 50) -> int:
         """Settles charges whose refunds stayed pending past the settle delay."""
