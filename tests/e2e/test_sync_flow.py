@@ -562,14 +562,14 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
 
             await _until(resolved_by_event, 30, "the deleted record's entry resolved")
             assert "deleted in Intacct" in (await entries())[by_event].resolution_note
-            gone = await sync.ResyncRecord(
+            found_gone = await sync.ResyncRecord(
                 sync_pb2.ResyncRecordRequest(
                     account_id=ACCOUNT, unsynced_id=(await entries())[by_resync].unsynced_id
                 )
             )
-            assert gone.synced
-            assert gone.record.state == sync_pb2.UNSYNCED_STATE_RESYNCED
-            assert "deleted in Intacct" in gone.record.resolution_note
+            assert found_gone.synced
+            assert found_gone.record.state == sync_pb2.UNSYNCED_STATE_RESYNCED
+            assert "deleted in Intacct" in found_gone.record.resolution_note
             for key in (by_event, by_resync):
                 assert await db.fetchval(
                     f'SELECT deleted FROM "{schema}".invoices WHERE record_no = $1', key
@@ -595,9 +595,9 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
                 return stuck in await entries()
 
             await _until(stuck_registered, 30, "the third unsynced entry")
-            connector = suite.processes["connector"].process
-            connector.terminate()
-            await asyncio.to_thread(connector.wait, 30)
+            connector_process = suite.processes["connector"].process
+            connector_process.terminate()
+            await asyncio.to_thread(connector_process.wait, 30)
             with pytest.raises(grpc.aio.AioRpcError) as down:
                 await sync.ResyncRecord(
                     sync_pb2.ResyncRecordRequest(
