@@ -16,7 +16,7 @@ import pytest
 from arbridge.payments.v1 import payments_pb2
 from arbridge.sync.v1 import sync_pb2, sync_pb2_grpc
 from arbridge_runtime.grpc_client import service_channel
-from arbridge_runtime.money import to_minor
+from arbridge_runtime.money import from_minor, to_minor
 from tests.conftest import TOKEN
 from tests.support.payments import (
     Payer,
@@ -325,3 +325,44 @@ async def test_refunds_before_the_posting_come_off_the_payment_and_a_full_one_po
                 await payer.charge("after", customer, [(single.record_no, None)])
             assert err.value.code() == grpc.StatusCode.ABORTED
             assert "no open balance left" in str(err.value.details())
+
+            # Intacct still shows that payment as received: the refund waits in the
+            # unsynced registry for someone to reverse it there. Re-syncing cannot do
+            # it; marking it synced, once done in Intacct, resolves it.
+            async def to_reverse() -> sync_pb2.UnsyncedRecord | None:
+                listed = await sync.ListUnsynced(sync_pb2.ListUnsyncedRequest(account_id="acme"))
+                found = [r for r in listed.records if again_now.charge_id in r.reason]
+                return found[0] if found else None
+
+            entry = await eventually(to_reverse)
+            assert entry is not None, "the refund after posting never reached the registry"
+            assert entry.direction == sync_pb2.SYNC_DIRECTION_TO_INTACCT
+            assert entry.record_no.startswith("rf_")
+            amount = from_minor(single.due.amount_minor, currency)
+            assert (
+                f"gave back {amount} {currency} of charge {again_now.charge_id} after its"
+                f" payment was posted to Intacct as AR payment"
+                f" {again_now.intacct_payment_record_no}" in entry.reason
+            ), entry.reason
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await sync.ResyncRecord(
+                    sync_pb2.ResyncRecordRequest(account_id="acme", unsynced_id=entry.unsynced_id)
+                )
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "cannot reverse a payment posted to Intacct" in str(err.value.details())
+            marked = await sync.MarkSynced(
+                sync_pb2.MarkSyncedRequest(
+                    account_id="acme",
+                    unsynced_id=entry.unsynced_id,
+                    actor="ar-clerk",
+                    reason="reversed AR payment and recorded the refund",
+                )
+            )
+            assert marked.record.state == sync_pb2.UNSYNCED_STATE_MARKED_SYNCED
+            # Refunds made before a posting come off it: nothing of theirs is listed.
+            listed = await sync.ListUnsynced(
+                sync_pb2.ListUnsyncedRequest(account_id="acme", include_resolved=True)
+            )
+            assert [r.record_no for r in listed.records if r.direction == entry.direction] == [
+                entry.record_no
+            ]

@@ -852,6 +852,7 @@ def charge_event(
     amount_minor: int | None = None,
     failure_reason: str | None = None,
     idempotency_key: str = "",
+    refund_id: str = "",
 ) -> events_pb2.ChargeChanged:
     """A ``ChargeChanged`` event from a charge row; refunds and postings override the parts
     that are theirs (state, amount, reason, key)."""
@@ -872,4 +873,6 @@ def charge_event(
         failure_reason=row["failure_reason"] if failure_reason is None else failure_reason,
         occurred_at=occurred,
         idempotency_key=idempotency_key or row["idempotency_key"],
+        refund_id=refund_id,
+        intacct_payment_record_no=row["intacct_payment_record_no"] or "",
     )

@@ -13,8 +13,11 @@ announces ``payments.payment.refused`` for operators.
 Intacct gets what the charge kept: a posting waits while a refund of the charge
 is being settled; refunds settled before it come off the payment (see
 ``charges.kept_parts``), and a charge refunded in full is not posted at all
-(``refunded``). A refund made once the payment is posted, or while it is being
-posted, is not reversed in Intacct.
+(``refunded``). Refunds of a charge settle under the same lock as its posting
+holds, so none is made while it is posted; one made after cannot be reversed in
+Intacct by arbridge (it has no permission to reverse payments): it is announced
+as ``payments.payment.reversal_needed`` and lands in sync's unsynced registry
+for someone to reverse it there.
 """
 
 from __future__ import annotations
@@ -150,9 +153,22 @@ class Posting:
                 await self._later(row, "internal error while posting; retrying")
         return len(rows)
 
-    async def _post(self, charge: asyncpg.Record) -> None:
+    async def _post(self, claimed: asyncpg.Record) -> None:
+        # Refunds of the charge wait while it is posted (they settle under this lock), so
+        # a refund either comes off the payment or is made after it is posted, when it is
+        # announced as needing a reversal in Intacct (``Refunds``): never lost between.
+        async with self._pool.acquire() as lock:
+            key = claimed["charge_id"]
+            await lock.execute("SELECT pg_advisory_lock(hashtextextended($1, 11))", key)
+            try:
+                charge = await lock.fetchrow("SELECT * FROM charges WHERE charge_id = $1", key)
+                await self._post_locked(charge)
+            finally:
+                await lock.execute("SELECT pg_advisory_unlock(hashtextextended($1, 11))", key)
+
+    async def _post_locked(self, charge: asyncpg.Record) -> None:
         # Intacct gets what the charge kept: a refund settled before the posting comes
-        # off the payment (a refund while it is posted, or later, does not reverse it).
+        # off the payment (one made later is announced for a reversal by hand).
         if await self._pool.fetchval(
             "SELECT EXISTS (SELECT 1 FROM refunds WHERE charge_id = $1 AND phase = 'pending')",
             charge["charge_id"],

@@ -289,6 +289,25 @@ class Refunds:
                 ),
                 event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"refund/{refund['refund_id']}"),
             )
+            if row["posting_state"] == "posted":
+                # Intacct holds the payment as posted, this refund included: arbridge
+                # cannot reverse it there, so it is announced for someone who can.
+                await self._outbox.add(
+                    conn,
+                    "payments.payment.reversal_needed",
+                    charge_event(
+                        row,
+                        [r["invoice_record_no"] for r in invoices],
+                        state="reversal_needed",
+                        amount_minor=refund["amount_minor"],
+                        failure_reason="",
+                        idempotency_key=refund["idempotency_key"],
+                        refund_id=refund["refund_id"],
+                    ),
+                    event_id=uuid.uuid5(
+                        uuid.NAMESPACE_URL, f"refund/{refund['refund_id']}/reversal"
+                    ),
+                )
         log.info(
             "refund.succeeded",
             refund_id=refund["refund_id"],

@@ -80,6 +80,10 @@ async def build(settings: Settings, ctx: ServiceContext) -> None:
         ConsumerSpec("sync-payment-postings", "PAYMENTS", ("payments.payment.posted",)),
         unsynced.on_payment_posted,
     )
+    ctx.add_consumer(
+        ConsumerSpec("sync-payment-reversals", "PAYMENTS", ("payments.payment.reversal_needed",)),
+        unsynced.on_reversal_needed,
+    )
     ctx.add_worker("writeback", writeback.WriteBack(ctx.pool, connector).run)
     ctx.add_worker("sync-jobs", runner.run)
     ctx.add_worker(

@@ -255,6 +255,12 @@ class SyncCore:
                 raise FailedPrecondition(
                     f"unsynced record {unsynced_id} is already {entry['state']}; nothing to re-sync"
                 )
+            if entry["kind"] == "reversal_needed":
+                raise FailedPrecondition(
+                    "arbridge cannot reverse a payment posted to Intacct: reverse it in "
+                    "Intacct (or record the refund there) as the reason says, then mark "
+                    "this record synced"
+                )
             if entry["direction"] == "to_intacct" and entry["object_type"] == "ARPYMT":
                 # A payment Intacct refused: payments posts it again, and the entry is
                 # resolved when Intacct has it (payments.payment.posted).

@@ -110,3 +110,28 @@ async def on_payment_refused(conn: asyncpg.Connection, delivery: Any) -> None:
         f"{event.amount.currency} from customer {event.customer_id} for invoices "
         f"{', '.join(event.invoice_record_nos)}): {event.failure_reason}",
     )
+
+
+async def on_reversal_needed(conn: asyncpg.Connection, delivery: Any) -> None:
+    """A refund made after its payment was posted (``payments.payment.reversal_needed``)
+    joins the registry: Intacct still shows the whole payment as received, and only a
+    user can reverse it there. One entry per refund, keyed by its id, going to Intacct;
+    whoever reverses the payment (or records the refund) in Intacct marks it synced."""
+    event = events_pb2.ChargeChanged.FromString(delivery.data)
+    currency = event.amount.currency
+    amount = from_minor(event.amount.amount_minor, currency)
+    await conn.execute(
+        """INSERT INTO unsynced (unsynced_id, account_id, object_type, record_no, direction,
+                                 reason, kind)
+           VALUES ($1, $2, 'ARPYMT', $3, 'to_intacct', $4, 'reversal_needed')
+           ON CONFLICT DO NOTHING""",
+        uuid.uuid4(),
+        event.account_id,
+        event.refund_id,
+        f"Refund {event.refund_id} gave back {amount} {currency} of charge {event.charge_id}"
+        f" after its payment was posted to Intacct as AR payment"
+        f" {event.intacct_payment_record_no} (customer {event.customer_id}, invoices"
+        f" {', '.join(event.invoice_record_nos)}), which Intacct still shows as received in"
+        " full. arbridge cannot reverse a posted payment: reverse it in Intacct and enter"
+        " what was kept, or record the refund there, then mark this record synced.",
+    )
