@@ -162,23 +162,28 @@ class Posting:
             await lock.execute("SELECT pg_advisory_lock(hashtextextended($1, 11))", key)
             try:
                 charge = await lock.fetchrow("SELECT * FROM charges WHERE charge_id = $1", key)
-                await self._post_locked(charge)
+                # Every statement on the lock's connection: holding the lock, a posting
+                # never waits for a second connection (refunds waiting on the lock may
+                # hold the rest of the pool).
+                await self._post_locked(lock, charge)
             finally:
                 await lock.execute("SELECT pg_advisory_unlock(hashtextextended($1, 11))", key)
 
-    async def _post_locked(self, charge: asyncpg.Record) -> None:
+    async def _post_locked(self, db: Any, charge: asyncpg.Record) -> None:
         # Intacct gets what the charge kept: a refund settled before the posting comes
         # off the payment (one made later is announced for a reversal by hand).
-        if await self._pool.fetchval(
+        if await db.fetchval(
             "SELECT EXISTS (SELECT 1 FROM refunds WHERE charge_id = $1 AND phase = 'pending')",
             charge["charge_id"],
         ):
-            await self._later(charge, "a refund of this payment is being settled; posting after it")
+            await self._later(
+                charge, "a refund of this payment is being settled; posting after it", db
+            )
             return
         if charge["refunded_minor"] >= charge["amount_minor"]:
-            await self._refunded(charge)
+            await self._refunded(charge, db)
             return
-        deposit = await self._pool.fetchrow(
+        deposit = await db.fetchrow(
             "SELECT bank_account_id, undeposited_funds_gl_account FROM deposit_accounts"
             " WHERE account_id = $1 AND entity_id = $2 AND currency = $3",
             charge["account_id"],
@@ -191,12 +196,13 @@ class Posting:
                 charge,
                 f"no deposit account for {entity} in {charge['currency']}; "
                 "set one with SetDepositAccount",
+                db,
             )
             return
         parts = kept_parts(
             [
                 (p["invoice_record_no"], p["amount_minor"])
-                for p in await self._pool.fetch(
+                for p in await db.fetch(
                     "SELECT invoice_record_no, amount_minor FROM charge_invoices"
                     " WHERE charge_id = $1",
                     charge["charge_id"],
@@ -233,12 +239,12 @@ class Posting:
             reply = await self._connector.PostArPayment(request, timeout=self._lease / 2)
         except grpc.aio.AioRpcError as err:
             if err.code() in REFUSALS:
-                await self._refused(charge, str(err.details()))
+                await self._refused(charge, str(err.details()), db)
             else:
-                await self._later(charge, f"{err.code().name}: {err.details()}")
+                await self._later(charge, f"{err.code().name}: {err.details()}", db)
             return
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
+        async with db.transaction():
+            row = await db.fetchrow(
                 "UPDATE charges SET posting_state = 'posted', intacct_payment_record_no = $2,"
                 " posting_error = '', posting_attempts = posting_attempts + 1, updated_at = now()"
                 " WHERE charge_id = $1 RETURNING *",
@@ -246,7 +252,7 @@ class Posting:
                 reply.payment_record_no,
             )
             # What Intacct now holds of each invoice: 0 for those a refund took whole.
-            await conn.execute(
+            await db.execute(
                 "UPDATE charge_invoices SET posted_minor = COALESCE((SELECT p.amount"
                 " FROM unnest($2::text[], $3::bigint[]) AS p(record_no, amount)"
                 " WHERE p.record_no = invoice_record_no), 0) WHERE charge_id = $1",
@@ -255,7 +261,7 @@ class Posting:
                 [amount for _, amount in parts],
             )
             await self._outbox.add(
-                conn,
+                db,
                 "payments.payment.posted",
                 charge_event(
                     row,
@@ -286,20 +292,20 @@ class Posting:
         )
         log.info("posting.resync_requested", charge_id=event.charge_id, due=bool(again))
 
-    async def _refunded(self, charge: asyncpg.Record) -> None:
+    async def _refunded(self, charge: asyncpg.Record, db: Any) -> None:
         """Refunded in full before it was posted: nothing was collected, so Intacct gets
         no payment and the invoices stay open there."""
-        await self._pool.execute(
+        await db.execute(
             "UPDATE charges SET posting_state = 'refunded', posting_error = '', updated_at = now()"
             " WHERE charge_id = $1 AND posting_state = 'pending'",
             charge["charge_id"],
         )
         log.info("posting.not_needed_refunded", charge_id=charge["charge_id"])
 
-    async def _later(self, charge: asyncpg.Record, reason: str) -> None:
+    async def _later(self, charge: asyncpg.Record, reason: str, db: Any = None) -> None:
         attempts = charge["posting_attempts"] + 1
         delay = min(self._backoff * 2 ** min(attempts - 1, 20), MAX_BACKOFF_SECONDS)
-        await self._pool.execute(
+        await (db or self._pool).execute(
             "UPDATE charges SET posting_attempts = $2, posting_error = $3,"
             " posting_next_at = now() + make_interval(secs => $4) WHERE charge_id = $1",
             charge["charge_id"],
@@ -309,8 +315,8 @@ class Posting:
         )
         log.warning("posting.retry_later", charge_id=charge["charge_id"], reason=reason)
 
-    async def _refused(self, charge: asyncpg.Record, reason: str) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
+    async def _refused(self, charge: asyncpg.Record, reason: str, conn: Any) -> None:
+        async with conn.transaction():
             row = await conn.fetchrow(
                 "UPDATE charges SET posting_state = 'refused', posting_error = $2,"
                 " posting_attempts = posting_attempts + 1, updated_at = now()"
