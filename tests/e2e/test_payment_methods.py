@@ -412,9 +412,13 @@ async def test_a_replacing_add_survives_a_crash_and_refused_vault_deletions_back
                 gateway_token=await card_token(http, suite, VISA, exp="12/33"),
             )
             victim = Payer(suite, http, doomed.grpc_target)  # (kept: its channel with it)
-            with pytest.raises(grpc.aio.AioRpcError):
-                await victim.stub.AddPaymentMethod(reissue)
-            assert await asyncio.to_thread(doomed.process.wait, 30) == -9
+            try:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await victim.stub.AddPaymentMethod(reissue)
+                assert await asyncio.to_thread(doomed.process.wait, 30) == -9
+            finally:
+                if doomed.process.poll() is None:  # (a failed test leaves no replica behind)
+                    doomed.process.kill()
             # The old card is retired and nothing new is saved yet.
             listed = await payer.stub.ListPaymentMethods(
                 payments_pb2.ListPaymentMethodsRequest(account_id="acme", customer_id=customer)
