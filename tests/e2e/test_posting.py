@@ -337,6 +337,7 @@ async def test_refunds_before_the_posting_come_off_the_payment_and_a_full_one_po
             entry = await eventually(to_reverse)
             assert entry is not None, "the refund after posting never reached the registry"
             assert entry.direction == sync_pb2.SYNC_DIRECTION_TO_INTACCT
+            assert entry.kind == sync_pb2.UNSYNCED_KIND_REVERSAL_NEEDED
             assert entry.record_no.startswith("rf_")
             amount = from_minor(single.due.amount_minor, currency)
             assert (

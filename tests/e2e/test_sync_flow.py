@@ -503,6 +503,7 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
             entry = next(r for r in unsynced.records if r.record_no == victim)
             assert f"Validation failed for {victim}" in entry.reason
             assert entry.direction == sync_pb2.SYNC_DIRECTION_FROM_INTACCT
+            assert entry.kind == sync_pb2.UNSYNCED_KIND_FAILURE
             await asyncio.sleep(1.5)  # not retried automatically
             still = await sync.ListUnsynced(sync_pb2.ListUnsyncedRequest(account_id=ACCOUNT))
             assert next(r for r in still.records if r.record_no == victim).attempts == 1

@@ -125,6 +125,11 @@ def _unsynced(row: asyncpg.Record) -> sync_pb2.UnsyncedRecord:
         resolved_by=row["resolved_by"],
         resolution_note=row["resolution_note"],
         errors=[common_pb2.IntacctError(**e) for e in errors or []],
+        kind=(
+            sync_pb2.UNSYNCED_KIND_REVERSAL_NEEDED
+            if row["kind"] == "reversal_needed"
+            else sync_pb2.UNSYNCED_KIND_FAILURE
+        ),
     )
     message.failed_at.FromDatetime(row["failed_at"])
     if row["resolved_at"]:
