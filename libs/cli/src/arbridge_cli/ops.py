@@ -303,11 +303,12 @@ def unsynced_list(args: argparse.Namespace) -> int:
                 _enum(r.object_type, common_pb2.ObjectType, "OBJECT_TYPE_"),
                 r.record_no,
                 _enum(r.direction, sync_pb2.SyncDirection, "SYNC_DIRECTION_"),
+                _enum(r.kind, sync_pb2.UnsyncedKind, "UNSYNCED_KIND_"),
                 r.reason[:80],
             ]
             for r in reply.records
         ]
-        return _print(args, reply, rows, ["id", "object", "record", "direction", "reason"])
+        return _print(args, reply, rows, ["id", "object", "record", "direction", "kind", "reason"])
 
     return _run(args, "sync", work)
 
