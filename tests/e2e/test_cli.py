@@ -150,6 +150,13 @@ async def test_operators_drive_accounts_rules_links_charges_and_syncs_from_the_t
         assert again.returncode == 0
         assert charge_id in again.stdout
         assert "the answer of an earlier request with this key" in again.stdout
+        # Once Intacct has the payment, a refund is listed for someone to reverse there.
+        for _ in range(150):
+            shown = await run(suite, "charges", "get", "acme", charge_id, "--json")
+            if "POSTING_STATE_POSTED" in shown.stdout:
+                break
+            await asyncio.sleep(0.2)
+        assert "POSTING_STATE_POSTED" in shown.stdout, shown.stdout
         refund = await run(
             suite, "charges", "refund", "acme", charge_id, "--amount", "0.40", "--key", "cli-r1"
         )
@@ -164,9 +171,13 @@ async def test_operators_drive_accounts_rules_links_charges_and_syncs_from_the_t
         no_token = await run(suite, "rules", "list", "acme", token="")
         assert no_token.returncode == 2
         assert "ARBRIDGE_SERVICE_TOKEN" in no_token.stderr
-        unsynced = await run(suite, "unsynced", "list", "acme")
+        for _ in range(150):
+            unsynced = await run(suite, "unsynced", "list", "acme")
+            if "reversal_needed" in unsynced.stdout:
+                break
+            await asyncio.sleep(0.2)
         assert unsynced.returncode == 0
-        assert "(none)" in unsynced.stdout
+        assert "to_intacct  reversal_needed  Refund rf_" in unsynced.stdout, unsynced.stdout
 
         # Sync Account: the estimate first, then (confirmed) watched to its end.
         unconfirmed = await run(suite, "sync", "start", "acme")
