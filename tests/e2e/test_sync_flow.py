@@ -479,20 +479,29 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
 
             # 7. A record Intacct refuses lands in the unsynced registry; re-sync fixes it.
             victim = drifted[10]
-            await _admin(
-                http,
-                suite,
-                "PUT",
-                f"/companies/{company}/faults",
-                json={"failing_records": [f"ARINVOICE:{victim}"]},
-            )
             token_url = next(s.url for s in setup.events)
-            async with http.post(
-                token_url,
-                data=f"object=ARINVOICE&action=set&RECORDNO={victim}",
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
-            ) as reply:
-                assert reply.status == 202
+
+            async def key_event(action: str, key: str) -> None:
+                """A smart event carrying only the invoice's key (it is read from Intacct)."""
+                async with http.post(
+                    token_url,
+                    data=f"object=ARINVOICE&action={action}&RECORDNO={key}",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                ) as reply:
+                    assert reply.status == 202
+
+            async def failing(*keys: str) -> None:
+                """Intacct refuses to read these invoices (none when none are given)."""
+                await _admin(
+                    http,
+                    suite,
+                    "PUT",
+                    f"/companies/{company}/faults",
+                    json={"failing_records": [f"ARINVOICE:{k}" for k in keys]},
+                )
+
+            await failing(victim)
+            await key_event("set", victim)
 
             async def registered() -> bool:
                 listed = await sync.ListUnsynced(sync_pb2.ListUnsyncedRequest(account_id=ACCOUNT))
@@ -507,9 +516,7 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
             await asyncio.sleep(1.5)  # not retried automatically
             still = await sync.ListUnsynced(sync_pb2.ListUnsyncedRequest(account_id=ACCOUNT))
             assert next(r for r in still.records if r.record_no == victim).attempts == 1
-            await _admin(
-                http, suite, "PUT", f"/companies/{company}/faults", json={"failing_records": []}
-            )
+            await failing()
             resynced = await sync.ResyncRecord(
                 sync_pb2.ResyncRecordRequest(account_id=ACCOUNT, unsynced_id=entry.unsynced_id)
             )
@@ -519,37 +526,19 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
             # 8. Records that failed and were then deleted in Intacct are unsynced no
             # more: one by its delete event, one found gone when it is re-synced.
             by_event, by_resync = drifted[11], drifted[12]
-            await _admin(
-                http,
-                suite,
-                "PUT",
-                f"/companies/{company}/faults",
-                json={"failing_records": [f"ARINVOICE:{by_event}", f"ARINVOICE:{by_resync}"]},
-            )
+            await failing(by_event, by_resync)
             for key in (by_event, by_resync):
-                async with http.post(
-                    token_url,
-                    data=f"object=ARINVOICE&action=set&RECORDNO={key}",
-                    headers={"Content-Type": "application/x-www-form-urlencoded"},
-                ) as reply:
-                    assert reply.status == 202
+                await key_event("set", key)
 
             async def both_registered() -> bool:
                 listed = await sync.ListUnsynced(sync_pb2.ListUnsyncedRequest(account_id=ACCOUNT))
                 return {by_event, by_resync} <= {r.record_no for r in listed.records}
 
             await _until(both_registered, 30, "the two unsynced entries")
-            await _admin(
-                http, suite, "PUT", f"/companies/{company}/faults", json={"failing_records": []}
-            )
+            await failing()
             for key in (by_event, by_resync):
                 await _admin(http, suite, "DELETE", f"/companies/{company}/records/ARINVOICE/{key}")
-            async with http.post(
-                token_url,
-                data=f"object=ARINVOICE&action=delete&RECORDNO={by_event}",
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
-            ) as reply:
-                assert reply.status == 202
+            await key_event("delete", by_event)
 
             async def entries() -> dict[str, sync_pb2.UnsyncedRecord]:
                 listed = await sync.ListUnsynced(
@@ -578,19 +567,8 @@ async def test_initial_sync_events_duplicates_drift_and_unsynced(
 
             # 9. A re-sync while the connector is down says so and changes nothing.
             stuck = drifted[13]
-            await _admin(
-                http,
-                suite,
-                "PUT",
-                f"/companies/{company}/faults",
-                json={"failing_records": [f"ARINVOICE:{stuck}"]},
-            )
-            async with http.post(
-                token_url,
-                data=f"object=ARINVOICE&action=set&RECORDNO={stuck}",
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
-            ) as reply:
-                assert reply.status == 202
+            await failing(stuck)
+            await key_event("set", stuck)
 
             async def stuck_registered() -> bool:
                 return stuck in await entries()

@@ -545,12 +545,7 @@ class Scheduler:
         when the row was rescheduled or cleared instead."""
         account_id, record_no = row["account_id"], row["invoice_record_no"]
         try:
-            fresh = (
-                await self._sync.GetInvoice(
-                    sync_pb2.GetInvoiceRequest(account_id=account_id, record_no=record_no),
-                    timeout=30,
-                )
-            ).invoice
+            fresh = await self._current_invoice(row)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 async with self._pool.acquire() as conn, conn.transaction():
@@ -597,17 +592,21 @@ class Scheduler:
                 return None
         return amount
 
+    async def _current_invoice(self, row: asyncpg.Record) -> ar_pb2.Invoice:
+        """The row's invoice as the AR store has it now (``AioRpcError`` when it cannot)."""
+        reply = await self._sync.GetInvoice(
+            sync_pb2.GetInvoiceRequest(
+                account_id=row["account_id"], record_no=row["invoice_record_no"]
+            ),
+            timeout=30,
+        )
+        return reply.invoice
+
     async def _settled_otherwise(self, row: asyncpg.Record) -> str | None:
         """Why the row's invoice needs no charge now, as the AR store shows it (gone, or
         not open, or nothing due); None when it still does, or cannot be read."""
-        account_id, record_no = row["account_id"], row["invoice_record_no"]
         try:
-            fresh = (
-                await self._sync.GetInvoice(
-                    sync_pb2.GetInvoiceRequest(account_id=account_id, record_no=record_no),
-                    timeout=30,
-                )
-            ).invoice
+            fresh = await self._current_invoice(row)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 return "the invoice no longer exists; nothing was charged"
