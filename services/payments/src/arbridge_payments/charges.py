@@ -27,12 +27,13 @@ AR store less what succeeded charges not yet posted to Intacct took.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import secrets
 import urllib.parse
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -842,6 +843,31 @@ def _notified_charge(body: bytes, content_type: str) -> str:
         return ""
     value = str(value)
     return value if value.startswith("ch_") and len(value) <= 64 else ""
+
+
+@contextlib.asynccontextmanager
+async def refund_lock(pool: asyncpg.Pool, charge_id: str) -> AsyncIterator[Any]:
+    """Holds the charge's refund lock (an advisory lock) on a connection of its own and
+    yields that connection. Refunds settle, refunds made outside arbridge are recorded,
+    and the payment is posted under it, one at a time. Whoever holds it does all its
+    database work on the yielded connection: it never waits for a second one, which
+    others waiting on the lock may hold."""
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 11))", charge_id)
+        try:
+            yield conn
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 11))", charge_id)
+
+
+async def refund_pending(db: Any, charge_id: str) -> bool:
+    """Whether a refund of the charge is recorded and not yet settled."""
+    return bool(
+        await db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM refunds WHERE charge_id = $1 AND phase = 'pending')",
+            charge_id,
+        )
+    )
 
 
 def charge_event(

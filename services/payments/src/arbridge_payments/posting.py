@@ -33,7 +33,7 @@ import structlog
 from arbridge.common.v1 import ar_pb2, common_pb2
 from arbridge.connector.v1 import connector_pb2, connector_pb2_grpc
 from arbridge.events.v1 import events_pb2
-from arbridge_payments.charges import charge_event, kept_parts
+from arbridge_payments.charges import charge_event, kept_parts, refund_lock, refund_pending
 from arbridge_runtime import tracing
 from arbridge_runtime.errors import InvalidArgument
 from arbridge_runtime.jetstream import Outbox
@@ -157,25 +157,16 @@ class Posting:
         # Refunds of the charge wait while it is posted (they settle under this lock), so
         # a refund either comes off the payment or is made after it is posted, when it is
         # announced as needing a reversal in Intacct (``Refunds``): never lost between.
-        async with self._pool.acquire() as lock:
-            key = claimed["charge_id"]
-            await lock.execute("SELECT pg_advisory_lock(hashtextextended($1, 11))", key)
-            try:
-                charge = await lock.fetchrow("SELECT * FROM charges WHERE charge_id = $1", key)
-                # Every statement on the lock's connection: holding the lock, a posting
-                # never waits for a second connection (refunds waiting on the lock may
-                # hold the rest of the pool).
-                await self._post_locked(lock, charge)
-            finally:
-                await lock.execute("SELECT pg_advisory_unlock(hashtextextended($1, 11))", key)
+        async with refund_lock(self._pool, claimed["charge_id"]) as db:
+            charge = await db.fetchrow(
+                "SELECT * FROM charges WHERE charge_id = $1", claimed["charge_id"]
+            )
+            await self._post_locked(db, charge)
 
     async def _post_locked(self, db: Any, charge: asyncpg.Record) -> None:
         # Intacct gets what the charge kept: a refund settled before the posting comes
         # off the payment (one made later is announced for a reversal by hand).
-        if await db.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM refunds WHERE charge_id = $1 AND phase = 'pending')",
-            charge["charge_id"],
-        ):
+        if await refund_pending(db, charge["charge_id"]):
             await self._later(
                 charge, "a refund of this payment is being settled; posting after it", db
             )

@@ -25,7 +25,13 @@ from typing import Any
 import asyncpg
 import structlog
 
-from arbridge_payments.charges import Charges, ChargeView, charge_event
+from arbridge_payments.charges import (
+    Charges,
+    ChargeView,
+    charge_event,
+    refund_lock,
+    refund_pending,
+)
 from arbridge_payments.gateway import (
     CardGateway,
     GatewayRefused,
@@ -188,20 +194,14 @@ class Refunds:
 
     async def _settle(self, charge_id: str) -> None:
         """Settles the charge's pending refunds in order, one driver per charge at a time."""
-        # One connection holds the lock and does the work, so a driver never waits for a
-        # second connection while holding one.
-        async with self._pool.acquire() as lock:
-            await lock.execute("SELECT pg_advisory_lock(hashtextextended($1, 11))", charge_id)
-            try:
-                pending = await lock.fetch(
-                    "SELECT * FROM refunds WHERE charge_id = $1 AND phase = 'pending'"
-                    " ORDER BY created_at, refund_id",
-                    charge_id,
-                )
-                for refund in pending:
-                    await self._settle_one(lock, refund)
-            finally:
-                await lock.execute("SELECT pg_advisory_unlock(hashtextextended($1, 11))", charge_id)
+        async with refund_lock(self._pool, charge_id) as lock:
+            pending = await lock.fetch(
+                "SELECT * FROM refunds WHERE charge_id = $1 AND phase = 'pending'"
+                " ORDER BY created_at, refund_id",
+                charge_id,
+            )
+            for refund in pending:
+                await self._settle_one(lock, refund)
 
     async def _settle_one(self, conn: Any, refund: asyncpg.Record) -> None:
         charge = await conn.fetchrow(
@@ -329,65 +329,57 @@ class Refunds:
         refunded total above ours, when no refund of ours is pending, is one refund of
         the difference (announced as ours are). ``account_id``, when given, must own the
         charge. Returns RECORDED, AGREES, PENDING or UNREACHABLE."""
-        async with self._pool.acquire() as lock:
-            await lock.execute("SELECT pg_advisory_lock(hashtextextended($1, 11))", charge_id)
+        async with refund_lock(self._pool, charge_id) as lock:
+            charge = await lock.fetchrow(
+                "SELECT * FROM charges WHERE charge_id = $1 AND ($2 = '' OR account_id = $2)",
+                charge_id,
+                account_id,
+            )
+            if charge is None or charge["phase"] != "succeeded":
+                return AGREES  # nothing a refund could have been made of
+            if await refund_pending(lock, charge_id):
+                return PENDING
             try:
-                charge = await lock.fetchrow(
-                    "SELECT * FROM charges WHERE charge_id = $1 AND ($2 = '' OR account_id = $2)",
-                    charge_id,
-                    account_id,
-                )
-                if charge is None or charge["phase"] != "succeeded":
-                    return AGREES  # nothing a refund could have been made of
-                if await lock.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM refunds WHERE charge_id = $1"
-                    " AND phase = 'pending')",
-                    charge_id,
-                ):
-                    return PENDING
-                try:
-                    transaction = await self._witness(charge)
-                except Unavailable:
-                    return UNREACHABLE
-                except FailedPrecondition:
-                    log.error("refund.no_gateway_transaction", charge_id=charge_id)
-                    return AGREES  # nothing there to reconcile with
-                extra = transaction.refunded_minor - charge["refunded_minor"]
-                if extra < 0:
-                    log.error(
-                        "refund.totals_disagree",
-                        charge_id=charge_id,
-                        gateway_refunded_minor=transaction.refunded_minor,
-                        recorded_refunded_minor=charge["refunded_minor"],
-                    )
-                if extra <= 0:
-                    return AGREES
-                async with lock.transaction():
-                    # Recorded and settled in one transaction: never left pending, so never
-                    # sent to the gateway as if it were ours.
-                    row = await lock.fetchrow(
-                        "INSERT INTO refunds (refund_id, charge_id, account_id, idempotency_key,"
-                        " request_hash, amount_minor, reason) VALUES ($1, $2, $3, $4, '', $5, $6)"
-                        " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING *",
-                        "rf_" + secrets.token_hex(12),
-                        charge_id,
-                        charge["account_id"],
-                        f"gateway:{charge_id}:{transaction.refunded_minor}",
-                        extra,
-                        EXTERNAL_REASON,
-                    )
-                    if row is None:
-                        return AGREES
-                    await self._done(lock, row, charge)
-                log.warning(
-                    "refund.external_recorded",
+                transaction = await self._witness(charge)
+            except Unavailable:
+                return UNREACHABLE
+            except FailedPrecondition:
+                log.error("refund.no_gateway_transaction", charge_id=charge_id)
+                return AGREES  # nothing there to reconcile with
+            extra = transaction.refunded_minor - charge["refunded_minor"]
+            if extra < 0:
+                log.error(
+                    "refund.totals_disagree",
                     charge_id=charge_id,
-                    refund_id=row["refund_id"],
-                    amount_minor=extra,
+                    gateway_refunded_minor=transaction.refunded_minor,
+                    recorded_refunded_minor=charge["refunded_minor"],
                 )
-                return RECORDED
-            finally:
-                await lock.execute("SELECT pg_advisory_unlock(hashtextextended($1, 11))", charge_id)
+            if extra <= 0:
+                return AGREES
+            async with lock.transaction():
+                # Recorded and settled in one transaction: never left pending, so never
+                # sent to the gateway as if it were ours.
+                row = await lock.fetchrow(
+                    "INSERT INTO refunds (refund_id, charge_id, account_id, idempotency_key,"
+                    " request_hash, amount_minor, reason) VALUES ($1, $2, $3, $4, '', $5, $6)"
+                    " ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING *",
+                    "rf_" + secrets.token_hex(12),
+                    charge_id,
+                    charge["account_id"],
+                    f"gateway:{charge_id}:{transaction.refunded_minor}",
+                    extra,
+                    EXTERNAL_REASON,
+                )
+                if row is None:
+                    return AGREES
+                await self._done(lock, row, charge)
+            log.warning(
+                "refund.external_recorded",
+                charge_id=charge_id,
+                refund_id=row["refund_id"],
+                amount_minor=extra,
+            )
+            return RECORDED
 
     async def reconcile_due(self, limit: int = 50) -> int:
         """The recovery pass: reconciles the charges a gateway notification named; returns
