@@ -16,6 +16,7 @@ import hmac
 import json
 import random
 import urllib.parse
+from collections.abc import Coroutine
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from typing import Any
@@ -29,7 +30,8 @@ from arbridge_cards_sandbox.gateway import Card, Gateway, GatewayError, Transact
 log = structlog.get_logger(__name__)
 GATEWAY = web.AppKey("gateway", Gateway)
 RANDOM = web.AppKey("random", random.Random)
-# Notifications on their way (kept so they are not collected before they are sent).
+# Settlements and notifications on their way (held so they are not collected before
+# they are done).
 NOTIFYING = web.AppKey("notifying", set)
 
 HOSTED_FIELDS = (resources.files("arbridge_cards_sandbox") / "hosted_fields.html").read_text()
@@ -225,7 +227,7 @@ async def _charge(request: web.Request, kind: str) -> web.Response:
         if transaction.kind == "ach":
             asyncio.get_running_loop().call_later(
                 gateway.ach_settle_seconds,
-                lambda: asyncio.ensure_future(_settle_ach(request.app, transaction)),
+                lambda: _in_background(request.app, _settle_ach(request.app, transaction)),
             )
         return 200, transaction.public()
 
@@ -276,11 +278,17 @@ async def refund(request: web.Request) -> web.Response:
         "refundAmount": str(transaction.refunded - before),
         "currency": transaction.currency,
     }
-    keep = request.app[NOTIFYING]
-    task = asyncio.ensure_future(_notify(gateway, form))
+    _in_background(request.app, _notify(gateway, form))
+    return web.Response(status=204)
+
+
+def _in_background(app: web.Application, work: Coroutine[Any, Any, None]) -> None:
+    """Runs ``work`` as a task the app holds until it ends (a task nobody holds may be
+    collected before it is done)."""
+    keep = app[NOTIFYING]
+    task = asyncio.ensure_future(work)
     keep.add(task)
     task.add_done_callback(keep.discard)
-    return web.Response(status=204)
 
 
 async def _settle_ach(app: web.Application, transaction: Transaction) -> None:
