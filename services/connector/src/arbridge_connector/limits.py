@@ -36,6 +36,11 @@ def _company_key(company_id: str) -> int:
     return int.from_bytes(digest[:4], "big", signed=True) ^ _SLOT_NAMESPACE
 
 
+# What a walk's page passes its next page instead of a slot when its passes ran out
+# and others wait here: give way to them first.
+GIVE_WAY = object()
+
+
 @dataclass
 class _Releases:
     """One company's slots as this process sees them: how many it gave back (a count
@@ -85,8 +90,11 @@ class PgLimiter:
     patience_seconds: float = 10.0
     # A walk's slot passes to the walk's next page when no waiter here outranks it or
     # has run out of patience, this many times running at most: then it is freed, so
-    # waiters in other replicas (which this one cannot see) get their turn too.
+    # waiters in other replicas (which this one cannot see) get their turn too; and
+    # the next page gives way to the waiters here until one of them has taken it (for
+    # ``give_way_seconds`` at most), rather than taking it straight back.
     max_passes: int = 16
+    give_way_seconds: float = 0.2
     # A slot given back here is taken at once by a waiter here; slots given back
     # by other replicas are found by polling.
     _releases: dict[str, _Releases] = field(default_factory=dict, init=False, repr=False)
@@ -97,7 +105,10 @@ class PgLimiter:
         key = _company_key(company_id)
         releases = self._releases.setdefault(company_id, _Releases())
         priority = SLOT_PRIORITY.get()
-        lease = await self._inherit()
+        inherited = await self._inherit()
+        if inherited is GIVE_WAY:
+            await self._give_way(releases)
+        lease = inherited if isinstance(inherited, _Lease) else None
         conn: asyncpg.Connection = lease.conn if lease else await self.pool.acquire()
         held: int | None = lease.slot if lease else None
         passes = lease.passes if lease else 0
@@ -172,12 +183,26 @@ class PgLimiter:
                     lambda _: None if passed.claimed else self._forsake(passed, key, releases)
                 )
             else:
-                if successor is not None and not successor.lease.done():
+                # The walk's passes ran out while others wait here: its next page gives
+                # way to them once the slot is back (told after the give-back, so the
+                # give-back's own pulse is not taken for a waiter having the slot).
+                give_way = (
+                    clean
+                    and held is not None
+                    and passes >= self.max_passes
+                    and bool(releases.waiting)
+                )
+                if successor is not None and not successor.lease.done() and not give_way:
                     successor.lease.set_result(None)  # it waits for a slot as usual
-                await self._give_back(conn, key, held, releases)
+                try:
+                    await self._give_back(conn, key, held, releases)
+                finally:
+                    if successor is not None and not successor.lease.done():
+                        successor.lease.set_result(GIVE_WAY)
 
-    async def _inherit(self) -> _Lease | None:
-        """The slot this task's predecessor in a walk passed on, if any (once)."""
+    async def _inherit(self) -> _Lease | object | None:
+        """The slot this task's predecessor in a walk passed on, if any (once), or
+        GIVE_WAY when it freed the slot for the waiters here instead."""
         handoff = SLOT_INHERITED.get()
         if handoff is None:
             return None
@@ -186,7 +211,19 @@ class PgLimiter:
         if isinstance(lease, _Lease):
             lease.claimed = True
             return lease
-        return None
+        return GIVE_WAY if lease is GIVE_WAY else None
+
+    async def _give_way(self, releases: _Releases) -> None:
+        """Waits (``give_way_seconds`` at most) until a waiter here has taken the slot
+        (a waiter leaving pulses), before this page starts waiting for one itself."""
+        seen = releases.count
+        deadline = time.monotonic() + self.give_way_seconds
+        while releases.count == seen and releases.waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(releases.wake.wait(), left)
 
     def _leave(self, releases: _Releases, priority: int, impatient: bool) -> None:
         if impatient:
