@@ -294,12 +294,16 @@ async def republished_events(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(
-            "SELECT payload FROM sync.outbox_events WHERE subject LIKE 'ar.invoice.%'"
+            "SELECT subject, payload FROM sync.outbox_events WHERE subject LIKE 'ar.invoice.%'"
         )
     finally:
         await conn.close()
     seen: collections.Counter[tuple[str, int]] = collections.Counter()
     for row in rows:
-        event = events_pb2.InvoiceChanged.FromString(row["payload"])
-        seen[(event.invoice.record_no, event.invoice.version)] += 1
+        if row["subject"] == "ar.invoice.bundle":  # a sync job's
+            changes = list(events_pb2.InvoiceChanges.FromString(row["payload"]).changes)
+        else:
+            changes = [events_pb2.InvoiceChanged.FromString(row["payload"])]
+        for event in changes:
+            seen[(event.invoice.record_no, event.invoice.version)] += 1
     return sum(n - 1 for n in seen.values() if n > 1)

@@ -86,6 +86,64 @@ async def test_new_rows_are_copied_in_and_each_announced(pool: asyncpg.Pool) -> 
     assert events[0][1].occurred_at.seconds > 0
 
 
+async def _bundles(conn: asyncpg.Connection) -> list[tuple[str, events_pb2.InvoiceChanges]]:
+    rows = await conn.fetch("SELECT subject, payload FROM outbox_events ORDER BY seq, position")
+    return [(r["subject"], events_pb2.InvoiceChanges.FromString(r["payload"])) for r in rows]
+
+
+async def test_a_jobs_batch_is_announced_in_bundles_in_order(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await store.apply(conn, Outbox(), store.INVOICES, [_invoice(2)], time_zone=ZONE)
+    # 2 stored before (its due changes): updated; the rest created.
+    batch = [_invoice(n, due="80.00" if n == 2 else "100.00") for n in range(1, 1201)]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM outbox")
+        counts = await store.apply(
+            conn, Outbox(), store.INVOICES, batch, time_zone=ZONE, bundled=True
+        )
+    assert (counts.created, counts.updated) == (1199, 1)
+    async with pool.acquire() as conn:
+        bundles = await _bundles(conn)
+    assert [s for s, _ in bundles] == ["ar.invoice.bundle"] * 3
+    assert [len(b.changes) for _, b in bundles] == [500, 500, 200]
+    changes = [c for _, b in bundles for c in b.changes]
+    assert [c.invoice.record_no for c in changes] == [str(n) for n in range(1, 1201)]
+    second = changes[1]
+    assert second.change == events_pb2.CHANGE_TYPE_UPDATED
+    assert (second.invoice.version, second.invoice.due.amount_minor) == (2, 8000)
+    first = changes[0]
+    assert first.change == events_pb2.CHANGE_TYPE_CREATED
+    assert first.invoice.version == 1
+    # Each change is what the same change announced alone would be.
+    announcer = store.INVOICES.announcer
+    assert announcer is not None
+    alone: Any = announcer.event(
+        batch[0], events_pb2.CHANGE_TYPE_CREATED, first.occurred_at, 1, ZONE
+    )
+    assert first == alone
+    assert first.invoice.intacct_modified_at.seconds == int(
+        datetime(2026, 10, 1, 17, tzinfo=UTC).timestamp()
+    )
+
+
+async def test_bundles_of_large_records_split_to_stay_small(pool: asyncpg.Pool) -> None:
+    batch = []
+    for n in range(1, 401):
+        row = _invoice(n)
+        row["custom_fields"] = {"PAYMENT_LINK": f"https://pay.example/{n}?" + "x" * 2000}
+        batch.append(row)
+    async with pool.acquire() as conn, conn.transaction():
+        await store.apply(conn, Outbox(), store.INVOICES, batch, time_zone=ZONE, bundled=True)
+    async with pool.acquire() as conn:
+        bundles = await _bundles(conn)
+        sizes = await conn.fetch("SELECT length(payload) AS n FROM outbox_events")
+    assert len(bundles) > 1
+    assert all(r["n"] <= store.BUNDLE_BYTES for r in sizes)
+    assert [c.invoice.record_no for _, b in bundles for c in b.changes] == [
+        str(n) for n in range(1, 401)
+    ]
+
+
 async def test_a_key_stored_meanwhile_sends_the_batch_the_general_way(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await store.apply(conn, Outbox(), store.INVOICES, [_invoice(7)], time_zone=ZONE)

@@ -158,7 +158,15 @@ class Scheduler:
         )
 
     async def on_customer(self, conn: Any, delivery: Any) -> None:
-        event = events_pb2.CustomerChanged.FromString(delivery.data)
+        """``ar.customer.*``: one change, or a sync job's bundle of them (all of a
+        bundle in the delivery's transaction: it is handled whole or not at all)."""
+        if delivery.subject.endswith(".bundle"):
+            for event in events_pb2.CustomerChanges.FromString(delivery.data).changes:
+                await self._customer_changed(conn, event)
+        else:
+            await self._customer_changed(conn, events_pb2.CustomerChanged.FromString(delivery.data))
+
+    async def _customer_changed(self, conn: Any, event: events_pb2.CustomerChanged) -> None:
         customer = event.customer
         if event.change == events_pb2.CHANGE_TYPE_DELETED:
             await conn.execute(
@@ -197,7 +205,23 @@ class Scheduler:
             await self.evaluate_customer(conn, event.account_id, event.customer_id)
 
     async def on_invoice(self, conn: Any, delivery: Any) -> None:
-        event = events_pb2.InvoiceChanged.FromString(delivery.data)
+        """``ar.invoice.*``: one change, or a sync job's bundle of them (as for customers)."""
+        if not delivery.subject.endswith(".bundle"):
+            await self._invoice_changed(conn, events_pb2.InvoiceChanged.FromString(delivery.data))
+            return
+        rules: dict[str, list[engine.RuleSpec]] = {}  # an account's, read once per bundle
+        for event in events_pb2.InvoiceChanges.FromString(delivery.data).changes:
+            account_id = event.invoice.account_id
+            if account_id not in rules:
+                rules[account_id] = await RuleStore.specs(conn, account_id)
+            await self._invoice_changed(conn, event, rules[account_id])
+
+    async def _invoice_changed(
+        self,
+        conn: Any,
+        event: events_pb2.InvoiceChanged,
+        rules: list[engine.RuleSpec] | None = None,
+    ) -> None:
         invoice = event.invoice
         occurred = (
             event.occurred_at.ToDatetime(tzinfo=UTC)
@@ -216,7 +240,7 @@ class Scheduler:
             return
         if not await self.store_invoice(conn, invoice, occurred):
             return  # an older version than the one held
-        await self.evaluate_invoice(conn, invoice.account_id, invoice.record_no)
+        await self.evaluate_invoice(conn, invoice.account_id, invoice.record_no, rules)
 
     async def store_invoice(self, conn: Any, invoice: ar_pb2.Invoice, changed_at: datetime) -> bool:
         applied = await conn.fetchval(

@@ -418,7 +418,9 @@ class JobRunner:
                         "from_intacct",
                         str(exc),
                     )
-            counts = await store.apply(conn, self.outbox, synced.table, rows, time_zone=tz)
+            counts = await store.apply(
+                conn, self.outbox, synced.table, rows, time_zone=tz, bundled=True
+            )
         seen.update(r["record_no"] for r in rows)
         progress.done += len(records)
         progress.created += counts.created

@@ -25,39 +25,99 @@ from arbridge_runtime.jetstream import Outbox
 from arbridge_sync import convert, mapping
 
 Change: TypeAlias = events_pb2.ChangeType.ValueType
-# (row, change, when, the row's version as written, the account's time zone)
-EventFactory = Callable[[Mapping[str, Any], Change, Timestamp, int, str], Message | None]
+
+# A bundle's limits: a JetStream message must stay well under NATS's 1 MiB default.
+BUNDLE_CHANGES = 500
+BUNDLE_BYTES = 256 * 1024
 
 
-def _announcing(
-    message: Callable[..., Message], field: str, fill: Callable[[Any, Mapping[str, Any], str], None]
-) -> EventFactory:
-    """The factory of one record kind's change events: ``message`` with the row in its
-    ``field``. Filled in place (a message handed to a constructor is copied), with the
-    version written set on the message rather than copied into the row: a sync
-    announces every record it writes. ``intacct_modified_at`` is the instant of the
-    row's company-local WHENMODIFIED in the account's zone, as the API answers it."""
+@dataclass(frozen=True)
+class Announcer:
+    """How one record kind's changes are announced: one ``single`` message (e.g.
+    ``InvoiceChanged``, the row in its ``field``) per change, or ``bundle`` messages
+    (``InvoiceChanges``) holding many.
+
+    Messages are filled in place (a message handed to a constructor is copied),
+    with the version written set on the message rather than copied into the row:
+    a sync announces every record it writes. ``intacct_modified_at`` is the
+    instant of the row's company-local WHENMODIFIED in the account's zone, as the
+    API answers it."""
+
+    single: type[Message]
+    bundle: type[Message]
+    field: str
+    fill: Callable[[Any, Mapping[str, Any], str], None]
+
+    def _fill(
+        self,
+        target: Any,
+        row: Mapping[str, Any],
+        change: Change,
+        occurred_at: Timestamp,
+        version: int,
+        time_zone: str,
+    ) -> None:
+        target.change = change
+        record = getattr(target, self.field)
+        self.fill(record, row, time_zone)
+        record.version = version
+        target.occurred_at.CopyFrom(occurred_at)
 
     def event(
+        self,
         row: Mapping[str, Any],
         change: Change,
         occurred_at: Timestamp,
         version: int,
         time_zone: str,
     ) -> Message:
-        built: Any = message(change=change)  # every kind has ``occurred_at``
-        record = getattr(built, field)
-        fill(record, row, time_zone)
-        record.version = version
-        built.occurred_at.CopyFrom(occurred_at)
-        return built  # type: ignore[no-any-return]
+        built = self.single()
+        self._fill(built, row, change, occurred_at, version, time_zone)
+        return built
 
-    return event
+    def bundles(
+        self,
+        changes: Sequence[tuple[Mapping[str, Any], Change, int]],
+        occurred_at: Timestamp,
+        time_zone: str,
+    ) -> list[Message]:
+        """``changes`` (row, change, version) as bundles within the limits, in order."""
+        built: list[Message] = []
+        for start in range(0, len(changes), BUNDLE_CHANGES):
+            built.extend(
+                self._bundled(changes[start : start + BUNDLE_CHANGES], occurred_at, time_zone)
+            )
+        return built
+
+    def _bundled(
+        self,
+        changes: Sequence[tuple[Mapping[str, Any], Change, int]],
+        occurred_at: Timestamp,
+        time_zone: str,
+    ) -> list[Message]:
+        bundle: Any = self.bundle()
+        add = bundle.changes.add
+        for row, change, version in changes:
+            self._fill(add(), row, change, occurred_at, version, time_zone)
+        if len(changes) > 1 and bundle.ByteSize() > BUNDLE_BYTES:
+            # Large records (many custom fields): halves, each within the limit.
+            half = len(changes) // 2
+            return [
+                *self._bundled(changes[:half], occurred_at, time_zone),
+                *self._bundled(changes[half:], occurred_at, time_zone),
+            ]
+        return [bundle]
 
 
-_customer_event = _announcing(events_pb2.CustomerChanged, "customer", convert.fill_customer)
-_invoice_event = _announcing(events_pb2.InvoiceChanged, "invoice", convert.fill_invoice)
-_payment_event = _announcing(events_pb2.PaymentChanged, "payment", convert.fill_payment)
+_CUSTOMERS = Announcer(
+    events_pb2.CustomerChanged, events_pb2.CustomerChanges, "customer", convert.fill_customer
+)
+_INVOICES = Announcer(
+    events_pb2.InvoiceChanged, events_pb2.InvoiceChanges, "invoice", convert.fill_invoice
+)
+_PAYMENTS = Announcer(
+    events_pb2.PaymentChanged, events_pb2.PaymentChanges, "payment", convert.fill_payment
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +126,7 @@ class Table:
     key: tuple[str, ...]
     columns: tuple[str, ...]
     subject: str = ""
-    event: EventFactory | None = None
+    announcer: Announcer | None = None
     json_columns: tuple[str, ...] = ()
 
 
@@ -89,7 +149,7 @@ CUSTOMERS = Table(
         "data_hash",
     ),
     "ar.customer",
-    _customer_event,
+    _CUSTOMERS,
     ("contact", "custom_fields"),
 )
 INVOICES = Table(
@@ -117,7 +177,7 @@ INVOICES = Table(
         "data_hash",
     ),
     "ar.invoice",
-    _invoice_event,
+    _INVOICES,
     ("custom_fields",),
 )
 PAYMENTS = Table(
@@ -138,7 +198,7 @@ PAYMENTS = Table(
         "data_hash",
     ),
     "ar.payment",
-    _payment_event,
+    _PAYMENTS,
 )
 BANK_ACCOUNTS = Table(
     "bank_accounts",
@@ -205,8 +265,14 @@ async def apply(
     *,
     time_zone: str,
     exact_order: bool = False,
+    bundled: bool = False,
 ) -> Counts:
     """Upserts rows (newer versions only) and announces each real change.
+
+    ``bundled``: the changes are announced in bundles (``ar.<kind>.bundle``), as a
+    sync job's are, rather than one message each: a job writes tens of thousands,
+    and one message per change would cost it, the outbox relay and NATS several
+    times the writing itself.
 
     ``time_zone``: the account's (Intacct's WHENMODIFIED is company-local wall time;
     the events give it as an instant).
@@ -287,8 +353,7 @@ async def apply(
         [row for row, _ in to_write.values()],
         all_new=not existing and not gone,
     )
-    events: list[tuple[str, Message]] = []
-    occurred_at = now_timestamp()
+    written: list[tuple[Mapping[str, Any], Change, int]] = []
     for key, (row, change) in to_write.items():
         version = versions.get(key)
         if version is None:  # lost a race to a newer version
@@ -296,11 +361,38 @@ async def apply(
             continue
         counts.created += change == CREATED
         counts.updated += change == UPDATED
-        event = _event(table, row, change, occurred_at, version, time_zone)
-        if event is not None:
-            events.append(event)
-    await outbox.add_many(conn, events)
+        written.append((row, change, version))
+    await _announce(conn, outbox, table, written, time_zone=time_zone, bundled=bundled)
     return counts
+
+
+async def _announce(
+    conn: asyncpg.Connection,
+    outbox: Outbox,
+    table: Table,
+    written: Sequence[tuple[Mapping[str, Any], Change, int]],
+    *,
+    time_zone: str,
+    bundled: bool = False,
+) -> None:
+    """Records in the outbox the events of ``written`` changes (row, change, version)."""
+    announcer = table.announcer
+    if announcer is None or not written:
+        return
+    occurred_at = now_timestamp()
+    events: list[tuple[str, Message]]
+    if bundled:
+        subject = f"{table.subject}.bundle"
+        events = [(subject, b) for b in announcer.bundles(written, occurred_at, time_zone)]
+    else:
+        events = [
+            (
+                f"{table.subject}.{_VERB[change]}",
+                announcer.event(row, change, occurred_at, v, time_zone),
+            )
+            for row, change, v in written
+        ]
+    await outbox.add_many(conn, events)
 
 
 async def _upsert(
@@ -386,20 +478,6 @@ async def _rehash(
     )
 
 
-def _event(
-    table: Table,
-    row: Mapping[str, Any],
-    change: Change,
-    occurred_at: Timestamp,
-    version: int,
-    time_zone: str,
-) -> tuple[str, Message] | None:
-    if table.event is None:
-        return None
-    event = table.event(row, change, occurred_at, version, time_zone)
-    return None if event is None else (f"{table.subject}.{_VERB[change]}", event)
-
-
 async def delete(
     conn: asyncpg.Connection,
     outbox: Outbox,
@@ -426,7 +504,7 @@ async def delete(
         account_id,
         list(record_nos),
     )
-    occurred_at = now_timestamp()
-    events = [_event(table, row, DELETED, occurred_at, row["version"], time_zone) for row in rows]
-    await outbox.add_many(conn, [e for e in events if e is not None])
+    await _announce(
+        conn, outbox, table, [(row, DELETED, row["version"]) for row in rows], time_zone=time_zone
+    )
     return len(rows)
