@@ -284,3 +284,61 @@ async def test_one_failing_message_does_not_hold_back_its_batch(
     # Messages after the failing one ran once; those before it ran again after
     # the fast path rolled back, yet every effect above was applied once.
     assert all(calls[f"m{i}"] == 1 for i in (3, 4, 5))
+
+
+@pytest.mark.timeout(60)
+async def test_a_batch_handled_longer_than_the_ack_wait_is_not_delivered_again(
+    harness: Harness, nats_url: str
+) -> None:
+    """A sync job's bundle can take a while: the consumer tells JetStream it is still at
+    work, so neither it nor another replica gets the batch again meanwhile."""
+    nc = await connect(nats_url, "slow-test")
+    js = nc.jetstream(timeout=5)
+    await ensure_streams(js, harness.namespace, [STREAM])
+    seen: list[tuple[str, int]] = []
+
+    async def slow(conn: asyncpg.Connection, delivery: Delivery) -> None:
+        seen.append((delivery.message_id, delivery.num_delivered))
+        await asyncio.sleep(1.5)  # three times the ack wait, twice over
+        await apply_effect(conn, delivery)
+
+    spec = ConsumerSpec("slow", "ORDERS", ("orders.>",), ack_wait_seconds=0.5, batch=2)
+    replicas = [
+        JetStreamConsumer(
+            spec=spec,
+            handler=slow,
+            js=js,
+            pool=harness.pool,
+            namespace=harness.namespace,
+            metrics=harness.metrics,
+        )
+        for _ in range(2)
+    ]
+    await replicas[0].ensure()
+    for index in range(2):
+        await js.publish(
+            harness.namespace.subject("orders.created"),
+            b"big",
+            headers={"Nats-Msg-Id": f"s{index}"},
+        )
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(r.run(stop)) for r in replicas]
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (await count_effects(harness.pool))[0] < 2:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # a redelivery would reach the idle replica meanwhile
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    info = await _consumer_info(js, harness, "slow")
+    await nc.close()
+    assert sorted(seen) == [("s0", 1), ("s1", 1)]
+    # A redelivery would have come back as a duplicate (its effect already committed).
+    duplicates = harness.metrics.registry.get_sample_value(
+        "arbridge_messages_handled_total", {"consumer": "slow", "outcome": "duplicate"}
+    )
+    assert not duplicates
+    assert info.num_redelivered == 0  # type: ignore[attr-defined]
+    assert info.num_ack_pending == 0  # type: ignore[attr-defined]
+    assert await count_effects(harness.pool) == (2, 1)

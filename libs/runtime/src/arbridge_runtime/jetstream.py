@@ -413,6 +413,8 @@ class ConsumerSpec:
     max_deliver: int = 5
     backoff_seconds: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
     ack_wait_seconds: float = 60.0
+    # A batch still being handled is kept from redelivery this long at most.
+    max_in_progress_seconds: float = 600.0
     max_ack_pending: int = 1000
     batch: int = 64
 
@@ -519,6 +521,9 @@ class JetStreamConsumer:
                     "(the handler crashed or timed out each time)",
                 )
         pending = [i for i, o in enumerate(outcomes) if not o[0]]
+        # A long batch (a sync job's bundles hold hundreds of records each) must not
+        # be handed to another replica while this one still works on it.
+        keepalive = asyncio.create_task(self._keep_in_progress(messages))
         try:
             async with self.pool.acquire() as conn:
                 try:
@@ -542,12 +547,28 @@ class JetStreamConsumer:
             failure = redact_text(str(exc)) or type(exc).__name__
             log.warning("consumer_batch_failed", consumer=consumer, error=failure)
             outcomes = [("retry", failure) if o[0] != "dead" else o for o in outcomes]
+        finally:
+            keepalive.cancel()
+            await asyncio.gather(keepalive, return_exceptions=True)
         self.faults.hit("consumer.after_commit")
         for msg, delivery, (outcome, reason) in zip(messages, deliveries, outcomes, strict=True):
             await self._settle(msg, delivery, outcome, reason)
         elapsed = time.perf_counter() - started
         if messages:
             self.metrics.message_duration.labels(consumer).observe(elapsed / len(messages))
+
+    async def _keep_in_progress(self, messages: list[Msg]) -> None:
+        """Every third of the ack wait, tells JetStream the batch is still being
+        handled (``+WPI``), which restarts each message's ack wait; for
+        ``max_in_progress_seconds`` at most, so that a batch stuck for good is
+        delivered again (and dead-lettered after ``max_deliver`` deliveries)."""
+        deadline = time.monotonic() + self.spec.max_in_progress_seconds
+        while True:
+            await asyncio.sleep(self.spec.ack_wait_seconds / 3)
+            if time.monotonic() > deadline:
+                return
+            for msg in messages:
+                await _quietly(msg.in_progress())
 
     async def _handle_batch(
         self, conn: asyncpg.Connection, deliveries: list[Delivery]

@@ -22,9 +22,11 @@ the rule's charge is then refused as in progress and tried again shortly.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
@@ -80,6 +82,33 @@ class Facts:
     customer: engine.CustomerFacts | None
     zone: ZoneInfo
     changed_at: datetime
+
+
+_UNREAD: Any = object()  # a schedule row not read yet
+_T = TypeVar("_T")
+
+
+def _by_account(
+    changes: Sequence[_T], account_of: Callable[[_T], str]
+) -> list[tuple[str, list[_T]]]:
+    """Changes grouped by account, each group in the order received."""
+    grouped: dict[str, list[_T]] = {}
+    for change in changes:
+        grouped.setdefault(account_of(change), []).append(change)
+    return list(grouped.items())
+
+
+def _latest(
+    items: Sequence[_T], key: Callable[[_T], str], version: Callable[[_T], int]
+) -> list[_T]:
+    """One item per key: its highest version (the later of equals), in first-seen order
+    (one statement cannot write a key twice)."""
+    chosen: dict[str, _T] = {}
+    for item in items:
+        k = key(item)
+        if k not in chosen or version(item) >= version(chosen[k]):
+            chosen[k] = item
+    return list(chosen.values())
 
 
 def zone_of(name: str) -> ZoneInfo:
@@ -158,36 +187,57 @@ class Scheduler:
         )
 
     async def on_customer(self, conn: Any, delivery: Any) -> None:
-        """``ar.customer.*``: one change, or a sync job's bundle of them (all of a
-        bundle in the delivery's transaction: it is handled whole or not at all)."""
+        """``ar.customer.*``: one change, or a sync job's bundle of them. A bundle is
+        handled whole in the delivery's transaction, in a few statements rather than
+        a few per customer (an initial sync's are tens of thousands)."""
         if delivery.subject.endswith(".bundle"):
-            for event in events_pb2.CustomerChanges.FromString(delivery.data).changes:
-                await self._customer_changed(conn, event)
+            changes = list(events_pb2.CustomerChanges.FromString(delivery.data).changes)
         else:
-            await self._customer_changed(conn, events_pb2.CustomerChanged.FromString(delivery.data))
+            changes = [events_pb2.CustomerChanged.FromString(delivery.data)]
+        for account_id, events in _by_account(changes, lambda e: e.customer.account_id):
+            pending: list[ar_pb2.Customer] = []
+            for event in events:
+                if event.change != events_pb2.CHANGE_TYPE_DELETED:
+                    pending.append(event.customer)
+                    continue
+                # In order: what came before a deletion is stored before it.
+                await self._customers_changed(conn, account_id, pending)
+                pending = []
+                await conn.execute(
+                    "DELETE FROM customers WHERE account_id = $1 AND customer_id = $2",
+                    account_id,
+                    event.customer.customer_id,
+                )
+                await self.evaluate_customers(conn, account_id, [event.customer.customer_id])
+            await self._customers_changed(conn, account_id, pending)
 
-    async def _customer_changed(self, conn: Any, event: events_pb2.CustomerChanged) -> None:
-        customer = event.customer
-        if event.change == events_pb2.CHANGE_TYPE_DELETED:
-            await conn.execute(
-                "DELETE FROM customers WHERE account_id = $1 AND customer_id = $2",
-                customer.account_id,
-                customer.customer_id,
-            )
-        else:
-            applied = await conn.fetchval(
-                "INSERT INTO customers (account_id, customer_id, groups, version)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT (account_id, customer_id) DO UPDATE"
-                " SET groups = EXCLUDED.groups, version = EXCLUDED.version"
-                " WHERE customers.version <= EXCLUDED.version RETURNING true",
-                customer.account_id,
-                customer.customer_id,
-                list(customer.groups),
-                customer.version,
-            )
-            if not applied:
-                return
-        await self.evaluate_customer(conn, customer.account_id, customer.customer_id)
+    async def _customers_changed(
+        self, conn: Any, account_id: str, customers: list[ar_pb2.Customer]
+    ) -> None:
+        stored = await self._store_customers(conn, account_id, customers)
+        await self.evaluate_customers(conn, account_id, stored)
+
+    async def _store_customers(
+        self, conn: Any, account_id: str, customers: list[ar_pb2.Customer]
+    ) -> list[str]:
+        """Stores customers newer than the versions held; the ids of those stored."""
+        latest = _latest(customers, lambda c: c.customer_id, lambda c: c.version)
+        if not latest:
+            return []
+        rows = await conn.fetch(
+            "INSERT INTO customers (account_id, customer_id, groups, version)"
+            " SELECT $1, u.customer_id, ARRAY(SELECT jsonb_array_elements_text(u.groups::jsonb)),"
+            " u.version FROM unnest($2::text[], $3::text[], $4::bigint[])"
+            " AS u(customer_id, groups, version)"
+            " ON CONFLICT (account_id, customer_id) DO UPDATE"
+            " SET groups = EXCLUDED.groups, version = EXCLUDED.version"
+            " WHERE customers.version <= EXCLUDED.version RETURNING customer_id",
+            account_id,
+            [c.customer_id for c in latest],
+            [json.dumps(list(c.groups)) for c in latest],
+            [c.version for c in latest],
+        )
+        return [r["customer_id"] for r in rows]
 
     async def on_methods(self, conn: Any, delivery: Any) -> None:
         event = events_pb2.PaymentMethodsChanged.FromString(delivery.data)
@@ -206,48 +256,81 @@ class Scheduler:
 
     async def on_invoice(self, conn: Any, delivery: Any) -> None:
         """``ar.invoice.*``: one change, or a sync job's bundle of them (as for customers)."""
-        if not delivery.subject.endswith(".bundle"):
-            await self._invoice_changed(conn, events_pb2.InvoiceChanged.FromString(delivery.data))
-            return
-        rules: dict[str, list[engine.RuleSpec]] = {}  # an account's, read once per bundle
-        for event in events_pb2.InvoiceChanges.FromString(delivery.data).changes:
-            account_id = event.invoice.account_id
-            if account_id not in rules:
-                rules[account_id] = await RuleStore.specs(conn, account_id)
-            await self._invoice_changed(conn, event, rules[account_id])
+        if delivery.subject.endswith(".bundle"):
+            changes = list(events_pb2.InvoiceChanges.FromString(delivery.data).changes)
+        else:
+            changes = [events_pb2.InvoiceChanged.FromString(delivery.data)]
+        for account_id, events in _by_account(changes, lambda e: e.invoice.account_id):
+            pending: list[tuple[ar_pb2.Invoice, datetime]] = []
+            for event in events:
+                invoice = event.invoice
+                if event.change != events_pb2.CHANGE_TYPE_DELETED:
+                    occurred = (
+                        event.occurred_at.ToDatetime(tzinfo=UTC)
+                        if event.HasField("occurred_at")
+                        else datetime.now(UTC)
+                    )
+                    pending.append((invoice, occurred))
+                    continue
+                await self._invoices_changed(conn, account_id, pending)
+                pending = []
+                await conn.execute(
+                    "DELETE FROM invoices WHERE account_id = $1 AND record_no = $2",
+                    account_id,
+                    invoice.record_no,
+                )
+                await self._clear(conn, account_id, invoice.record_no, "the invoice was deleted")
+            await self._invoices_changed(conn, account_id, pending)
 
-    async def _invoice_changed(
-        self,
-        conn: Any,
-        event: events_pb2.InvoiceChanged,
-        rules: list[engine.RuleSpec] | None = None,
+    async def _invoices_changed(
+        self, conn: Any, account_id: str, invoices: list[tuple[ar_pb2.Invoice, datetime]]
     ) -> None:
-        invoice = event.invoice
-        occurred = (
-            event.occurred_at.ToDatetime(tzinfo=UTC)
-            if event.HasField("occurred_at")
-            else datetime.now(UTC)
-        )
-        if event.change == events_pb2.CHANGE_TYPE_DELETED:
-            await conn.execute(
-                "DELETE FROM invoices WHERE account_id = $1 AND record_no = $2",
-                invoice.account_id,
-                invoice.record_no,
-            )
-            await self._clear(
-                conn, invoice.account_id, invoice.record_no, "the invoice was deleted"
-            )
-            return
-        if not await self.store_invoice(conn, invoice, occurred):
-            return  # an older version than the one held
-        await self.evaluate_invoice(conn, invoice.account_id, invoice.record_no, rules)
+        # Versions older than the ones held change nothing and are not evaluated.
+        stored = await self.store_invoices(conn, account_id, invoices)
+        await self.evaluate_invoices(conn, account_id, stored)
 
     async def store_invoice(self, conn: Any, invoice: ar_pb2.Invoice, changed_at: datetime) -> bool:
-        applied = await conn.fetchval(
+        """Stores the invoice unless the version held is newer; whether it was stored."""
+        return bool(await self.store_invoices(conn, invoice.account_id, [(invoice, changed_at)]))
+
+    async def store_invoices(
+        self, conn: Any, account_id: str, invoices: list[tuple[ar_pb2.Invoice, datetime]]
+    ) -> list[str]:
+        """Stores an account's invoices (each with its change time) in one statement,
+        each unless the version held is newer; the RECORDNOs of those stored, in order."""
+        latest = _latest(invoices, lambda item: item[0].record_no, lambda item: item[0].version)
+        if not latest:
+            return []
+        columns: list[list[Any]] = [[] for _ in range(14)]
+        for invoice, changed_at in latest:
+            for column, value in zip(
+                columns,
+                (
+                    invoice.record_no,
+                    invoice.invoice_number,
+                    invoice.customer_id,
+                    invoice.currency,
+                    invoice.total.amount_minor,
+                    invoice.due.amount_minor,
+                    STATES.get(invoice.state, "open"),
+                    invoice.term_name,
+                    invoice.entity_id,
+                    SOURCES.get(invoice.source, "ar_invoice"),
+                    _date(invoice.invoice_date),
+                    _date(invoice.due_date),
+                    invoice.version,
+                    changed_at,
+                ),
+                strict=True,
+            ):
+                column.append(value)
+        rows = await conn.fetch(
             "INSERT INTO invoices (account_id, record_no, invoice_number, customer_id, currency,"
             " total_minor, due_minor, state, term_name, entity_id, source, invoice_date,"
-            " due_date, version, changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-            " $11, $12, $13, $14, $15) ON CONFLICT (account_id, record_no) DO UPDATE SET"
+            " due_date, version, changed_at) SELECT $1, * FROM unnest($2::text[], $3::text[],"
+            " $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::text[], $9::text[],"
+            " $10::text[], $11::text[], $12::date[], $13::date[], $14::bigint[],"
+            " $15::timestamptz[]) ON CONFLICT (account_id, record_no) DO UPDATE SET"
             " invoice_number = EXCLUDED.invoice_number, customer_id = EXCLUDED.customer_id,"
             " currency = EXCLUDED.currency, total_minor = EXCLUDED.total_minor,"
             " due_minor = EXCLUDED.due_minor, state = EXCLUDED.state,"
@@ -260,29 +343,23 @@ class Scheduler:
             " changed_at = CASE WHEN invoices.version < EXCLUDED.version"
             " THEN EXCLUDED.changed_at ELSE invoices.changed_at END"
             " WHERE invoices.version <= EXCLUDED.version"
-            " RETURNING true",
-            invoice.account_id,
-            invoice.record_no,
-            invoice.invoice_number,
-            invoice.customer_id,
-            invoice.currency,
-            invoice.total.amount_minor,
-            invoice.due.amount_minor,
-            STATES.get(invoice.state, "open"),
-            invoice.term_name,
-            invoice.entity_id,
-            SOURCES.get(invoice.source, "ar_invoice"),
-            _date(invoice.invoice_date),
-            _date(invoice.due_date),
-            invoice.version,
-            changed_at,
+            " RETURNING record_no",
+            account_id,
+            *columns,
         )
-        return bool(applied)
+        written = {r["record_no"] for r in rows}
+        return [invoice.record_no for invoice, _ in latest if invoice.record_no in written]
 
     # Evaluation ---------------------------------------------------------------------
 
     async def facts(self, conn: Any, account_id: str, record_no: str) -> Facts | None:
-        row = await conn.fetchrow(
+        return (await self.facts_of(conn, account_id, [record_no])).get(record_no)
+
+    async def facts_of(
+        self, conn: Any, account_id: str, record_nos: Sequence[str]
+    ) -> dict[str, Facts]:
+        """What evaluating the account's invoices needs, by RECORDNO (those held)."""
+        rows = await conn.fetch(
             "SELECT i.*, a.time_zone, c.groups, m.types, o.customer_id IS NOT NULL AS opted_out,"
             " c.customer_id IS NOT NULL AS known"
             " FROM invoices i LEFT JOIN accounts a USING (account_id)"
@@ -292,35 +369,43 @@ class Scheduler:
             " AND m.customer_id = i.customer_id"
             " LEFT JOIN autopay_opt_outs o ON o.account_id = i.account_id"
             " AND o.customer_id = i.customer_id"
-            " WHERE i.account_id = $1 AND i.record_no = $2",
+            " WHERE i.account_id = $1 AND i.record_no = ANY($2::text[])",
             account_id,
-            record_no,
+            list(record_nos),
         )
-        if row is None:
-            return None
-        customer = engine.CustomerFacts(
-            customer_id=row["customer_id"],
-            groups=frozenset(row["groups"] or ()),
-            auto_pay=not row["opted_out"],
-            method_types=frozenset(row["types"] or ()),
-        )
-        return Facts(
-            account_id,
-            invoice_facts(row),
-            customer,
-            zone_of(row["time_zone"]),
-            row["changed_at"],
-        )
+        found: dict[str, Facts] = {}
+        for row in rows:
+            customer = engine.CustomerFacts(
+                customer_id=row["customer_id"],
+                groups=frozenset(row["groups"] or ()),
+                auto_pay=not row["opted_out"],
+                method_types=frozenset(row["types"] or ()),
+            )
+            found[row["record_no"]] = Facts(
+                account_id,
+                invoice_facts(row),
+                customer,
+                zone_of(row["time_zone"]),
+                row["changed_at"],
+            )
+        return found
 
     async def evaluate_customer(self, conn: Any, account_id: str, customer_id: str) -> None:
+        await self.evaluate_customers(conn, account_id, [customer_id])
+
+    async def evaluate_customers(
+        self, conn: Any, account_id: str, customer_ids: Sequence[str]
+    ) -> None:
+        """Evaluates every invoice of these customers."""
+        if not customer_ids:
+            return
         rows = await conn.fetch(
-            "SELECT record_no FROM invoices WHERE account_id = $1 AND customer_id = $2",
+            "SELECT record_no FROM invoices WHERE account_id = $1"
+            " AND customer_id = ANY($2::text[]) ORDER BY record_no",
             account_id,
-            customer_id,
+            list(customer_ids),
         )
-        rules = await RuleStore.specs(conn, account_id)
-        for row in rows:
-            await self.evaluate_invoice(conn, account_id, row["record_no"], rules)
+        await self.evaluate_invoices(conn, account_id, [r["record_no"] for r in rows])
 
     async def evaluate_invoice(
         self,
@@ -329,23 +414,63 @@ class Scheduler:
         record_no: str,
         rules: list[engine.RuleSpec] | None = None,
     ) -> engine.Decision | None:
-        facts = await self.facts(conn, account_id, record_no)
-        if facts is None:
-            return None
+        return (await self.evaluate_invoices(conn, account_id, [record_no], rules)).get(record_no)
+
+    async def evaluate_invoices(
+        self,
+        conn: Any,
+        account_id: str,
+        record_nos: Sequence[str],
+        rules: list[engine.RuleSpec] | None = None,
+    ) -> dict[str, engine.Decision]:
+        """Evaluates an account's invoices and schedules (or clears) their charges;
+        each invoice's decision. Facts and schedule rows are read, and the rows locked,
+        ``BATCH`` invoices at a time (in RECORDNO order), not one query per invoice."""
+        decided: dict[str, engine.Decision] = {}
+        wanted = list(dict.fromkeys(record_nos))
+        if not wanted:
+            return decided
         if rules is None:
             rules = await RuleStore.specs(conn, account_id)
-        decision = engine.decide(rules, facts.invoice, facts.customer, facts.zone, facts.changed_at)
-        await self._apply(conn, facts, decision)
-        return decision
+        for start in range(0, len(wanted), BATCH):
+            chunk = wanted[start : start + BATCH]
+            facts = await self.facts_of(conn, account_id, chunk)
+            held = {
+                row["invoice_record_no"]: row
+                for row in await conn.fetch(
+                    "SELECT * FROM schedule WHERE account_id = $1"
+                    " AND invoice_record_no = ANY($2::text[])"
+                    " ORDER BY invoice_record_no FOR UPDATE",
+                    account_id,
+                    chunk,
+                )
+            }
+            for record_no in chunk:
+                found = facts.get(record_no)
+                if found is None:
+                    continue
+                decision = engine.decide(
+                    rules, found.invoice, found.customer, found.zone, found.changed_at
+                )
+                await self._apply(conn, found, decision, held.get(record_no))
+                decided[record_no] = decision
+        return decided
 
-    async def _apply(self, conn: Any, facts: Facts, decision: engine.Decision) -> None:
+    async def _apply(
+        self, conn: Any, facts: Facts, decision: engine.Decision, held: Any = _UNREAD
+    ) -> None:
+        """Writes the decision to the invoice's schedule row; ``held``: that row as
+        already read and locked in this transaction (None: there is none)."""
         invoice = facts.invoice
         account_id = facts.account_id
-        row = await conn.fetchrow(
-            "SELECT * FROM schedule WHERE account_id = $1 AND invoice_record_no = $2 FOR UPDATE",
-            account_id,
-            invoice.record_no,
-        )
+        row = held
+        if row is _UNREAD:
+            row = await conn.fetchrow(
+                "SELECT * FROM schedule WHERE account_id = $1 AND invoice_record_no = $2"
+                " FOR UPDATE",
+                account_id,
+                invoice.record_no,
+            )
         if row is not None and row["state"] in ("charging", "done", "stopped"):
             return  # being charged, charged, or given up on: evaluation does not move it
         if not decision.charges:
@@ -453,9 +578,7 @@ class Scheduler:
                         after,
                         BATCH,
                     )
-                    rules = await RuleStore.specs(conn, account_id)
-                    for row in rows:
-                        await self.evaluate_invoice(conn, account_id, row["record_no"], rules)
+                    await self.evaluate_invoices(conn, account_id, [r["record_no"] for r in rows])
                 done += len(rows)
                 if len(rows) < BATCH:
                     break
