@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -342,3 +343,44 @@ async def test_a_batch_handled_longer_than_the_ack_wait_is_not_delivered_again(
     assert info.num_redelivered == 0  # type: ignore[attr-defined]
     assert info.num_ack_pending == 0  # type: ignore[attr-defined]
     assert await count_effects(harness.pool) == (2, 1)
+
+
+@pytest.mark.timeout(60)
+async def test_a_relay_batch_holds_a_bounded_size_of_payloads(
+    harness: Harness, nats_url: str
+) -> None:
+    """Large events (a sync job's bundles) go out in batches of bounded bytes, and the
+    relay goes on at once while more wait."""
+    nc = await connect(nats_url, "bytes-test")
+    js = nc.jetstream(timeout=5)
+    await ensure_streams(js, harness.namespace, [STREAM])
+    relay = OutboxRelay(
+        pool=harness.pool,
+        js=js,
+        namespace=harness.namespace,
+        schema=harness.namespace.prefix,
+        metrics=harness.metrics,
+        batch_bytes=50_000,
+    )
+    outbox = Outbox()
+    big = os.urandom(20_000)  # incompressible: stored at its size
+    async with harness.pool.acquire() as conn, conn.transaction():
+        for index in range(5):
+            await outbox.add(conn, "orders.bulk", big + bytes([index]))
+        await outbox.add_many(conn, [("orders.bulk", big), ("orders.bulk", big)])
+        await outbox.add(conn, "orders.small", b"small")
+
+    async def unpublished() -> int:
+        return int(
+            await harness.pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        )
+
+    batches = []
+    while await unpublished():
+        before = await unpublished()
+        full = await relay.publish_batch()
+        batches.append((before - await unpublished(), full))
+    await nc.close()
+    # A row joins while the batch before it is under 50,000 bytes: three singles of
+    # 20,000; then two singles and the bundle row (40,000); then the small one alone.
+    assert batches == [(3, True), (3, True), (1, False)]

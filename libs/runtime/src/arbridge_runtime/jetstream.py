@@ -200,6 +200,9 @@ class OutboxRelay:
     schema: str
     metrics: ServiceMetrics
     batch_size: int = 500
+    # A batch's stored payloads at most (always its first row): sync jobs' bundles
+    # are up to 256 KiB each, and 500 of them would be a lot to hold at once.
+    batch_bytes: int = 8 * 1024 * 1024
     poll_interval: float = 1.0
     publish_timeout: float = 5.0
     retention_seconds: float = 7 * 24 * 3600.0
@@ -219,7 +222,7 @@ class OutboxRelay:
         try:
             while not stop.is_set():
                 try:
-                    published = await self.publish_batch()
+                    more = await self.publish_batch()
                     backoff = 0.1
                 except Exception as exc:
                     self.metrics.outbox_publish_errors.inc()
@@ -235,32 +238,36 @@ class OutboxRelay:
                     last_reap = time.monotonic()
                     with contextlib.suppress(*TRANSIENT_DB_ERRORS):
                         await self._reap()
-                if published >= self.batch_size:
+                if more:
                     continue
                 self._wake.clear()
                 await _wait_any(stop, self._wake, self.poll_interval)
         finally:
             await stop_listening(listening)
 
-    async def publish_batch(self) -> int:
-        """Publishes up to one batch (``batch_size`` events); returns how many events."""
+    async def publish_batch(self) -> bool:
+        """Publishes up to one batch (``batch_size`` events, ``batch_bytes`` of
+        payloads); whether the batch was full (more may be waiting)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            # Rows in order, as many as fit the batch's events (always the first:
-            # a bundle larger than a batch goes alone). Rows locked beyond that
-            # stay unread here and free again at commit.
+            # Rows in order, as many as fit the batch's events and bytes (always the
+            # first: a bundle larger than a batch goes alone). Rows locked beyond
+            # that stay unread here and free again at commit.
             rows = await conn.fetch(
-                "WITH locked AS (SELECT seq, coalesce(cardinality(subjects), 1) AS n"
-                " FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1"
+                "WITH locked AS (SELECT seq, coalesce(cardinality(subjects), 1) AS n,"
+                " coalesce(pg_column_size(payload), 0) + coalesce(pg_column_size(payloads), 0)"
+                " AS b FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1"
                 " FOR UPDATE SKIP LOCKED),"
-                " chosen AS (SELECT seq FROM (SELECT seq, n, sum(n) OVER (ORDER BY seq) AS upto"
-                " FROM locked) t WHERE upto - n < $1)"
+                " chosen AS (SELECT seq FROM (SELECT seq, n, b, sum(n) OVER w AS upto,"
+                " sum(b) OVER w AS bytes_upto FROM locked WINDOW w AS (ORDER BY seq)) t"
+                " WHERE upto - n < $1 AND bytes_upto - b < $2)"
                 " SELECT seq, id::text AS id, subject, payload, subjects, payloads, headers"
                 " FROM outbox WHERE seq = ANY(ARRAY(SELECT seq FROM chosen)) ORDER BY seq",
                 self.batch_size,
+                self.batch_bytes,
             )
             if not rows:
                 self.metrics.outbox_depth.set(0)
-                return 0
+                return False
             results = await self._publish(rows)
             self.faults.hit("outbox.after_publish")
             acked = [row["seq"] for row, error in zip(rows, results, strict=True) if error is None]
@@ -282,7 +289,13 @@ class OutboxRelay:
         published = sum(_events_in(row) for row, e in zip(rows, results, strict=True) if e is None)
         self.metrics.outbox_published.inc(published)
         read = sum(_events_in(row) for row in rows)
-        if read < self.batch_size and len(rows) < self.batch_size:
+        # (Stored sizes may be compressed: payloads this large may have filled the batch.)
+        full = (
+            read >= self.batch_size
+            or len(rows) >= self.batch_size
+            or sum(_bytes_in(row) for row in rows) >= self.batch_bytes
+        )
+        if not full:
             # Every unpublished row was in this batch.
             self.metrics.outbox_depth.set(read - published)
         else:
@@ -290,7 +303,7 @@ class OutboxRelay:
                 self.metrics.outbox_depth.set(await _depth(conn))
         if failed:
             raise OutboxPublishError(f"{len(failed)} of {len(rows)} outbox rows not acknowledged")
-        return published
+        return full
 
     async def _publish(self, rows: Sequence[asyncpg.Record]) -> list[BaseException | None]:
         """Publishes rows' events without waiting for each acknowledgement in turn
@@ -355,6 +368,12 @@ class OutboxRelay:
 
 def _events_in(row: asyncpg.Record) -> int:
     return 1 if row["subjects"] is None else len(row["subjects"])
+
+
+def _bytes_in(row: asyncpg.Record) -> int:
+    if row["payloads"] is None:
+        return len(row["payload"] or b"")
+    return sum(len(p) for p in row["payloads"])
 
 
 async def _depth(conn: asyncpg.Connection) -> int:
