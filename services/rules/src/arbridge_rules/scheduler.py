@@ -424,8 +424,8 @@ class Scheduler:
         rules: list[engine.RuleSpec] | None = None,
     ) -> dict[str, engine.Decision]:
         """Evaluates an account's invoices and schedules (or clears) their charges;
-        each invoice's decision. Facts and schedule rows are read, and the rows locked,
-        ``BATCH`` invoices at a time (in RECORDNO order), not one query per invoice."""
+        each invoice's decision. Facts and schedule rows are read ``BATCH`` invoices at
+        a time, not one query per invoice; the rows are locked in RECORDNO order."""
         decided: dict[str, engine.Decision] = {}
         wanted = list(dict.fromkeys(record_nos))
         if not wanted:
