@@ -10,8 +10,8 @@ import sys
 
 from aiohttp import web
 
+from arbridge_intacct_sandbox.functions import warm
 from arbridge_intacct_sandbox.generator import GeneratorSpec, make_company
-from arbridge_intacct_sandbox.query import warm
 from arbridge_intacct_sandbox.sandbox import Sandbox
 from arbridge_intacct_sandbox.server import GATEWAY_PATH, build_app
 from arbridge_runtime.logs import configure_logging
@@ -90,8 +90,7 @@ def build(args: argparse.Namespace) -> tuple[Sandbox, web.Application]:
                 platform_services=not args.no_platform_services,
             )
         )
-        for table in company.tables.values():
-            warm(table.obj.fields, (row.values for row in table.rows.values()))
+        warm(company)
         # The company lives until a reset replaces it: frozen, the garbage collector
         # no longer walks it (a full collection of a 100,000-invoice company stalled
         # whichever call set it off for about a second).

@@ -14,8 +14,9 @@ timestamps (``MM/DD/YYYY[ HH:MM:SS]``) chronologically, text as text.
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -33,10 +34,8 @@ class QueryError(ValueError):
     """The query cannot be parsed or names a field the object does not have."""
 
 
-# Dates and timestamps parsed, by their text: a query's first scan compares every
-# record's WHENMODIFIED, and parsing each again cost most of that scan (a real
-# Intacct has its columns typed and indexed). Filled as values are first compared,
-# and for a company's records by ``warm``; emptied when large.
+# Dates and timestamps parsed, by their text: a query's scan compares every record's
+# WHENMODIFIED, and parsing each again cost most of a first scan. Emptied when large.
 _PARSED: dict[tuple[str, str], Any] = {}
 _PARSED_MAX = 2_000_000
 
@@ -71,14 +70,6 @@ def _when(kind: str, raw: str) -> Any:
         return us_datetime(raw) or datetime.strptime(raw, "%m/%d/%Y")
     except ValueError:
         return raw
-
-
-def warm(fields: Iterable[FieldDef], records: Iterable[Mapping[str, str]]) -> None:
-    """Parses the dates and timestamps of ``records`` ahead of the first query."""
-    timed = [f for f in fields if f.type in (DATE, DATETIME)]
-    for values in records:
-        for field in timed:
-            typed(field, values.get(field.name, ""))
 
 
 def _literal(field: FieldDef, raw: str) -> Any:
@@ -303,6 +294,60 @@ _XML_OPS = {
     "greaterthan": ">",
     "greaterthanorequalto": ">=",
 }
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<>": operator.ne,
+    "<": operator.lt,
+    ">": operator.gt,
+    "<=": operator.le,
+    ">=": operator.ge,
+}
+Comparison = tuple[FieldDef, Callable[[Any, Any], Any], Any]
+
+
+def comparisons(
+    element: etree._Element | None, fields: Mapping[str, FieldDef]
+) -> list[Comparison] | None:
+    """The filter as comparisons of number or date fields that must all hold (one
+    leaf such as ``greaterthanorequalto``, or an ``and`` of them), for a scan over
+    typed columns (:func:`holding`); None when it is anything else."""
+    if element is None or len(element) != 1:
+        return None
+    node = element[0]
+    leaves = list(node) if str(node.tag).lower() == "and" else [node]
+    resolver = FieldResolver(fields, codes=False)
+    found: list[Comparison] = []
+    for leaf in leaves:
+        tag = str(leaf.tag).lower()
+        values = leaf.findall("value")
+        if tag not in _XML_OPS or len(values) != 1:
+            return None
+        try:
+            field = resolver.resolve(_text(leaf, "field"))
+            if field.type not in (INT, DECIMAL, DATE, DATETIME):
+                return None  # text compares by case and codes: the general way
+            right = _literal(field, (values[0].text or "").strip())
+        except QueryError:
+            return None
+        found.append((field, _OPERATORS[_XML_OPS[tag]], right))
+    return found
+
+
+def holding(
+    positions: Iterable[int], column: Sequence[Any], test: Callable[[Any, Any], Any], right: Any
+) -> list[int]:
+    """The positions whose typed value in ``column`` passes ``test`` against ``right``,
+    as :func:`_compare` decides (no value never passes; unlike types compare as text)."""
+    kind = type(right)
+    return [
+        i
+        for i in positions
+        if (value := column[i]) is not None
+        and (test(value, right) if type(value) is kind else test(str(value), str(right)))
+    ]
 
 
 def compile_filter(

@@ -55,6 +55,8 @@ class Table:
     rows: dict[int, Row] = field(default_factory=dict)
     by_id: dict[str, int] = field(default_factory=dict)
     version: int = 0
+    # ``rows`` as a list at ``version`` (queries' typed columns follow its order).
+    listed: tuple[int, list[Row]] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -145,6 +147,8 @@ class Company:
     query_cache: dict[tuple[object, ...], tuple[list[Row], list[int]]] = field(
         default_factory=dict, repr=False
     )
+    # Typed columns by (object, field), each at the table version it was built at.
+    columns: dict[tuple[str, str], tuple[int, list[Any]]] = field(default_factory=dict, repr=False)
     next_recordno: int = 1
     seq: int = 0
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
