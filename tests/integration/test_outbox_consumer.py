@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import pytest
@@ -45,6 +46,17 @@ class Harness:
     pool: asyncpg.Pool
     namespace: Namespace
     metrics: ServiceMetrics
+
+    def relay(self, js: Any, **options: Any) -> OutboxRelay:
+        """An outbox relay of this harness's schema and namespace."""
+        return OutboxRelay(
+            pool=self.pool,
+            js=js,
+            namespace=self.namespace,
+            schema=self.namespace.prefix,
+            metrics=self.metrics,
+            **options,
+        )
 
 
 @pytest.fixture
@@ -85,15 +97,7 @@ async def test_ten_thousand_events_survive_a_nats_restart_exactly_once(
     nc = await connect(private_nats.url, "outbox-test")
     js = nc.jetstream(timeout=5)
     await ensure_streams(js, harness.namespace, [STREAM])
-    relay = OutboxRelay(
-        pool=harness.pool,
-        js=js,
-        namespace=harness.namespace,
-        schema=harness.namespace.prefix,
-        metrics=harness.metrics,
-        batch_size=500,
-        publish_timeout=2.0,
-    )
+    relay = harness.relay(js, batch_size=500, publish_timeout=2.0)
     consumer = JetStreamConsumer(
         spec=ConsumerSpec(
             "effects", "ORDERS", ("orders.>",), max_deliver=50, backoff_seconds=(0.2,)
@@ -354,14 +358,7 @@ async def test_a_relay_batch_holds_a_bounded_size_of_payloads(
     nc = await connect(nats_url, "bytes-test")
     js = nc.jetstream(timeout=5)
     await ensure_streams(js, harness.namespace, [STREAM])
-    relay = OutboxRelay(
-        pool=harness.pool,
-        js=js,
-        namespace=harness.namespace,
-        schema=harness.namespace.prefix,
-        metrics=harness.metrics,
-        batch_bytes=50_000,
-    )
+    relay = harness.relay(js, batch_bytes=50_000)
     outbox = Outbox()
     big = os.urandom(20_000)  # incompressible: stored at its size
     async with harness.pool.acquire() as conn, conn.transaction():

@@ -27,15 +27,19 @@ _COMPANY: Company | None = None
 def _company() -> Company:
     global _COMPANY  # one generated company for every example
     if _COMPANY is None:
-        _COMPANY = make_company(
-            company_id="c",
-            user_id="u",
-            user_password="p",
-            sender_id="s",
-            spec=GeneratorSpec(seed=5, customers=40, invoices=400),
-            now=datetime(2026, 11, 1, 12, 0),
-        )
+        _COMPANY = _generated("c", seed=5, invoices=400)
     return _COMPANY
+
+
+def _generated(company_id: str, *, seed: int, invoices: int) -> Company:
+    return make_company(
+        company_id=company_id,
+        user_id="u",
+        user_password="p",
+        sender_id="s",
+        spec=GeneratorSpec(seed=seed, customers=invoices // 10, invoices=invoices),
+        now=datetime(2026, 11, 1, 12, 0),
+    )
 
 
 def _call(company: Company) -> Call:
@@ -114,14 +118,7 @@ def _never(*_args: Any) -> None:
 
 
 def test_a_change_is_seen_by_the_next_scan() -> None:
-    company = make_company(
-        company_id="c2",
-        user_id="u",
-        user_password="p",
-        sender_id="s",
-        spec=GeneratorSpec(seed=6, customers=10, invoices=50),
-        now=datetime(2026, 11, 1, 12, 0),
-    )
+    company = _generated("c2", seed=6, invoices=50)
     functions.warm(company)
     window = [("WHENMODIFIED", "greaterthanorequalto", "01/01/2030 00:00:00")]
     assert _selected(_call(company), _query(window, None)) == []
