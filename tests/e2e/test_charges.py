@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 from pathlib import Path
 from typing import Any
 
@@ -585,3 +586,141 @@ async def test_refunds_made_at_the_gateway_outside_arbridge_are_recorded(
                 one.charge_id: 10.0,
                 two.charge_id: 10.0,
             }
+
+
+@pytest.mark.timeout(600)
+async def test_a_held_refund_is_resolved_by_an_operator_from_the_gateway_console(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str
+) -> None:
+    """A refund pending while someone refunds in the gateway's console is held: the totals
+    cannot tell whether it went out. The console shows arbridge's refunds by their id;
+    an operator says sent or not sent, and the console's refund is recorded beside it."""
+    async with synced_payments_suite(
+        tmp_path,
+        database_url,
+        nats_url,
+        unique,
+        customers=12,
+        invoices=60,
+        services=("connector", "sync", "payments", "gateway"),
+        service_extra=FAST_RECOVERY,
+    ) as suite:
+        by_customer = await open_invoices_by_customer(suite, "acme")
+        customer = max(by_customer, key=lambda c: len(by_customer[c]))
+        first, second = [i for i in by_customer[customer] if i.due.amount_minor >= 1000][:2]
+        async with aiohttp.ClientSession() as http:
+            payer = Payer(suite, http, suite.target("payments"))
+            await payer.add_card(customer, "4242424242424242")
+            one, two = [
+                (
+                    await payer.charge(f"held-{n}", customer, [(i.record_no, 1000)], i.currency)
+                ).charge
+                for n, i in enumerate((first, second))
+            ]
+            currency = one.amount.currency
+
+            def refund_of(charge: payments_pb2.Charge, key: str) -> Any:
+                return payments_pb2.RefundChargeRequest(
+                    account_id="acme",
+                    charge_id=charge.charge_id,
+                    idempotency_key=key,
+                    amount=common_pb2.Money(amount_minor=400, currency=currency),
+                )
+
+            async def console(charge: payments_pb2.Charge) -> list[dict[str, str]]:
+                made = await gateway_transactions(http, suite)
+                found = next(t for t in made if t["merchantTransactionId"] == charge.charge_id)
+                return list(found["refunds"])
+
+            async def resolve(refund_id: str, resolution: Any) -> Any:
+                return await payer.stub.ResolveRefund(
+                    payments_pb2.ResolveRefundRequest(
+                        account_id="acme", refund_id=refund_id, resolution=resolution
+                    )
+                )
+
+            # Sent: the replica dies once the gateway refunded; meanwhile the console
+            # refunds 3.00 more. The retry finds neither total and holds the refund.
+            doomed = await doomed_replica(
+                tmp_path, suite, database_url, nats_url, unique, "refund.after_gateway", "held"
+            )
+            victim = Payer(suite, http, doomed.grpc_target)
+            err = await refused(victim.stub.RefundCharge(refund_of(one, "held-sent")))
+            assert err.code() == grpc.StatusCode.UNAVAILABLE
+            assert await asyncio.to_thread(doomed.process.wait, 30) == -9
+            await refund_at_gateway(
+                http, suite, one.gateway_transaction_id, from_minor(300, currency)
+            )
+            held = await refused(payer.stub.RefundCharge(refund_of(one, "held-sent")))
+            assert held.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "ResolveRefund" in str(held.details())
+            match = re.search(r"rf_[0-9a-f]+", str(held.details()))
+            assert match is not None
+            sent_id = match.group(0)
+            # The console lists arbridge's refund by its id, and the other without one.
+            assert sorted(r["reason"] for r in await console(one)) == ["", sent_id]
+            unsaid = await refused(resolve(sent_id, payments_pb2.REFUND_RESOLUTION_UNSPECIFIED))
+            assert unsaid.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "REFUND_RESOLUTION_SENT" in str(unsaid.details())
+            elsewhere = await refused(
+                payer.stub.ResolveRefund(
+                    payments_pb2.ResolveRefundRequest(
+                        account_id="globex",
+                        refund_id=sent_id,
+                        resolution=payments_pb2.REFUND_RESOLUTION_SENT,
+                    )
+                )
+            )
+            assert elsewhere.code() == grpc.StatusCode.NOT_FOUND
+            resolved = await resolve(sent_id, payments_pb2.REFUND_RESOLUTION_SENT)
+            assert resolved.refund.state == "succeeded"
+            assert resolved.charge.refunded.amount_minor == 700  # 4.00 ours, 3.00 the console's
+            assert resolved.charge.state == payments_pb2.CHARGE_STATE_PARTIALLY_REFUNDED
+            again = await refused(resolve(sent_id, payments_pb2.REFUND_RESOLUTION_SENT))
+            assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "succeeded" in str(again.details())
+            replay = await payer.stub.RefundCharge(refund_of(one, "held-sent"))
+            assert (replay.refund.refund_id, replay.refund.state) == (sent_id, "succeeded")
+
+            # Not sent: the gateway answers 503 to everything, so the refund stays pending;
+            # then the console refunds 2.50.
+            faults_url = suite.cards["base_url"] + "/sandbox/faults"
+            async with http.put(faults_url, json={"error_5xx_rate": 1.0}) as reply:
+                assert reply.status == 200, await reply.text()
+            try:
+                down = await refused(payer.stub.RefundCharge(refund_of(two, "held-unsent")))
+                assert down.code() == grpc.StatusCode.UNAVAILABLE
+            finally:
+                async with http.put(faults_url, json={"error_5xx_rate": 0.0}) as reply:
+                    assert reply.status == 200, await reply.text()
+            await refund_at_gateway(
+                http, suite, two.gateway_transaction_id, from_minor(250, currency)
+            )
+            held = await refused(payer.stub.RefundCharge(refund_of(two, "held-unsent")))
+            assert held.code() == grpc.StatusCode.FAILED_PRECONDITION
+            match = re.search(r"rf_[0-9a-f]+", str(held.details()))
+            assert match is not None
+            unsent_id = match.group(0)
+            assert [r["reason"] for r in await console(two)] == [""]
+            # "Sent" is refused: the gateway's total cannot hold it.
+            wrong = await refused(resolve(unsent_id, payments_pb2.REFUND_RESOLUTION_SENT))
+            assert wrong.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "cannot have been sent" in str(wrong.details())
+            resolved = await resolve(unsent_id, payments_pb2.REFUND_RESOLUTION_NOT_SENT)
+            assert resolved.refund.state == "failed"
+            assert resolved.charge.refunded.amount_minor == 250  # the console's only
+            replay = await payer.stub.RefundCharge(refund_of(two, "held-unsent"))
+            assert replay.refund.state == "failed"  # never sent, whoever asks again
+            rest = await payer.stub.RefundCharge(
+                payments_pb2.RefundChargeRequest(
+                    account_id="acme", charge_id=two.charge_id, idempotency_key="held-rest"
+                )
+            )
+            assert rest.refund.amount.amount_minor == 750
+            assert rest.charge.state == payments_pb2.CHARGE_STATE_REFUNDED
+            made = {
+                t["merchantTransactionId"]: float(t["refundedAmount"])
+                for t in await gateway_transactions(http, suite)
+            }
+        assert made[one.charge_id] == 7.0
+        assert made[two.charge_id] == 10.0

@@ -162,6 +162,15 @@ async def test_operators_drive_accounts_rules_links_charges_and_syncs_from_the_t
         )
         assert refund.returncode == 0, refund.stderr
         assert "partially_refunded" in refund.stdout
+        # A held refund's resolution: sent or not sent must be said; a settled refund
+        # has nothing to resolve.
+        unsaid = await run(suite, "charges", "resolve-refund", "acme", "rf_nope")
+        assert unsaid.returncode == 2
+        assert "--sent" in unsaid.stderr
+        unknown = await run(suite, "charges", "resolve-refund", "acme", "rf_nope", "--not-sent")
+        assert unknown.returncode == 1
+        assert "NOT_FOUND" in unknown.stderr
+        assert "rf_nope" in unknown.stderr
 
         # Clear errors and exit codes.
         missing = await run(suite, "charges", "get", "acme", "ch_nope")

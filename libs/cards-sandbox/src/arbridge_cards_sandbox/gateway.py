@@ -140,6 +140,8 @@ class Transaction:
     refunded: Decimal = Decimal(0)
     level2: dict[str, Any] = field(default_factory=dict)
     decline: str = ""
+    # Each refund's amount and reason, as the merchant's console lists them.
+    refunds: list[tuple[Decimal, str]] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -424,7 +426,7 @@ class Gateway:
             )
         return transaction
 
-    def refund(self, transaction_id: str, amount: Decimal | None) -> Transaction:
+    def refund(self, transaction_id: str, amount: Decimal | None, reason: str = "") -> Transaction:
         transaction = self.lookup(transaction_id)
         if transaction.status != "success":
             raise GatewayError(
@@ -440,6 +442,7 @@ class Gateway:
                 400, "REFUND_MAX_AMOUNT_FAILURE", "14012", f"At most {refundable} can be refunded."
             )
         transaction.refunded += amount
+        transaction.refunds.append((amount, reason))
         return transaction
 
 

@@ -267,7 +267,9 @@ async def refund(request: web.Request) -> web.Response:
             raise GatewayError(400, "INVALID_AMOUNT", "10020", "amount must be a number.") from None
     gateway = request.app[GATEWAY]
     before = gateway.lookup(request.match_info["id"]).refunded
-    transaction = gateway.refund(request.match_info["id"], amount)
+    transaction = gateway.refund(
+        request.match_info["id"], amount, request.query.get("reason", "")[:255]
+    )
     # A REFUND notification, as for a refund made in the merchant console (or by the API).
     form = {
         "transactionType": "REFUND",
@@ -363,7 +365,18 @@ async def put_notifications(request: web.Request) -> web.Response:
 
 async def list_transactions(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    return web.json_response({"transactions": [t.public() for t in gateway.transactions.values()]})
+    # The merchant console's view: the API's, and each refund with its reason.
+    return web.json_response(
+        {
+            "transactions": [
+                {
+                    **t.public(),
+                    "refunds": [{"amount": str(a), "reason": r} for a, r in t.refunds],
+                }
+                for t in gateway.transactions.values()
+            ]
+        }
+    )
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -552,6 +552,24 @@ def charges_refund(args: argparse.Namespace) -> int:
     return _run(args, "payments", work)
 
 
+def charges_resolve_refund(args: argparse.Namespace) -> int:
+    async def work(stub: Any) -> int:
+        reply = await stub.ResolveRefund(
+            payments_pb2.ResolveRefundRequest(
+                account_id=args.account,
+                refund_id=args.refund,
+                resolution=payments_pb2.REFUND_RESOLUTION_SENT
+                if args.sent
+                else payments_pb2.REFUND_RESOLUTION_NOT_SENT,
+            )
+        )
+        refund = reply.refund
+        rows = [[refund.refund_id, refund.state, _money(refund.amount), refund.charge_id]]
+        return _print(args, reply, rows, ["refund", "state", "amount", "charge"])
+
+    return _run(args, "payments", work)
+
+
 # The parser ------------------------------------------------------------------------
 
 
@@ -733,3 +751,17 @@ def add_commands(sub: Any) -> None:
     p.add_argument("charge")
     p.add_argument("--amount", help="decimal amount in the charge's currency")
     p.add_argument("--key", required=True, help="idempotency key of the refund")
+    p = command(
+        charges,
+        "resolve-refund",
+        charges_resolve_refund,
+        "payments",
+        "say whether the gateway's console shows a held refund (its id is the reason there)",
+    )
+    p.add_argument("account")
+    p.add_argument("refund")
+    shown = p.add_mutually_exclusive_group(required=True)
+    shown.add_argument("--sent", action="store_true", help="the gateway shows it: record it")
+    shown.add_argument(
+        "--not-sent", action="store_true", help="the gateway does not show it: never send it"
+    )

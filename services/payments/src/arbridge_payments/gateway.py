@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from opentelemetry.trace import SpanKind
@@ -371,13 +372,24 @@ class CardGateway:
         return _transaction(data)
 
     async def refund(
-        self, transaction_id: str, amount_minor: int, currency: str, idempotency_key: str
+        self,
+        transaction_id: str,
+        amount_minor: int,
+        currency: str,
+        idempotency_key: str,
+        reason: str = "",
     ) -> None:
-        """Refunds part or all of a succeeded transaction (``lookup`` shows the refunded total)."""
-        amount = from_minor(amount_minor, currency)
+        """Refunds part or all of a succeeded transaction (``lookup`` shows the refunded
+        total); ``reason`` is shown with the refund in the gateway's console."""
+        query = urlencode(
+            {
+                "amount": str(from_minor(amount_minor, currency)),
+                **({"reason": reason} if reason else {}),
+            }
+        )
         await self._call(
             "PUT",
-            f"/services/2/transaction/{transaction_id}/refund?amount={amount}",
+            f"/services/2/transaction/{transaction_id}/refund?{query}",
             None,
             idempotency_key,
         )

@@ -13,6 +13,9 @@ tool) raises the gateway's total above ours, which would hold every later
 refund: ``reconcile`` records it, when a gateway notification names the charge
 (``reconcile_due``) and before each refund arbridge records. Only while no
 refund of ours is pending, so that what ours sent is never taken for another's.
+One made while ours is pending holds ours: each is sent with its refund id as
+the reason, which the merchant's console shows, and ``resolve`` takes an
+operator's reading of it (sent or not sent).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from arbridge_runtime.money import from_minor
 log = structlog.get_logger(__name__)
 
 EXTERNAL_REASON = "refunded at the card gateway, outside arbridge"
+OPERATOR_NOT_SENT = "an operator found it was not made at the card gateway; it is never sent"
 # What reconcile found: a refund recorded, the totals agree, a refund of ours pending
 # (so it did not look), or the gateway could not be asked.
 RECORDED, AGREES, PENDING, UNREACHABLE = "recorded", "agrees", "pending", "unreachable"
@@ -221,7 +225,8 @@ class Refunds:
             )
             raise FailedPrecondition(
                 f"the gateway's refunded total for charge {charge['charge_id']} does not match "
-                "arbridge's; the refund is held for an operator"
+                f"arbridge's; refund {refund['refund_id']} is held until an operator says "
+                "whether the gateway shows it (ResolveRefund)"
             )
         try:
             await self._gateway.refund(
@@ -229,6 +234,7 @@ class Refunds:
                 refund["amount_minor"],
                 charge["currency"],
                 idempotency_key=refund["refund_id"],
+                reason=refund["refund_id"],  # how an operator knows ours in the console
             )
         except GatewayRefused as err:
             await self._fail(conn, refund, f"{err.description} ({err.name})")
@@ -323,6 +329,61 @@ class Refunds:
             reason,
         )
         log.warning("refund.failed", refund_id=refund["refund_id"], reason=reason)
+
+    async def resolve(
+        self, account_id: str, refund_id: str, sent: bool
+    ) -> tuple[dict[str, Any], ChargeView]:
+        """An operator's answer for a pending refund arbridge cannot settle alone (held:
+        the gateway's total matches neither ours nor ours plus it). ``sent``: the
+        gateway's console shows it (each is sent with its refund id as the reason), so
+        it is recorded as made; otherwise it ends failed and is never sent. Then what
+        else the gateway refunded is recorded as made outside arbridge, and the charge's
+        other pending refunds are settled. Returns (refund, charge)."""
+        missing = [n for n, v in (("account_id", account_id), ("refund_id", refund_id)) if not v]
+        if missing:
+            raise InvalidArgument(f"{', '.join(missing)} must be set")
+        found = await self._pool.fetchrow(
+            "SELECT charge_id FROM refunds WHERE account_id = $1 AND refund_id = $2",
+            account_id,
+            refund_id,
+        )
+        if found is None:
+            raise NotFound(f"refund {refund_id!r} does not exist in account {account_id!r}")
+        charge_id = found["charge_id"]
+        async with refund_lock(self._pool, charge_id) as lock:
+            refund = await lock.fetchrow("SELECT * FROM refunds WHERE refund_id = $1", refund_id)
+            if refund["phase"] != "pending":
+                raise FailedPrecondition(
+                    f"refund {refund_id} is {refund['phase']}; only a pending refund can be "
+                    "resolved"
+                )
+            charge = await lock.fetchrow("SELECT * FROM charges WHERE charge_id = $1", charge_id)
+            if sent:
+                transaction = await self._witness(charge)
+                expected = charge["refunded_minor"] + refund["amount_minor"]
+                if transaction.refunded_minor < expected:
+                    currency = charge["currency"]
+                    gateway = from_minor(transaction.refunded_minor, currency)
+                    raise FailedPrecondition(
+                        f"the card gateway has refunded {gateway} {currency} of charge "
+                        f"{charge_id}, less than the "
+                        f"{from_minor(charge['refunded_minor'], currency)} arbridge recorded plus "
+                        f"this refund's {from_minor(refund['amount_minor'], currency)}: it cannot "
+                        "have been sent; look at the gateway again"
+                    )
+                await self._done(lock, refund, charge)
+            else:
+                await self._fail(lock, refund, OPERATOR_NOT_SENT)
+            log.warning("refund.resolved_by_operator", refund_id=refund_id, sent=sent)
+        await self.reconcile(charge_id, account_id)
+        try:
+            await self._settle(charge_id)
+        except (FailedPrecondition, Unavailable) as exc:
+            # Another pending refund of the charge is held too (or the gateway is out of
+            # reach): it waits for its own answer or for recovery; this one is resolved.
+            log.warning("refund.still_held", charge_id=charge_id, error=str(exc))
+        row = await self._pool.fetchrow("SELECT * FROM refunds WHERE refund_id = $1", refund_id)
+        return dict(row), await self._charges.get(account_id, charge_id)
 
     async def reconcile(self, charge_id: str, account_id: str = "") -> str:
         """Records a refund made at the gateway outside arbridge, if any: the gateway's

@@ -5,6 +5,7 @@ Handlers translate protobuf to domain calls and back and hold no SQL.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from arbridge.common.v1 import common_pb2
@@ -229,15 +230,26 @@ class PaymentsService(payments_pb2_grpc.PaymentsServiceServicer):
             reason=request.reason,
             idempotency_key=request.idempotency_key,
         )
-        message = payments_pb2.Refund(
-            refund_id=refund["refund_id"],
-            charge_id=refund["charge_id"],
-            amount=_money(refund["amount_minor"], view.row["currency"]),
-            reason=refund["reason"],
-            state=refund["phase"],
+        return payments_pb2.RefundChargeResponse(
+            refund=_refund_message(refund, view.row["currency"]), charge=charge_message(view)
         )
-        message.created_at.FromDatetime(refund["created_at"])
-        return payments_pb2.RefundChargeResponse(refund=message, charge=charge_message(view))
+
+    async def ResolveRefund(
+        self, request: payments_pb2.ResolveRefundRequest, context: Any
+    ) -> payments_pb2.ResolveRefundResponse:
+        sent = {
+            payments_pb2.REFUND_RESOLUTION_SENT: True,
+            payments_pb2.REFUND_RESOLUTION_NOT_SENT: False,
+        }.get(request.resolution)
+        if sent is None:
+            raise InvalidArgument(
+                "resolution must be REFUND_RESOLUTION_SENT (the gateway's console shows the "
+                "refund, its refund_id as the reason) or REFUND_RESOLUTION_NOT_SENT"
+            )
+        refund, view = await self._refunds.resolve(request.account_id, request.refund_id, sent)
+        return payments_pb2.ResolveRefundResponse(
+            refund=_refund_message(refund, view.row["currency"]), charge=charge_message(view)
+        )
 
     async def ChargeInvoices(
         self, request: payments_pb2.ChargeInvoicesRequest, context: Any
@@ -337,3 +349,15 @@ class PaymentsService(payments_pb2_grpc.PaymentsServiceServicer):
     ) -> payments_pb2.RemovePaymentMethodResponse:
         await self._methods.remove(request.account_id, request.payment_method_id)
         return payments_pb2.RemovePaymentMethodResponse()
+
+
+def _refund_message(refund: Mapping[str, Any], currency: str) -> payments_pb2.Refund:
+    message = payments_pb2.Refund(
+        refund_id=refund["refund_id"],
+        charge_id=refund["charge_id"],
+        amount=_money(refund["amount_minor"], currency),
+        reason=refund["reason"],
+        state=refund["phase"],
+    )
+    message.created_at.FromDatetime(refund["created_at"])
+    return message
