@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from tests.support.payments import (
     sandbox_notifications,
     synced_payments_suite,
 )
+from tests.support.suite import Suite
 
 # Every error message a test saw, scanned for card numbers at the end.
 ERRORS_SEEN: list[str] = []
@@ -508,84 +511,69 @@ async def test_refunds_made_at_the_gateway_outside_arbridge_are_recorded(
     """A refund made in the card gateway's console, behind arbridge's back, is recorded:
     at once from the gateway's REFUND notification, or, with none, before arbridge's
     next refund of the charge, which is then neither held nor let past what is left."""
-    async with synced_payments_suite(
-        tmp_path,
-        database_url,
-        nats_url,
-        unique,
-        customers=12,
-        invoices=60,
-        services=("connector", "sync", "payments", "gateway"),
-        service_extra=FAST_RECOVERY,
-    ) as suite:
-        by_customer = await open_invoices_by_customer(suite, "acme")
-        customer = max(by_customer, key=lambda c: len(by_customer[c]))
-        first, second = [i for i in by_customer[customer] if i.due.amount_minor >= 1000][:2]
-        async with aiohttp.ClientSession() as http:
-            payer = Payer(suite, http, suite.target("payments"))
-            await payer.add_card(customer, "4242424242424242")
-            charged = [
-                (await payer.charge(f"ext-{n}", customer, [(i.record_no, 1000)], i.currency)).charge
-                for n, i in enumerate((first, second))
-            ]
-            assert all(c.state == payments_pb2.CHARGE_STATE_SUCCEEDED for c in charged)
-            one, two = charged
+    async with _two_card_charges(tmp_path, database_url, nats_url, unique, "ext") as (
+        suite,
+        http,
+        payer,
+        one,
+        two,
+    ):
 
-            async def refund(
-                charge: payments_pb2.Charge, key: str, minor: int | None
-            ) -> payments_pb2.RefundChargeResponse:
-                return await payer.stub.RefundCharge(
-                    payments_pb2.RefundChargeRequest(
-                        account_id="acme",
-                        charge_id=charge.charge_id,
-                        idempotency_key=key,
-                        amount=None
-                        if minor is None
-                        else common_pb2.Money(amount_minor=minor, currency=charge.amount.currency),
-                    )
+        async def refund(
+            charge: payments_pb2.Charge, key: str, minor: int | None
+        ) -> payments_pb2.RefundChargeResponse:
+            return await payer.stub.RefundCharge(
+                payments_pb2.RefundChargeRequest(
+                    account_id="acme",
+                    charge_id=charge.charge_id,
+                    idempotency_key=key,
+                    amount=None
+                    if minor is None
+                    else common_pb2.Money(amount_minor=minor, currency=charge.amount.currency),
                 )
-
-            # With notifications: the console's refund is recorded from its notification.
-            await sandbox_notifications(http, suite, notify_url(suite), 5)
-            await refund_at_gateway(
-                http, suite, one.gateway_transaction_id, from_minor(300, one.amount.currency)
             )
 
-            async def noticed() -> payments_pb2.Charge | None:
-                charge = await payer.get_charge(one.charge_id)
-                return charge if charge.refunded.amount_minor else None
+        # With notifications: the console's refund is recorded from its notification.
+        await sandbox_notifications(http, suite, notify_url(suite), 5)
+        await refund_at_gateway(
+            http, suite, one.gateway_transaction_id, from_minor(300, one.amount.currency)
+        )
 
-            seen = await eventually(noticed, timeout=30)
-            assert seen is not None, "the console's refund was never recorded"
-            assert seen.refunded.amount_minor == 300
-            assert seen.state == payments_pb2.CHARGE_STATE_PARTIALLY_REFUNDED
-            # The rest through arbridge: what is left, not held for totals that disagree.
-            rest = await refund(one, "ext-rest", None)
-            assert rest.refund.amount.amount_minor == 700
-            assert rest.refund.state == "succeeded"
-            assert rest.charge.state == payments_pb2.CHARGE_STATE_REFUNDED
+        async def noticed() -> payments_pb2.Charge | None:
+            charge = await payer.get_charge(one.charge_id)
+            return charge if charge.refunded.amount_minor else None
 
-            # Without a notification: found before arbridge's next refund of the charge.
-            await sandbox_notifications(http, suite, "", 5)
-            await refund_at_gateway(
-                http, suite, two.gateway_transaction_id, from_minor(400, two.amount.currency)
-            )
-            too_much = await refused(refund(two, "ext-too-much", 700))
-            assert too_much.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert f"at most {from_minor(600, two.amount.currency)}" in str(too_much.details())
-            left = await refund(two, "ext-left", 600)
-            assert left.refund.state == "succeeded"
-            assert left.charge.refunded.amount_minor == 1000
-            assert left.charge.state == payments_pb2.CHARGE_STATE_REFUNDED
-            made = {
-                t["merchantTransactionId"]: t
-                for t in await gateway_transactions(http, suite)
-                if t["merchantTransactionId"] in (one.charge_id, two.charge_id)
-            }
-            assert {k: float(t["refundedAmount"]) for k, t in made.items()} == {
-                one.charge_id: 10.0,
-                two.charge_id: 10.0,
-            }
+        seen = await eventually(noticed, timeout=30)
+        assert seen is not None, "the console's refund was never recorded"
+        assert seen.refunded.amount_minor == 300
+        assert seen.state == payments_pb2.CHARGE_STATE_PARTIALLY_REFUNDED
+        # The rest through arbridge: what is left, not held for totals that disagree.
+        rest = await refund(one, "ext-rest", None)
+        assert rest.refund.amount.amount_minor == 700
+        assert rest.refund.state == "succeeded"
+        assert rest.charge.state == payments_pb2.CHARGE_STATE_REFUNDED
+
+        # Without a notification: found before arbridge's next refund of the charge.
+        await sandbox_notifications(http, suite, "", 5)
+        await refund_at_gateway(
+            http, suite, two.gateway_transaction_id, from_minor(400, two.amount.currency)
+        )
+        too_much = await refused(refund(two, "ext-too-much", 700))
+        assert too_much.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"at most {from_minor(600, two.amount.currency)}" in str(too_much.details())
+        left = await refund(two, "ext-left", 600)
+        assert left.refund.state == "succeeded"
+        assert left.charge.refunded.amount_minor == 1000
+        assert left.charge.state == payments_pb2.CHARGE_STATE_REFUNDED
+        made = {
+            t["merchantTransactionId"]: t
+            for t in await gateway_transactions(http, suite)
+            if t["merchantTransactionId"] in (one.charge_id, two.charge_id)
+        }
+        assert {k: float(t["refundedAmount"]) for k, t in made.items()} == {
+            one.charge_id: 10.0,
+            two.charge_id: 10.0,
+        }
 
 
 @pytest.mark.timeout(600)
@@ -595,6 +583,126 @@ async def test_a_held_refund_is_resolved_by_an_operator_from_the_gateway_console
     """A refund pending while someone refunds in the gateway's console is held: the totals
     cannot tell whether it went out. The console shows arbridge's refunds by their id;
     an operator says sent or not sent, and the console's refund is recorded beside it."""
+    async with _two_card_charges(tmp_path, database_url, nats_url, unique, "held") as (
+        suite,
+        http,
+        payer,
+        one,
+        two,
+    ):
+        currency = one.amount.currency
+
+        def refund_of(charge: payments_pb2.Charge, key: str) -> Any:
+            return payments_pb2.RefundChargeRequest(
+                account_id="acme",
+                charge_id=charge.charge_id,
+                idempotency_key=key,
+                amount=common_pb2.Money(amount_minor=400, currency=currency),
+            )
+
+        async def console(charge: payments_pb2.Charge) -> list[dict[str, str]]:
+            made = await gateway_transactions(http, suite)
+            found = next(t for t in made if t["merchantTransactionId"] == charge.charge_id)
+            return list(found["refunds"])
+
+        async def resolve(refund_id: str, resolution: Any) -> Any:
+            return await payer.stub.ResolveRefund(
+                payments_pb2.ResolveRefundRequest(
+                    account_id="acme", refund_id=refund_id, resolution=resolution
+                )
+            )
+
+        # Sent: the replica dies once the gateway refunded; meanwhile the console
+        # refunds 3.00 more. The retry finds neither total and holds the refund.
+        doomed = await doomed_replica(
+            tmp_path, suite, database_url, nats_url, unique, "refund.after_gateway", "held"
+        )
+        victim = Payer(suite, http, doomed.grpc_target)
+        err = await refused(victim.stub.RefundCharge(refund_of(one, "held-sent")))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert await asyncio.to_thread(doomed.process.wait, 30) == -9
+        await refund_at_gateway(http, suite, one.gateway_transaction_id, from_minor(300, currency))
+        held = await refused(payer.stub.RefundCharge(refund_of(one, "held-sent")))
+        assert held.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "ResolveRefund" in str(held.details())
+        match = re.search(r"rf_[0-9a-f]+", str(held.details()))
+        assert match is not None
+        sent_id = match.group(0)
+        # The console lists arbridge's refund by its id, and the other without one.
+        assert sorted(r["reason"] for r in await console(one)) == ["", sent_id]
+        unsaid = await refused(resolve(sent_id, payments_pb2.REFUND_RESOLUTION_UNSPECIFIED))
+        assert unsaid.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "REFUND_RESOLUTION_SENT" in str(unsaid.details())
+        elsewhere = await refused(
+            payer.stub.ResolveRefund(
+                payments_pb2.ResolveRefundRequest(
+                    account_id="globex",
+                    refund_id=sent_id,
+                    resolution=payments_pb2.REFUND_RESOLUTION_SENT,
+                )
+            )
+        )
+        assert elsewhere.code() == grpc.StatusCode.NOT_FOUND
+        resolved = await resolve(sent_id, payments_pb2.REFUND_RESOLUTION_SENT)
+        assert resolved.refund.state == "succeeded"
+        assert resolved.charge.refunded.amount_minor == 700  # 4.00 ours, 3.00 the console's
+        assert resolved.charge.state == payments_pb2.CHARGE_STATE_PARTIALLY_REFUNDED
+        again = await refused(resolve(sent_id, payments_pb2.REFUND_RESOLUTION_SENT))
+        assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "succeeded" in str(again.details())
+        replay = await payer.stub.RefundCharge(refund_of(one, "held-sent"))
+        assert (replay.refund.refund_id, replay.refund.state) == (sent_id, "succeeded")
+
+        # Not sent: the gateway answers 503 to everything, so the refund stays pending;
+        # then the console refunds 2.50.
+        faults_url = suite.cards["base_url"] + "/sandbox/faults"
+        async with http.put(faults_url, json={"error_5xx_rate": 1.0}) as reply:
+            assert reply.status == 200, await reply.text()
+        try:
+            down = await refused(payer.stub.RefundCharge(refund_of(two, "held-unsent")))
+            assert down.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            async with http.put(faults_url, json={"error_5xx_rate": 0.0}) as reply:
+                assert reply.status == 200, await reply.text()
+        await refund_at_gateway(http, suite, two.gateway_transaction_id, from_minor(250, currency))
+        held = await refused(payer.stub.RefundCharge(refund_of(two, "held-unsent")))
+        assert held.code() == grpc.StatusCode.FAILED_PRECONDITION
+        match = re.search(r"rf_[0-9a-f]+", str(held.details()))
+        assert match is not None
+        unsent_id = match.group(0)
+        assert [r["reason"] for r in await console(two)] == [""]
+        # "Sent" is refused: the gateway's total cannot hold it.
+        wrong = await refused(resolve(unsent_id, payments_pb2.REFUND_RESOLUTION_SENT))
+        assert wrong.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "cannot have been sent" in str(wrong.details())
+        resolved = await resolve(unsent_id, payments_pb2.REFUND_RESOLUTION_NOT_SENT)
+        assert resolved.refund.state == "failed"
+        assert resolved.charge.refunded.amount_minor == 250  # the console's only
+        replay = await payer.stub.RefundCharge(refund_of(two, "held-unsent"))
+        assert replay.refund.state == "failed"  # never sent, whoever asks again
+        rest = await payer.stub.RefundCharge(
+            payments_pb2.RefundChargeRequest(
+                account_id="acme", charge_id=two.charge_id, idempotency_key="held-rest"
+            )
+        )
+        assert rest.refund.amount.amount_minor == 750
+        assert rest.charge.state == payments_pb2.CHARGE_STATE_REFUNDED
+        made = {
+            t["merchantTransactionId"]: float(t["refundedAmount"])
+            for t in await gateway_transactions(http, suite)
+        }
+        assert made[one.charge_id] == 7.0
+        assert made[two.charge_id] == 10.0
+
+
+@contextlib.asynccontextmanager
+async def _two_card_charges(
+    tmp_path: Path, database_url: str, nats_url: str, unique: str, prefix: str
+) -> AsyncIterator[
+    tuple[Suite, aiohttp.ClientSession, Payer, payments_pb2.Charge, payments_pb2.Charge]
+]:
+    """A suite with payments (quick recovery) and two succeeded card charges of 10.00 of
+    one customer: (suite, http session, payer, first charge, second charge)."""
     async with synced_payments_suite(
         tmp_path,
         database_url,
@@ -613,114 +721,9 @@ async def test_a_held_refund_is_resolved_by_an_operator_from_the_gateway_console
             await payer.add_card(customer, "4242424242424242")
             one, two = [
                 (
-                    await payer.charge(f"held-{n}", customer, [(i.record_no, 1000)], i.currency)
+                    await payer.charge(f"{prefix}-{n}", customer, [(i.record_no, 1000)], i.currency)
                 ).charge
                 for n, i in enumerate((first, second))
             ]
-            currency = one.amount.currency
-
-            def refund_of(charge: payments_pb2.Charge, key: str) -> Any:
-                return payments_pb2.RefundChargeRequest(
-                    account_id="acme",
-                    charge_id=charge.charge_id,
-                    idempotency_key=key,
-                    amount=common_pb2.Money(amount_minor=400, currency=currency),
-                )
-
-            async def console(charge: payments_pb2.Charge) -> list[dict[str, str]]:
-                made = await gateway_transactions(http, suite)
-                found = next(t for t in made if t["merchantTransactionId"] == charge.charge_id)
-                return list(found["refunds"])
-
-            async def resolve(refund_id: str, resolution: Any) -> Any:
-                return await payer.stub.ResolveRefund(
-                    payments_pb2.ResolveRefundRequest(
-                        account_id="acme", refund_id=refund_id, resolution=resolution
-                    )
-                )
-
-            # Sent: the replica dies once the gateway refunded; meanwhile the console
-            # refunds 3.00 more. The retry finds neither total and holds the refund.
-            doomed = await doomed_replica(
-                tmp_path, suite, database_url, nats_url, unique, "refund.after_gateway", "held"
-            )
-            victim = Payer(suite, http, doomed.grpc_target)
-            err = await refused(victim.stub.RefundCharge(refund_of(one, "held-sent")))
-            assert err.code() == grpc.StatusCode.UNAVAILABLE
-            assert await asyncio.to_thread(doomed.process.wait, 30) == -9
-            await refund_at_gateway(
-                http, suite, one.gateway_transaction_id, from_minor(300, currency)
-            )
-            held = await refused(payer.stub.RefundCharge(refund_of(one, "held-sent")))
-            assert held.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "ResolveRefund" in str(held.details())
-            match = re.search(r"rf_[0-9a-f]+", str(held.details()))
-            assert match is not None
-            sent_id = match.group(0)
-            # The console lists arbridge's refund by its id, and the other without one.
-            assert sorted(r["reason"] for r in await console(one)) == ["", sent_id]
-            unsaid = await refused(resolve(sent_id, payments_pb2.REFUND_RESOLUTION_UNSPECIFIED))
-            assert unsaid.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "REFUND_RESOLUTION_SENT" in str(unsaid.details())
-            elsewhere = await refused(
-                payer.stub.ResolveRefund(
-                    payments_pb2.ResolveRefundRequest(
-                        account_id="globex",
-                        refund_id=sent_id,
-                        resolution=payments_pb2.REFUND_RESOLUTION_SENT,
-                    )
-                )
-            )
-            assert elsewhere.code() == grpc.StatusCode.NOT_FOUND
-            resolved = await resolve(sent_id, payments_pb2.REFUND_RESOLUTION_SENT)
-            assert resolved.refund.state == "succeeded"
-            assert resolved.charge.refunded.amount_minor == 700  # 4.00 ours, 3.00 the console's
-            assert resolved.charge.state == payments_pb2.CHARGE_STATE_PARTIALLY_REFUNDED
-            again = await refused(resolve(sent_id, payments_pb2.REFUND_RESOLUTION_SENT))
-            assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "succeeded" in str(again.details())
-            replay = await payer.stub.RefundCharge(refund_of(one, "held-sent"))
-            assert (replay.refund.refund_id, replay.refund.state) == (sent_id, "succeeded")
-
-            # Not sent: the gateway answers 503 to everything, so the refund stays pending;
-            # then the console refunds 2.50.
-            faults_url = suite.cards["base_url"] + "/sandbox/faults"
-            async with http.put(faults_url, json={"error_5xx_rate": 1.0}) as reply:
-                assert reply.status == 200, await reply.text()
-            try:
-                down = await refused(payer.stub.RefundCharge(refund_of(two, "held-unsent")))
-                assert down.code() == grpc.StatusCode.UNAVAILABLE
-            finally:
-                async with http.put(faults_url, json={"error_5xx_rate": 0.0}) as reply:
-                    assert reply.status == 200, await reply.text()
-            await refund_at_gateway(
-                http, suite, two.gateway_transaction_id, from_minor(250, currency)
-            )
-            held = await refused(payer.stub.RefundCharge(refund_of(two, "held-unsent")))
-            assert held.code() == grpc.StatusCode.FAILED_PRECONDITION
-            match = re.search(r"rf_[0-9a-f]+", str(held.details()))
-            assert match is not None
-            unsent_id = match.group(0)
-            assert [r["reason"] for r in await console(two)] == [""]
-            # "Sent" is refused: the gateway's total cannot hold it.
-            wrong = await refused(resolve(unsent_id, payments_pb2.REFUND_RESOLUTION_SENT))
-            assert wrong.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "cannot have been sent" in str(wrong.details())
-            resolved = await resolve(unsent_id, payments_pb2.REFUND_RESOLUTION_NOT_SENT)
-            assert resolved.refund.state == "failed"
-            assert resolved.charge.refunded.amount_minor == 250  # the console's only
-            replay = await payer.stub.RefundCharge(refund_of(two, "held-unsent"))
-            assert replay.refund.state == "failed"  # never sent, whoever asks again
-            rest = await payer.stub.RefundCharge(
-                payments_pb2.RefundChargeRequest(
-                    account_id="acme", charge_id=two.charge_id, idempotency_key="held-rest"
-                )
-            )
-            assert rest.refund.amount.amount_minor == 750
-            assert rest.charge.state == payments_pb2.CHARGE_STATE_REFUNDED
-            made = {
-                t["merchantTransactionId"]: float(t["refundedAmount"])
-                for t in await gateway_transactions(http, suite)
-            }
-        assert made[one.charge_id] == 7.0
-        assert made[two.charge_id] == 10.0
+            assert one.state == two.state == payments_pb2.CHARGE_STATE_SUCCEEDED
+            yield suite, http, payer, one, two
