@@ -527,13 +527,11 @@ def _selection(
     if compared:
         # Comparisons of numbers and dates (an initial sync's WHENMODIFIED window):
         # over the table's typed columns, without a call per record.
-        listed, positions = _rows(table), None
+        listed = _rows(table)
+        positions: Iterable[int] = range(len(listed))
         for field, test, right in compared:
-            column = _column(call.company, table, field)
-            positions = holding(
-                range(len(listed)) if positions is None else positions, column, test, right
-            )
-        candidates, keep = [listed[i] for i in positions or ()], _always
+            positions = holding(positions, _column(call.company, table, field), test, right)
+        candidates, keep = [listed[i] for i in positions], _always
     else:
         candidates = table.rows.values()
     rows = [r for r in candidates if _visible(call, r, show_private) and docpar(r) and keep(r)]
