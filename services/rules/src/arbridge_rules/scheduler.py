@@ -88,14 +88,30 @@ _UNREAD: Any = object()  # a schedule row not read yet
 _T = TypeVar("_T")
 
 
-def _by_account(
-    changes: Sequence[_T], account_of: Callable[[_T], str]
-) -> list[tuple[str, list[_T]]]:
-    """Changes grouped by account, each group in the order received."""
-    grouped: dict[str, list[_T]] = {}
+_Changed = TypeVar("_Changed", events_pb2.CustomerChanged, events_pb2.InvoiceChanged)
+
+
+def _runs(
+    changes: Sequence[_Changed], account_of: Callable[[_Changed], str]
+) -> list[tuple[str, list[_Changed], _Changed | None]]:
+    """Each account's changes, in the order received, as runs of creations and updates,
+    each with the deletion that ended it (None for the last): (account, run, deletion).
+    What came before a deletion is stored before it, and what came after, after."""
+    grouped: dict[str, list[_Changed]] = {}
     for change in changes:
         grouped.setdefault(account_of(change), []).append(change)
-    return list(grouped.items())
+    runs: list[tuple[str, list[_Changed], _Changed | None]] = []
+    for account_id, events in grouped.items():
+        run: list[_Changed] = []
+        for event in events:
+            if event.change == events_pb2.CHANGE_TYPE_DELETED:
+                runs.append((account_id, run, event))
+                run = []
+            else:
+                run.append(event)
+        if run:
+            runs.append((account_id, run, None))
+    return runs
 
 
 def _latest(
@@ -194,22 +210,15 @@ class Scheduler:
             changes = list(events_pb2.CustomerChanges.FromString(delivery.data).changes)
         else:
             changes = [events_pb2.CustomerChanged.FromString(delivery.data)]
-        for account_id, events in _by_account(changes, lambda e: e.customer.account_id):
-            pending: list[ar_pb2.Customer] = []
-            for event in events:
-                if event.change != events_pb2.CHANGE_TYPE_DELETED:
-                    pending.append(event.customer)
-                    continue
-                # In order: what came before a deletion is stored before it.
-                await self._customers_changed(conn, account_id, pending)
-                pending = []
+        for account_id, run, deleted in _runs(changes, lambda e: e.customer.account_id):
+            await self._customers_changed(conn, account_id, [e.customer for e in run])
+            if deleted is not None:
                 await conn.execute(
                     "DELETE FROM customers WHERE account_id = $1 AND customer_id = $2",
                     account_id,
-                    event.customer.customer_id,
+                    deleted.customer.customer_id,
                 )
-                await self.evaluate_customers(conn, account_id, [event.customer.customer_id])
-            await self._customers_changed(conn, account_id, pending)
+                await self.evaluate_customers(conn, account_id, [deleted.customer.customer_id])
 
     async def _customers_changed(
         self, conn: Any, account_id: str, customers: list[ar_pb2.Customer]
@@ -260,27 +269,25 @@ class Scheduler:
             changes = list(events_pb2.InvoiceChanges.FromString(delivery.data).changes)
         else:
             changes = [events_pb2.InvoiceChanged.FromString(delivery.data)]
-        for account_id, events in _by_account(changes, lambda e: e.invoice.account_id):
-            pending: list[tuple[ar_pb2.Invoice, datetime]] = []
-            for event in events:
-                invoice = event.invoice
-                if event.change != events_pb2.CHANGE_TYPE_DELETED:
-                    occurred = (
-                        event.occurred_at.ToDatetime(tzinfo=UTC)
-                        if event.HasField("occurred_at")
-                        else datetime.now(UTC)
-                    )
-                    pending.append((invoice, occurred))
-                    continue
-                await self._invoices_changed(conn, account_id, pending)
-                pending = []
+        for account_id, run, deleted in _runs(changes, lambda e: e.invoice.account_id):
+            changed = [
+                (
+                    e.invoice,
+                    e.occurred_at.ToDatetime(tzinfo=UTC)
+                    if e.HasField("occurred_at")
+                    else datetime.now(UTC),
+                )
+                for e in run
+            ]
+            await self._invoices_changed(conn, account_id, changed)
+            if deleted is not None:
+                record_no = deleted.invoice.record_no
                 await conn.execute(
                     "DELETE FROM invoices WHERE account_id = $1 AND record_no = $2",
                     account_id,
-                    invoice.record_no,
+                    record_no,
                 )
-                await self._clear(conn, account_id, invoice.record_no, "the invoice was deleted")
-            await self._invoices_changed(conn, account_id, pending)
+                await self._clear(conn, account_id, record_no, "the invoice was deleted")
 
     async def _invoices_changed(
         self, conn: Any, account_id: str, invoices: list[tuple[ar_pb2.Invoice, datetime]]
